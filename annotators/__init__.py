@@ -1,0 +1,60 @@
+"""Annotator registry and the one path every control map takes.
+
+    HWC3 -> size of the output (short side = image resolution, multiples of 64)
+         -> detect (at that size, or at the detect resolution and resized back)
+         -> HWC3
+
+Adding an annotator means writing one `Annotator` subclass and listing it in `ANNOTATORS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from annotators.base import Annotator, Param
+from annotators.canny import CannyAnnotator
+from annotators.passthrough import PassthroughAnnotator
+from annotators.scribble import ScribbleAnnotator
+from annotators.util import HWC3, output_size, resize_image, resize_to
+from errors import InvalidRequestError
+
+ANNOTATORS: dict[str, Annotator] = {
+    annotator.name: annotator
+    for annotator in (CannyAnnotator(), ScribbleAnnotator(), PassthroughAnnotator())
+}
+
+__all__ = ["ANNOTATORS", "Annotator", "Param", "get_annotator", "make_control_map"]
+
+
+def get_annotator(name: str) -> Annotator:
+    try:
+        return ANNOTATORS[name]
+    except KeyError:
+        raise InvalidRequestError(
+            f"Unknown annotator {name!r}; choose one of: {', '.join(ANNOTATORS)}."
+        ) from None
+
+
+def make_control_map(
+    annotator: Annotator,
+    image: np.ndarray,
+    image_resolution: int,
+    detect_resolution: int | None = None,
+    params: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """The control map for `image` at the output size, RGB uint8 (H, W, 3).
+
+    `params` must already be checked (`Annotator.check_params`).
+    """
+    image = HWC3(image)
+    height, width = output_size(image.shape[0], image.shape[1], image_resolution)
+    params = params or {}
+    annotator.load()
+    if annotator.default_detect_resolution is None or detect_resolution is None:
+        control_map = annotator.detect(resize_to(image, height, width), **params)
+    else:
+        detected = annotator.detect(resize_image(image, detect_resolution), **params)
+        control_map = resize_to(HWC3(detected), height, width, annotator.map_interpolation)
+    return HWC3(control_map)

@@ -1,0 +1,80 @@
+"""The one annotator contract: an image in, a control map out, parameters described as data.
+
+Every annotator takes RGB uint8 (H, W, 3) and returns a map as uint8 (H, W) or (H, W, 3). Its
+parameters are `Param`s, so the UI builds their controls, the API names them and the engine checks
+their ranges from the same description. Annotators with weights load them in `load()` (lazily, on
+first use), never at import.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from errors import InvalidRequestError
+
+
+@dataclass(frozen=True)
+class Param:
+    """A numeric annotator parameter: its API name, UI label, range and reference default."""
+
+    name: str
+    label: str
+    default: float
+    minimum: float
+    maximum: float
+    step: float = 1.0
+    info: str = ""
+
+    @property
+    def is_integer(self) -> bool:
+        return float(self.step).is_integer() and float(self.default).is_integer()
+
+    def check(self, value: Any) -> float | int:
+        """The value as int or float, or an InvalidRequestError that says the allowed range."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidRequestError(
+                f"`{self.name}` must be a number between {self.minimum:g} and {self.maximum:g}, "
+                f"got {value!r}."
+            )
+        if not math.isfinite(value) or not self.minimum <= value <= self.maximum:
+            raise InvalidRequestError(
+                f"`{self.name}` must be between {self.minimum:g} and {self.maximum:g}, "
+                f"got {value!r}."
+            )
+        return int(round(value)) if self.is_integer else float(value)
+
+
+class Annotator(ABC):
+    """Turns a photo into the control map a ControlNet was trained on."""
+
+    name: str  # registry key and API value
+    label: str  # shown in the UI
+    params: tuple[Param, ...] = ()
+    # None: runs on the image already resized to the output size (Canny, scribble, as the
+    # reference does). Else the detector runs at this short side and its map is resized after.
+    default_detect_resolution: int | None = None
+    # How a map made at the detect resolution is brought to the output size.
+    map_interpolation: int = cv2.INTER_LINEAR
+
+    def load(self) -> None:  # noqa: B027 (a no-op by default, on purpose)
+        """Load weights if any; called before the first detect. Classical annotators have none."""
+
+    @abstractmethod
+    def detect(self, image: np.ndarray, **params: float) -> np.ndarray:
+        """image: RGB uint8 (H, W, 3) -> map uint8 (H, W) or (H, W, 3) of the same H, W."""
+
+    def check_params(self, given: dict[str, Any]) -> dict[str, float | int]:
+        """This annotator's parameters from `given`, checked, defaults filled in.
+
+        Names that belong to other annotators are ignored: a tab or /annotate sends the
+        parameters of every annotator it offers.
+        """
+        return {
+            param.name: param.check(given.get(param.name, param.default)) for param in self.params
+        }

@@ -1,0 +1,48 @@
+"""ControlNet web demo: `python app.py [--host H] [--port P] [--share]`.
+
+Builds the engine (nothing is loaded until the first request) and the Gradio page from the
+registries, then serves it. Every setting comes from the environment (see settings.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from settings import Settings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="interface to listen on (0.0.0.0 for all; default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        help="port to listen on (default 7860)",
+    )
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from pipelines.engine import Engine  # torch is imported here, not for --help
+    from ui import build_demo
+
+    settings = Settings.from_env()
+    engine = Engine(settings)
+    demo = build_demo(engine, settings)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The condition registry: one entry per tab and API endpoint.
+
+A condition pairs the annotators that make its control maps with the ControlNet trained on them (a
+role in `settings.DEFAULT_MODEL_IDS`). The UI builds one tab per entry with one factory; the engine
+looks conditions up here. Adding a condition is adding an entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from annotators import ANNOTATORS, Param
+from errors import InvalidRequestError
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str  # tab id and API endpoint (/name)
+    label: str  # tab title
+    controlnet_role: str  # key into Settings.model_ids
+    annotators: tuple[str, ...]  # the first one is the default; "none" = my image is the map
+    input_kind: Literal["upload", "canvas"] = "upload"
+    description: str = ""
+
+    @property
+    def params(self) -> tuple[Param, ...]:
+        """Every parameter of every annotator this condition offers, each name once."""
+        seen: dict[str, Param] = {}
+        for name in self.annotators:
+            for param in ANNOTATORS[name].params:
+                seen.setdefault(param.name, param)
+        return tuple(seen.values())
+
+    @property
+    def default_detect_resolution(self) -> int | None:
+        resolutions = [ANNOTATORS[name].default_detect_resolution for name in self.annotators]
+        return next((r for r in resolutions if r is not None), None)
+
+
+CONDITIONS: dict[str, Condition] = {
+    condition.name: condition
+    for condition in (
+        Condition(
+            "canny",
+            "Canny",
+            "canny",
+            ("canny", "none"),
+            description="Edges of your photo (Canny) steer the composition.",
+        ),
+        Condition(
+            "scribble",
+            "Scribble",
+            "scribble",
+            ("scribble", "none"),
+            description="Upload a drawing: dark strokes on light paper.",
+        ),
+        Condition(
+            "scribble_interactive",
+            "Scribble (draw)",
+            "scribble",
+            ("scribble",),
+            input_kind="canvas",
+            description="Draw black strokes on the white canvas.",
+        ),
+    )
+}
+
+
+def get_condition(name: str) -> Condition:
+    try:
+        return CONDITIONS[name]
+    except KeyError:
+        raise InvalidRequestError(
+            f"Unknown condition {name!r}; choose one of: {', '.join(CONDITIONS)}."
+        ) from None

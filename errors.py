@@ -1,0 +1,21 @@
+"""Errors whose message is written for the person using the app.
+
+The UI and the API show `str(error)` of a `UserFacingError` as it is, so each message says what is
+wrong and what to do instead. Anything else is a bug and is logged with its traceback.
+"""
+
+
+class UserFacingError(Exception):
+    """An error the person can act on; its message is shown verbatim in the UI and the API."""
+
+
+class InvalidRequestError(UserFacingError):
+    """A parameter or input is out of range, of the wrong type or unknown."""
+
+
+class InvalidImageError(InvalidRequestError):
+    """An uploaded image cannot be read or is too large."""
+
+
+class ModelUnavailableError(UserFacingError):
+    """A model is neither in MODELS_DIR nor in the local cache, and the Hub cannot be reached."""

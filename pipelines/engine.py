@@ -1,0 +1,266 @@
+"""The engine: one SD1.5 base loaded once, ControlNets loaded on first use and cached with a bound.
+
+The UI and the API call `annotate` and `generate` with plain values; everything is checked here
+against `settings.Limits`. Models load lazily (never at import), the base once; switching conditions
+only swaps ControlNets, and evicting one frees its memory.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import secrets
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from annotators import ANNOTATORS, get_annotator, make_control_map
+from annotators.util import load_image
+from conditions import get_condition
+from errors import InvalidRequestError
+from pipelines.attention import apply_attention_backend, probe_attention_backend
+from pipelines.control import get_control_mode
+from pipelines.denoise import ControlUnit, control_image_tensor, decode_latents, denoise
+from pipelines.loading import load_model
+from pipelines.request import GenerationOptions
+from pipelines.schedulers import make_scheduler
+from settings import MAX_SEED, Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationResult:
+    control_map: np.ndarray  # RGB uint8 (H, W, 3)
+    images: list[np.ndarray]  # RGB uint8 (H, W, 3) each
+    seed: int  # the seed actually used
+    warnings: list[str] = field(default_factory=list)
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Engine:
+    def __init__(self, settings: Settings, device: str | None = None):
+        self.settings = settings
+        self.device = pick_device(device or settings.device)
+        # fp16 on CUDA; CPU kernels for fp16 are slow or missing, so fp32 there.
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.attention = probe_attention_backend(self.device)
+        self._base = None
+        self._controlnets: OrderedDict[str, torch.nn.Module] = OrderedDict()
+        # One generation at a time per process: a ControlNet evicted while another request still
+        # uses it, or two requests filling the GPU together, are the classic bugs this prevents.
+        self._lock = threading.RLock()
+
+    # ---- what the page shows -------------------------------------------------------------------
+    def describe(self) -> str:
+        return (
+            f"Device: {self.device} ({str(self.dtype).removeprefix('torch.')}) · "
+            f"Attention: {self.attention} · Base model: `{self.settings.model_ids['base']}`"
+        )
+
+    # ---- models --------------------------------------------------------------------------------
+    def base_pipeline(self):
+        """The StableDiffusionControlNetPipeline holding the base model, loaded on first use."""
+        with self._lock:
+            if self._base is None:
+                from diffusers import StableDiffusionControlNetPipeline
+
+                pipe = load_model(
+                    StableDiffusionControlNetPipeline.from_pretrained,
+                    "base",
+                    self.settings.model_ids["base"],
+                    self.settings.models_dir,
+                    controlnet=None,  # ControlNets are passed to our loop per request
+                    safety_checker=None,
+                    feature_extractor=None,
+                    requires_safety_checker=False,
+                    dtype=self.dtype,
+                )
+                pipe.to(self.device)
+                pipe.set_progress_bar_config(disable=True)
+                apply_attention_backend(self.attention, pipe.unet)
+                self._base = pipe
+            return self._base
+
+    def controlnet(self, role: str) -> torch.nn.Module:
+        """The ControlNet for `role`, from the cache or loaded (evicting the least recent)."""
+        model_id = self.settings.model_ids[role]
+        with self._lock:
+            if model_id in self._controlnets:
+                self._controlnets.move_to_end(model_id)
+                return self._controlnets[model_id]
+            from diffusers import ControlNetModel
+
+            model = load_model(
+                ControlNetModel.from_pretrained,
+                role,
+                model_id,
+                self.settings.models_dir,
+                dtype=self.dtype,
+            )
+            model.to(self.device)
+            apply_attention_backend(self.attention, model)
+            while len(self._controlnets) >= self.settings.controlnet_cache_size:
+                evicted_id, _ = self._controlnets.popitem(last=False)
+                logger.info("Evicted ControlNet %s", evicted_id)
+                self._free_memory()
+            self._controlnets[model_id] = model
+            return model
+
+    @property
+    def cached_controlnets(self) -> list[str]:
+        return list(self._controlnets)
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ---- control maps --------------------------------------------------------------------------
+    def load_image(self, source: Any) -> np.ndarray:
+        if source is None:
+            raise InvalidRequestError("No image given: upload an image (or draw one).")
+        limits = self.settings.limits
+        return load_image(
+            source, max_bytes=limits.max_upload_bytes, max_pixels=limits.max_upload_pixels
+        )
+
+    def annotate(
+        self,
+        image: Any,
+        annotator: str,
+        image_resolution: int | None = None,
+        detect_resolution: int | None = None,
+        **params: Any,
+    ) -> np.ndarray:
+        """The control map only (no diffusion model needed): RGB uint8 (H, W, 3)."""
+        chosen = get_annotator(annotator)
+        self._refuse_unknown_params(params, ANNOTATORS)
+        options = GenerationOptions.checked(
+            self.settings.limits,
+            self.settings.defaults,
+            image_resolution=image_resolution,
+            detect_resolution=detect_resolution,
+        )
+        return self._control_map(chosen.name, self.load_image(image), options, params)
+
+    def _control_map(
+        self, annotator: str, image: np.ndarray, options: GenerationOptions, params: dict
+    ) -> np.ndarray:
+        chosen = get_annotator(annotator)
+        height, width = image.shape[:2]
+        if max(height, width) / min(height, width) > self.settings.limits.max_aspect_ratio:
+            raise InvalidRequestError(
+                f"The image is {width}x{height}; its aspect ratio is over "
+                f"{self.settings.limits.max_aspect_ratio:g}:1. Crop it first."
+            )
+        detect = options.detect_resolution if chosen.default_detect_resolution else None
+        return make_control_map(
+            chosen, image, options.image_resolution, detect, chosen.check_params(params)
+        )
+
+    @staticmethod
+    def _refuse_unknown_params(params: dict, annotator_names) -> None:
+        known = {param.name for name in annotator_names for param in ANNOTATORS[name].params}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise InvalidRequestError(
+                f"Unknown parameter(s): {', '.join(unknown)}. "
+                f"Annotator parameters here: {', '.join(sorted(known)) or 'none'}."
+            )
+
+    # ---- generation ----------------------------------------------------------------------------
+    def generate(
+        self,
+        condition: str,
+        image: Any,
+        prompt: str = "",
+        *,
+        annotator: str | None = None,
+        on_progress=None,
+        **raw_options: Any,
+    ) -> GenerationResult:
+        # 1. Check inputs: condition, annotator, every option, the image.
+        chosen_condition = get_condition(condition)
+        annotator = annotator or chosen_condition.annotators[0]
+        if annotator not in chosen_condition.annotators:
+            raise InvalidRequestError(
+                f"The {chosen_condition.label} tab has no annotator {annotator!r}; choose one "
+                f"of: {', '.join(chosen_condition.annotators)}."
+            )
+        options = GenerationOptions.checked(
+            self.settings.limits, self.settings.defaults, prompt=prompt, **raw_options
+        )
+        self._refuse_unknown_params(options.annotator_params, chosen_condition.annotators)
+        source = self.load_image(image)
+
+        # 2. The control map, at the output size.
+        control_map = self._control_map(annotator, source, options, options.annotator_params)
+
+        # 3. Models (the base once, this condition's ControlNet from the cache) and the run.
+        seed = options.seed if options.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
+        with self._lock:
+            pipe = self.base_pipeline()
+            controlnet = self.controlnet(chosen_condition.controlnet_role)
+            images, warnings = self._run(pipe, controlnet, control_map, options, seed, on_progress)
+        return GenerationResult(control_map, images, seed, warnings)
+
+    def _run(self, pipe, controlnet, control_map, options: GenerationOptions, seed, on_progress):
+        warnings = []
+        prompt = options.full_prompt
+        max_tokens = pipe.tokenizer.model_max_length
+        token_count = len(pipe.tokenizer(prompt).input_ids)
+        if token_count > max_tokens:
+            warnings.append(
+                f"The prompt is {token_count} tokens long; CLIP reads only the first "
+                f"{max_tokens}, so the rest was ignored."
+            )
+        use_cfg = options.guidance_scale > 1.0  # at <= 1, CFG adds nothing but cost
+        prompt_embeds, negative_embeds = pipe.encode_prompt(
+            prompt,
+            self.device,
+            num_images_per_prompt=options.num_images,
+            do_classifier_free_guidance=use_cfg,
+            negative_prompt=options.negative_prompt if use_cfg else None,
+        )
+        height, width = control_map.shape[:2]
+        generator = torch.Generator("cpu").manual_seed(seed)
+        # Noise drawn on the CPU: the same seed gives the same image on any device.
+        latents = torch.randn(
+            (
+                options.num_images,
+                pipe.unet.config.in_channels,
+                height // pipe.vae_scale_factor,
+                width // pipe.vae_scale_factor,
+            ),
+            generator=generator,
+            dtype=torch.float32,
+        ).to(self.device, self.dtype)
+        unit = ControlUnit(
+            controlnet, control_image_tensor(control_map, self.device, self.dtype), options.strength
+        )
+        latents = denoise(
+            unet=pipe.unet,
+            scheduler=make_scheduler(options.scheduler, pipe.scheduler.config),
+            units=[unit],
+            prompt_embeds=prompt_embeds,
+            negative_embeds=negative_embeds if use_cfg else None,
+            latents=latents,
+            steps=options.steps,
+            guidance_scale=options.guidance_scale,
+            mode=get_control_mode(options.control_mode),
+            gamma=options.resolution_weighting,
+            generator=generator,
+            eta=options.eta,
+            on_progress=on_progress,
+        )
+        return decode_latents(pipe.vae, latents), warnings

@@ -1,0 +1,129 @@
+"""A generation request, checked against the limits in settings before any work starts.
+
+API callers can send anything (strings for numbers, NaN, 10**6 steps): every field is checked here,
+in the engine, not only by the UI's slider bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from errors import InvalidRequestError
+from pipelines.control import get_control_mode
+from pipelines.schedulers import SCHEDULERS
+from settings import MAX_SEED, Defaults, Limits
+
+
+def _number(name: str, value: Any, minimum: float, maximum: float) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise InvalidRequestError(f"`{name}` must be a number, got {value!r}.") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequestError(f"`{name}` must be a number, got {type(value).__name__}.")
+    if not math.isfinite(value) or not minimum <= value <= maximum:
+        raise InvalidRequestError(
+            f"`{name}` must be between {minimum:g} and {maximum:g}, got {value!r}."
+        )
+    return float(value)
+
+
+def _whole(name: str, value: Any, minimum: int, maximum: int) -> int:
+    number = _number(name, value, minimum, maximum)
+    if not number.is_integer():
+        raise InvalidRequestError(f"`{name}` must be a whole number, got {value!r}.")
+    return int(number)
+
+
+def _text(name: str, value: Any, max_chars: int) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"`{name}` must be text, got {type(value).__name__}.")
+    if len(value) > max_chars:
+        raise InvalidRequestError(
+            f"`{name}` is {len(value)} characters long; the limit is {max_chars}."
+        )
+    # Control characters (other than whitespace) confuse the tokenizer and logs: drop them.
+    return "".join(ch for ch in value if ch.isprintable() or ch in "\n\t").strip()
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Everything about a generation except the condition, the image and the annotator."""
+
+    prompt: str = ""
+    num_images: int = 1
+    image_resolution: int = 512
+    detect_resolution: int = 512
+    strength: float = 1.0
+    control_mode: str = "balanced"
+    resolution_weighting: float = 1.0
+    scheduler: str = "UniPC"
+    steps: int = 20
+    guidance_scale: float = 9.0
+    seed: int = -1
+    eta: float = 0.0
+    added_prompt: str = ""
+    negative_prompt: str = ""
+    annotator_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full_prompt(self) -> str:
+        """The prompt with the added prompt, as the reference joins them (`prompt, added`)."""
+        return ", ".join(part for part in (self.prompt, self.added_prompt) if part)
+
+    @classmethod
+    def checked(cls, limits: Limits, defaults: Defaults, **given: Any) -> GenerationOptions:
+        """Options from raw values (API or UI); missing ones take the defaults; all checked."""
+        known = {name for name in cls.__dataclass_fields__ if name != "annotator_params"}
+        values = {name: given.pop(name) for name in list(given) if name in known}
+
+        def get(name: str) -> Any:
+            value = values.get(name)
+            return getattr(defaults, name, getattr(cls, name, None)) if value is None else value
+
+        scheduler = get("scheduler")
+        if scheduler not in SCHEDULERS:
+            raise InvalidRequestError(
+                f"Unknown scheduler {scheduler!r}; choose one of: {', '.join(SCHEDULERS)}."
+            )
+        return cls(
+            prompt=_text("prompt", values.get("prompt"), limits.max_prompt_chars),
+            num_images=_whole("num_images", get("num_images"), 1, limits.max_images),
+            image_resolution=_whole(
+                "image_resolution",
+                get("image_resolution"),
+                limits.min_resolution,
+                limits.max_resolution,
+            ),
+            detect_resolution=_whole(
+                "detect_resolution",
+                get("detect_resolution"),
+                limits.min_detect_resolution,
+                limits.max_detect_resolution,
+            ),
+            strength=_number("strength", get("strength"), 0.0, limits.max_strength),
+            control_mode=get_control_mode(get("control_mode")).name,
+            resolution_weighting=_number(
+                "resolution_weighting",
+                get("resolution_weighting"),
+                0.0,
+                limits.max_resolution_weighting,
+            ),
+            scheduler=scheduler,
+            steps=_whole("steps", get("steps"), 1, limits.max_steps),
+            guidance_scale=_number(
+                "guidance_scale", get("guidance_scale"), limits.min_guidance, limits.max_guidance
+            ),
+            seed=_whole("seed", get("seed"), -1, MAX_SEED),
+            eta=_number("eta", get("eta"), 0.0, 1.0),
+            added_prompt=_text("added_prompt", get("added_prompt"), limits.max_prompt_chars),
+            negative_prompt=_text(
+                "negative_prompt", get("negative_prompt"), limits.max_prompt_chars
+            ),
+            annotator_params=given,
+        )

@@ -1,0 +1,150 @@
+"""Everything the operator can tune, read from the environment in one place.
+
+Defaults follow the reference gradio apps of lllyasviel/ControlNet (see shared DESIGN.md §2) and the
+model table of DESIGN.md §4. Every model id can be overridden with an environment variable
+`MODEL_<ROLE>` (e.g. `MODEL_CANNY=my-org/my-canny-controlnet` or a local folder), and
+`MODELS_DIR` points at a folder laid out like the Hub (`MODELS_DIR/<org>/<name>/...`) that is
+used before the Hub.
+Web visitors never choose a model id or path: only this module does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+# Role -> Hub id. A role is what the engine asks for; a condition names the role of its ControlNet.
+DEFAULT_MODEL_IDS: dict[str, str] = {
+    "base": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "canny": "lllyasviel/control_v11p_sd15_canny",
+    "mlsd": "lllyasviel/control_v11p_sd15_mlsd",
+    "scribble": "lllyasviel/control_v11p_sd15_scribble",
+    "softedge": "lllyasviel/control_v11p_sd15_softedge",
+    "openpose": "lllyasviel/control_v11p_sd15_openpose",
+    "seg": "lllyasviel/control_v11p_sd15_seg",
+    "depth": "lllyasviel/control_v11f1p_sd15_depth",
+    "normal": "lllyasviel/control_v11p_sd15_normalbae",
+    "annotators": "lllyasviel/Annotators",
+    "depth_estimator": "Intel/dpt-hybrid-midas",
+    "segmenter": "openmmlab/upernet-convnext-small",
+}
+
+# The paper's own v1.0 ControlNets (DESIGN.md §4), for the family switch.
+V10_MODEL_IDS: dict[str, str] = {
+    role: f"lllyasviel/sd-controlnet-{name}"
+    for role, name in {
+        "canny": "canny",
+        "mlsd": "mlsd",
+        "softedge": "hed",
+        "scribble": "scribble",
+        "openpose": "openpose",
+        "seg": "seg",
+        "depth": "depth",
+        "normal": "normal",
+    }.items()
+}
+
+MAX_SEED = 2**31 - 1  # the reference UI's seed range
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as error:
+        raise ValueError(f"Environment variable {name} must be an integer, got {raw!r}.") from error
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard limits the engine enforces on every request, whatever sliders or API callers send."""
+
+    max_images: int = 12
+    min_resolution: int = 256
+    max_resolution: int = 768
+    # Cap on long side / short side: a 1:10 strip at short side 512 would be 5120 px long.
+    max_aspect_ratio: float = 3.0
+    min_detect_resolution: int = 128
+    max_detect_resolution: int = 1024
+    max_steps: int = 100
+    min_guidance: float = 0.0
+    max_guidance: float = 30.0
+    max_strength: float = 2.0
+    max_resolution_weighting: float = 3.0
+    max_prompt_chars: int = 2000
+    max_upload_bytes: int = 25 * 1024 * 1024
+    # Checked from the header before decoding: 12000 x 12000 (144 MP) is refused.
+    max_upload_pixels: int = 50_000_000
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The reference UI's defaults (DESIGN.md §2)."""
+
+    num_images: int = 1
+    image_resolution: int = 512
+    detect_resolution: int = 512
+    strength: float = 1.0
+    control_mode: str = "balanced"
+    resolution_weighting: float = 1.0  # gamma = 1 is the paper's w_i = 64 / h_i
+    scheduler: str = "UniPC"
+    steps: int = 20
+    guidance_scale: float = 9.0
+    seed: int = -1  # -1 draws a random seed; the one used is returned
+    eta: float = 0.0
+    added_prompt: str = "best quality, extremely detailed"
+    negative_prompt: str = (
+        "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
+        "cropped, worst quality, low quality"
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    models_dir: Path = PROJECT_ROOT / "models"
+    model_ids: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_MODEL_IDS))
+    limits: Limits = field(default_factory=Limits)
+    defaults: Defaults = field(default_factory=Defaults)
+    # How many ControlNets stay loaded at once; each SD1.5 ControlNet is ~0.7 GB in fp16.
+    controlnet_cache_size: int = 2
+    device: str | None = None  # None: CUDA when available, else CPU
+    queue_size: int = 20
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        model_ids = dict(DEFAULT_MODEL_IDS)
+        for role in model_ids:
+            override = env.get(f"MODEL_{role.upper()}")
+            if override:
+                model_ids[role] = override
+        base_limits = Limits()
+        limits = Limits(
+            max_images=_env_int(env, "MAX_NUM_IMAGES", base_limits.max_images),
+            max_resolution=_env_int(env, "MAX_IMAGE_RESOLUTION", base_limits.max_resolution),
+            max_steps=_env_int(env, "MAX_STEPS", base_limits.max_steps),
+            max_prompt_chars=_env_int(env, "MAX_PROMPT_CHARS", base_limits.max_prompt_chars),
+            max_upload_bytes=_env_int(env, "MAX_UPLOAD_BYTES", base_limits.max_upload_bytes),
+            max_upload_pixels=_env_int(env, "MAX_UPLOAD_PIXELS", base_limits.max_upload_pixels),
+        )
+        defaults = Defaults(
+            num_images=min(_env_int(env, "DEFAULT_NUM_IMAGES", 1), limits.max_images),
+            image_resolution=min(
+                _env_int(env, "DEFAULT_IMAGE_RESOLUTION", 512), limits.max_resolution
+            ),
+        )
+        return cls(
+            models_dir=Path(env.get("MODELS_DIR") or PROJECT_ROOT / "models"),
+            model_ids=model_ids,
+            limits=limits,
+            defaults=defaults,
+            controlnet_cache_size=max(1, _env_int(env, "CONTROLNET_CACHE_SIZE", 2)),
+            device=env.get("DEVICE") or None,
+            queue_size=max(1, _env_int(env, "QUEUE_SIZE", 20)),
+        )

@@ -1,0 +1,171 @@
+"""Tiny, randomly initialised Stable Diffusion 1.5 + ControlNet models for tests.
+
+Nothing can be downloaded when the tests run (``HF_HUB_OFFLINE=1``), so the tests build
+architecturally real but tiny models in code and save them in the same file layout as the
+Hugging Face Hub repos. The app's real loading code (``from_pretrained`` on a local folder,
+``use_safetensors=True``) then loads them unchanged.
+
+Geometry matches SD1.5: the VAE and the ControlNet's condition embedding both downsample by 8,
+so a WxH control image pairs with a WxH output (latents of W/8 x H/8), and the UNet/ControlNet
+have two down blocks, so ControlNet residuals come at two resolutions. A 2-step 128x128
+generation takes about 0.1 s on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+BASE_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+# Shared by the UNet and every ControlNet (the ControlNet must mirror the UNet's down path).
+_UNET_BLOCKS = (32, 64)
+_LAYERS_PER_BLOCK = 2
+_CROSS_ATTENTION_DIM = 32
+_DOWN_BLOCKS = ("DownBlock2D", "CrossAttnDownBlock2D")
+_ATTENTION_HEAD_DIM = 8
+# Four channel entries -> three stride-2 convs -> /8, like SD1.5 and like the tiny VAE below.
+_CONDITIONING_CHANNELS = (8, 8, 16, 16)
+_VAE_BLOCKS = (8, 8, 16, 16)
+# SD1.5's scheduler/scheduler_config.json (clip_sample is unused by PNDM but kept, as on the Hub,
+# because schedulers built from this config, e.g. DDIM, read it).
+_SD15_SCHEDULER = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "trained_betas": None,
+}
+
+
+def _tokenizer(folder: Path) -> CLIPTokenizer:
+    """A real byte-level CLIP BPE tokenizer (514-entry vocab, no merges) read from ``folder``.
+
+    Writes vocab.json and merges.txt like the Hub repo has; ``save_pretrained`` later adds
+    tokenizer.json and tokenizer_config.json next to them.
+    """
+    chars = sorted(ByteLevel.alphabet())  # the 256 byte-level characters
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+
+
+def _text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=32,
+    )
+    return CLIPTextModel(config)
+
+
+def build_tiny_base(target: Path, seed: int = 0) -> Path:
+    """Save a tiny SD1.5-layout pipeline into ``target`` and return it.
+
+    Writes unet/, vae/, text_encoder/, tokenizer/, scheduler/ and model_index.json, with
+    safety_checker / feature_extractor recorded as ``[null, null]``.
+    """
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=_UNET_BLOCKS,
+        layers_per_block=_LAYERS_PER_BLOCK,
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=_DOWN_BLOCKS,
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=_CROSS_ATTENTION_DIM,
+        attention_head_dim=_ATTENTION_HEAD_DIM,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=_VAE_BLOCKS,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(_VAE_BLOCKS),
+        up_block_types=("UpDecoderBlock2D",) * len(_VAE_BLOCKS),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=512,
+    )
+    tokenizer = _tokenizer(target / "tokenizer")
+    text_encoder = _text_encoder(tokenizer)
+    scheduler = PNDMScheduler.from_config(_SD15_SCHEDULER)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(target, safe_serialization=True)
+    return target
+
+
+def build_tiny_controlnet(target: Path, seed: int = 0) -> Path:
+    """Save a tiny ControlNetModel matching the tiny UNet into ``target`` and return it.
+
+    A fresh ControlNet has zero-initialised output convs (no effect at all, the same for every
+    seed) and a condition embedding whose default init all but erases the control image, so
+    those layers get Kaiming-normal weights instead: the control image and the ControlNet then
+    visibly change the output.
+    """
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel(
+        block_out_channels=_UNET_BLOCKS,
+        layers_per_block=_LAYERS_PER_BLOCK,
+        in_channels=4,
+        down_block_types=_DOWN_BLOCKS,
+        cross_attention_dim=_CROSS_ATTENTION_DIM,
+        attention_head_dim=_ATTENTION_HEAD_DIM,
+        conditioning_embedding_out_channels=_CONDITIONING_CHANNELS,
+    )
+    reinit = [
+        controlnet.controlnet_cond_embedding,
+        controlnet.controlnet_down_blocks,
+        controlnet.controlnet_mid_block,
+    ]
+    for module in reinit:
+        for conv in module.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(conv.weight)
+    controlnet.save_pretrained(target, safe_serialization=True)
+    return target
+
+
+def build_models_dir(models_dir: Path, controlnet_ids: Iterable[str]) -> Path:
+    """Create ``models_dir/<BASE_ID>`` and ``models_dir/<id>`` for each ControlNet id.
+
+    Each ControlNet gets its own seed, so they differ from one another.
+    """
+    build_tiny_base(models_dir / BASE_ID)
+    for seed, controlnet_id in enumerate(controlnet_ids, start=1):
+        build_tiny_controlnet(models_dir / controlnet_id, seed=seed)
+    return models_dir

@@ -1,0 +1,139 @@
+"""Gradio controls built from data: annotator `Param`s, the shared generation options, and the
+handler wrapper that turns engine errors into messages for the page and the API."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable
+
+import gradio as gr
+
+from annotators import ANNOTATORS, Param
+from errors import UserFacingError
+from pipelines.control import CONTROL_MODES
+from pipelines.schedulers import SCHEDULERS
+from settings import MAX_SEED, Defaults, Limits
+
+logger = logging.getLogger(__name__)
+
+GPU_QUEUE = "gpu"  # every event that runs the diffusion model shares this concurrency id
+
+
+def param_slider(param: Param) -> gr.Slider:
+    return gr.Slider(
+        label=param.label,
+        minimum=param.minimum,
+        maximum=param.maximum,
+        value=param.default,
+        step=param.step,
+        info=param.info or None,
+    )
+
+
+def annotator_choice(names: Iterable[str], label: str = "Annotator") -> gr.Radio:
+    names = list(names)
+    return gr.Radio(
+        label=label,
+        choices=[(ANNOTATORS[name].label, name) for name in names],
+        value=names[0],
+        visible=len(names) > 1,
+    )
+
+
+def resolution_slider(limits: Limits, defaults: Defaults) -> gr.Slider:
+    return gr.Slider(
+        label="Image resolution (short side)",
+        minimum=limits.min_resolution,
+        maximum=limits.max_resolution,
+        value=defaults.image_resolution,
+        step=64,
+        info="Sizes are rounded to multiples of 64; the aspect ratio is kept.",
+    )
+
+
+def detect_resolution_slider(limits: Limits, default: int) -> gr.Slider:
+    return gr.Slider(
+        label="Annotator resolution",
+        minimum=limits.min_detect_resolution,
+        maximum=limits.max_detect_resolution,
+        value=default,
+        step=64,
+    )
+
+
+def generation_controls(limits: Limits, defaults: Defaults) -> dict[str, gr.components.Component]:
+    """The options every generate endpoint shares, keyed by their API keyword names."""
+    return {
+        "num_images": gr.Slider(
+            label="Images", minimum=1, maximum=limits.max_images, value=defaults.num_images, step=1
+        ),
+        "image_resolution": resolution_slider(limits, defaults),
+        "strength": gr.Slider(
+            label="Control strength",
+            minimum=0.0,
+            maximum=limits.max_strength,
+            value=defaults.strength,
+            step=0.05,
+        ),
+        "control_mode": gr.Radio(
+            label="Control mode",
+            choices=[(mode.label, mode.name) for mode in CONTROL_MODES.values()],
+            value=defaults.control_mode,
+            info="Balanced adds control to both CFG branches. 'ControlNet is more important' is "
+            "the paper's CFG resolution weighting: control on the prompt branch only.",
+        ),
+        "resolution_weighting": gr.Slider(
+            label="Resolution weighting (gamma)",
+            minimum=0.0,
+            maximum=limits.max_resolution_weighting,
+            value=defaults.resolution_weighting,
+            step=0.05,
+            info="Connection i gets weight (h_min / h_i) ** gamma: 0 = uniform, 1 = the paper's "
+            "64 / h_i. Used by the two non-balanced modes.",
+        ),
+        "scheduler": gr.Dropdown(
+            label="Sampler", choices=list(SCHEDULERS), value=defaults.scheduler
+        ),
+        "steps": gr.Slider(
+            label="Steps", minimum=1, maximum=limits.max_steps, value=defaults.steps, step=1
+        ),
+        "guidance_scale": gr.Slider(
+            label="Guidance scale",
+            minimum=0.1,
+            maximum=limits.max_guidance,
+            value=defaults.guidance_scale,
+            step=0.1,
+        ),
+        "seed": gr.Number(
+            label="Seed (-1 = random)",
+            value=defaults.seed,
+            precision=0,
+            minimum=-1,
+            maximum=MAX_SEED,
+        ),
+        "eta": gr.Number(label="eta (DDIM)", value=defaults.eta, minimum=0.0, maximum=1.0),
+        "added_prompt": gr.Textbox(label="Added prompt", value=defaults.added_prompt),
+        "negative_prompt": gr.Textbox(label="Negative prompt", value=defaults.negative_prompt),
+    }
+
+
+def user_errors(handler: Callable) -> Callable:
+    """Show engine errors as messages (UI toast, API error text) instead of tracebacks."""
+
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except UserFacingError as error:
+            raise gr.Error(str(error)) from error
+        except gr.Error:
+            raise
+        except Exception as error:
+            logger.exception("Unexpected failure in %s", handler.__name__)
+            raise gr.Error(
+                f"Something went wrong ({type(error).__name__}); the server logged the details. "
+                "Try again, or lower the resolution or the number of images."
+            ) from error
+
+    return wrapped

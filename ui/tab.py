@@ -1,0 +1,171 @@
+"""One tab factory for every condition, and the control-map tab behind /annotate.
+
+A tab is built from its `Condition` entry: input (upload or canvas), prompt, Run, Preview map, an
+Advanced accordion with every option and the annotator's own parameters, and the gallery (control
+map first) with the seed used. Its Run button is the API endpoint `/<condition name>`, whose
+keyword names are the keys of the `inputs_kwargs` dict below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from annotators import ANNOTATORS
+from conditions import Condition
+from errors import InvalidRequestError
+from settings import Defaults, Limits
+from ui.controls import (
+    GPU_QUEUE,
+    annotator_choice,
+    detect_resolution_slider,
+    generation_controls,
+    param_slider,
+    resolution_slider,
+    user_errors,
+)
+
+CANVAS_SIZE = (512, 512)  # the reference interactive scribble canvas
+
+
+def canvas_image(value: Any) -> Any:
+    """An ImageEditor value (dict with 'composite') or a plain image -> the image to annotate."""
+    if isinstance(value, dict):
+        composite = value.get("composite")
+        if composite is None:
+            raise InvalidRequestError("The canvas is empty: draw something first.")
+        return composite
+    return value
+
+
+def input_component(condition: Condition) -> gr.components.Component:
+    if condition.input_kind == "canvas":
+        return gr.Sketchpad(
+            label="Draw here",
+            type="numpy",
+            image_mode="RGBA",
+            canvas_size=CANVAS_SIZE,
+            brush=gr.Brush(colors=["#000000"], color_mode="fixed", default_size=6),
+        )
+    return gr.Image(
+        label="Input image", type="filepath", image_mode=None, sources=["upload", "clipboard"]
+    )
+
+
+def build_condition_tab(condition: Condition, engine, limits: Limits, defaults: Defaults) -> None:
+    with gr.Tab(condition.label, id=condition.name):
+        if condition.description:
+            gr.Markdown(condition.description)
+        with gr.Row():
+            with gr.Column():
+                image = input_component(condition)
+                prompt = gr.Textbox(label="Prompt", placeholder="e.g. a cosy house by a lake")
+                with gr.Row():
+                    run = gr.Button("Run", variant="primary")
+                    preview = gr.Button("Preview map")
+                with gr.Accordion("Advanced options", open=False):
+                    options = generation_controls(limits, defaults)
+                    map_controls: dict[str, gr.components.Component] = {
+                        "annotator": annotator_choice(condition.annotators),
+                    }
+                    if condition.default_detect_resolution is not None:
+                        map_controls["detect_resolution"] = detect_resolution_slider(
+                            limits, condition.default_detect_resolution
+                        )
+                    for param in condition.params:
+                        map_controls[param.name] = param_slider(param)
+            with gr.Column():
+                gallery = gr.Gallery(
+                    label="Control map, then images", format="png", columns=2, height="auto"
+                )
+                seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
+
+    @user_errors
+    def generate(image, prompt, progress=gr.Progress(), **kwargs):
+        def report(step: int, total: int) -> None:
+            progress((step, total), desc="Denoising", unit="steps")
+
+        result = engine.generate(
+            condition.name, canvas_image(image), prompt, on_progress=report, **kwargs
+        )
+        for warning in result.warnings:
+            gr.Warning(warning)
+        captions = [f"Image {index + 1}" for index in range(len(result.images))]
+        images = list(zip(result.images, captions, strict=True))
+        return [(result.control_map, "Control map"), *images], result.seed
+
+    @user_errors
+    def preview_map(image, **kwargs):
+        control_map = engine.annotate(canvas_image(image), **kwargs)
+        return [(control_map, "Control map")]
+
+    gr.on(
+        triggers=[run.click, prompt.submit],
+        fn=generate,
+        inputs=[image, prompt],
+        inputs_kwargs={**options, **map_controls},
+        outputs=[gallery, seed_used],
+        api_name=condition.name,
+        concurrency_id=GPU_QUEUE,
+    )
+    preview.click(
+        fn=preview_map,
+        inputs=[image],
+        inputs_kwargs={"image_resolution": options["image_resolution"], **map_controls},
+        outputs=[gallery],
+        api_visibility="private",
+    )
+    _show_params_of_chosen_annotator(map_controls)
+
+
+def _show_params_of_chosen_annotator(map_controls: dict[str, gr.components.Component]) -> None:
+    """Hide the sliders of annotators that are not chosen (e.g. Canny's with 'none')."""
+    choice = map_controls["annotator"]
+    every_param = {param.name for annotator in ANNOTATORS.values() for param in annotator.params}
+    names = [name for name in map_controls if name in every_param]
+    if not names:
+        return
+    sliders = [map_controls[name] for name in names]
+
+    def visibility(annotator: str):
+        own = {param.name for param in ANNOTATORS[annotator].params}
+        return [gr.update(visible=name in own) for name in names]
+
+    choice.change(visibility, inputs=choice, outputs=sliders, api_visibility="private")
+
+
+def build_annotate_tab(engine, limits: Limits, defaults: Defaults) -> None:
+    """Every annotator's map on its own: the page's map tool and the /annotate endpoint."""
+    with gr.Tab("Control maps", id="annotate"):
+        gr.Markdown("Make a control map without generating: preview it, or download it to reuse.")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(label="Input image", type="filepath", image_mode=None)
+                controls: dict[str, gr.components.Component] = {
+                    "annotator": gr.Dropdown(
+                        label="Annotator",
+                        choices=[(a.label, a.name) for a in ANNOTATORS.values()],
+                        value=next(iter(ANNOTATORS)),
+                    ),
+                    "image_resolution": resolution_slider(limits, defaults),
+                    "detect_resolution": detect_resolution_slider(
+                        limits, defaults.detect_resolution
+                    ),
+                }
+                for annotator in ANNOTATORS.values():
+                    for param in annotator.params:
+                        controls.setdefault(param.name, param_slider(param))
+                make = gr.Button("Make map", variant="primary")
+            with gr.Column():
+                output = gr.Image(label="Control map", format="png")
+
+    @user_errors
+    def annotate(image, **kwargs) -> np.ndarray:
+        return engine.annotate(image, **kwargs)
+
+    make.click(
+        fn=annotate, inputs=[image], inputs_kwargs=controls, outputs=output, api_name="annotate"
+    )
+    _show_params_of_chosen_annotator(controls)
