@@ -26,8 +26,9 @@ ASSETS = PROJECT_ROOT / "assets"
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from settings import DEFAULT_MODEL_IDS, Settings  # noqa: E402
 from tiny_models import build_models_dir  # noqa: E402
+
+from settings import DEFAULT_MODEL_IDS, Settings  # noqa: E402
 
 # The ControlNets the tests provide; the other roles stay missing on purpose.
 TEST_CONTROLNET_ROLES = ("canny", "scribble")

@@ -1,4 +1,4 @@
-"""The engine on tiny SD1.5 + ControlNet models loaded from a MODELS_DIR tree by the app's own code."""
+"""The engine on tiny SD1.5 + ControlNet models, loaded from MODELS_DIR by the app's own code."""
 
 from __future__ import annotations
 

@@ -1,0 +1,142 @@
+"""A real `python app.py` server on tiny models, driven through its API with gradio_client."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ASSETS, PROJECT_ROOT
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+FAST = {"steps": 2, "image_resolution": 256}
+SHARED_KEYWORDS = [
+    "num_images",
+    "image_resolution",
+    "strength",
+    "control_mode",
+    "resolution_weighting",
+    "scheduler",
+    "steps",
+    "guidance_scale",
+    "seed",
+    "eta",
+    "added_prompt",
+    "negative_prompt",
+    "annotator",
+]
+
+
+@pytest.fixture(scope="module")
+def client(server) -> Client:
+    return Client(server.url, verbose=False)
+
+
+def read(item) -> np.ndarray:
+    return np.asarray(Image.open(item["image"]))
+
+
+def test_help_lists_the_launch_flags():
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "app.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    for flag in ("--host", "--port", "--share"):
+        assert flag in result.stdout
+
+
+def test_api_names_and_keywords_follow_the_contract(client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"/canny", "/scribble", "/scribble_interactive", "/annotate"} <= set(endpoints)
+    for name in ("/canny", "/scribble"):
+        parameters = endpoints[name]["parameters"]
+        names = [parameter["parameter_name"] for parameter in parameters]
+        assert names[:2] == ["image", "prompt"]
+        assert names[2:] == SHARED_KEYWORDS + (
+            ["low_threshold", "high_threshold"] if name == "/canny" else []
+        )
+        assert all(parameter["parameter_has_default"] for parameter in parameters[2:])
+    assert not any("preview" in name for name in endpoints)  # UI-only events stay private
+
+
+def test_canny_endpoint_returns_map_first_then_images_and_the_seed(client):
+    gallery, seed = client.predict(
+        image=handle_file(ASSETS / "coffee.jpg"),
+        prompt="a cup of coffee",
+        num_images=2,
+        seed=42,
+        low_threshold=50,
+        api_name="/canny",
+        **FAST,
+    )
+    assert seed == 42
+    assert [item["caption"] for item in gallery] == ["Control map", "Image 1", "Image 2"]
+    assert all(item["image"].endswith(".png") for item in gallery)
+    control_map, *images = (read(item) for item in gallery)
+    assert control_map.shape == (256, 384, 3) and set(np.unique(control_map)) <= {0, 255}
+    assert all(image.shape == (256, 384, 3) for image in images)
+    # Same request, same seed: the same pixels.
+    again, _ = client.predict(
+        image=handle_file(ASSETS / "coffee.jpg"),
+        prompt="a cup of coffee",
+        num_images=2,
+        seed=42,
+        low_threshold=50,
+        api_name="/canny",
+        **FAST,
+    )
+    np.testing.assert_array_equal(read(again[1]), images[0])
+
+
+def test_scribble_endpoint_converts_a_drawing(client, tmp_path):
+    drawing = np.full((320, 256, 3), 250, np.uint8)
+    drawing[150:160, 30:220] = 0
+    path = tmp_path / "drawing.png"
+    Image.fromarray(drawing).save(path)
+    gallery, seed = client.predict(
+        image=handle_file(path), prompt="a bridge", api_name="/scribble", **FAST
+    )
+    control_map = read(gallery[0])
+    assert control_map.shape == (320, 256, 3)
+    assert control_map[155, 100].tolist() == [255, 255, 255] and control_map[50, 50].max() == 0
+    assert len(gallery) == 2 and 0 <= seed < 2**31
+
+
+def test_annotate_endpoint_returns_the_map_only(client):
+    path = client.predict(
+        image=handle_file(ASSETS / "astronaut.png"),
+        annotator="canny",
+        image_resolution=256,
+        api_name="/annotate",
+    )
+    control_map = np.asarray(Image.open(path))
+    assert control_map.shape[:2] == (256, 256) and control_map.max() == 255
+
+
+def test_bad_requests_get_clear_messages_and_the_server_keeps_serving(client, tmp_path):
+    # Gradio's slider bound or the engine's own check, whichever comes first, names the limit.
+    with pytest.raises(AppError, match="maximum value 100|`steps` must be between 1 and 100"):
+        client.predict(
+            image=handle_file(ASSETS / "coffee.jpg"), prompt="x", steps=10**6, api_name="/canny"
+        )
+    with pytest.raises(AppError, match="LMS.*(UniPC|choose one of)"):
+        client.predict(
+            image=handle_file(ASSETS / "coffee.jpg"),
+            prompt="x",
+            scheduler="LMS",
+            api_name="/canny",
+        )
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("this is not an image")
+    with pytest.raises(AppError):  # refused while Gradio decodes the upload (message: issue 5)
+        client.predict(image=handle_file(text_file), prompt="x", api_name="/canny", **FAST)
+    gallery, _ = client.predict(
+        image=handle_file(ASSETS / "coffee.jpg"), prompt="still here", api_name="/canny", **FAST
+    )
+    assert len(gallery) == 2
