@@ -1,0 +1,68 @@
+"""CPU timing of the engine on tiny models: a regression check of the engine's overhead.
+
+    python benchmarks/tiny_engine.py [--steps 20] [--resolution 512] [--repeats 5]
+
+Builds tiny SD1.5 + ControlNet models in a temporary MODELS_DIR (no downloads), then prints one
+JSON line per control mode: median seconds per call. Real-size speed is issue 7's
+`benchmarks/generate.py`, measured on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from settings import DEFAULT_MODEL_IDS, Settings  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    from tiny_models import build_models_dir
+
+    from pipelines.engine import Engine
+
+    image = np.asarray(Image.open(ROOT / "assets" / "astronaut.png").convert("RGB"))
+    with tempfile.TemporaryDirectory() as folder:
+        models_dir = build_models_dir(Path(folder), [DEFAULT_MODEL_IDS["canny"]])
+        engine = Engine(Settings(models_dir=models_dir), device="cpu")
+        options = {"steps": args.steps, "image_resolution": args.resolution, "seed": 0}
+        started = time.perf_counter()
+        engine.generate("canny", image, "warm-up", **options)
+        warm_up = time.perf_counter() - started
+        for mode in ("balanced", "prompt", "controlnet"):
+            times = []
+            for _ in range(args.repeats):
+                started = time.perf_counter()
+                engine.generate("canny", image, "a photo", control_mode=mode, **options)
+                times.append(time.perf_counter() - started)
+            record = {
+                "benchmark": "tiny_engine_cpu",
+                "mode": mode,
+                "steps": args.steps,
+                "resolution": args.resolution,
+                "seconds_median": round(statistics.median(times), 4),
+                "warm_up_seconds": round(warm_up, 3),
+            }
+            print(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Settings from the environment, and where models are looked up (MODELS_DIR before the Hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.loading import missing_model_message, resolve_source
+from settings import DEFAULT_MODEL_IDS, Settings
+
+
+def test_environment_overrides_models_and_limits(tmp_path):
+    settings = Settings.from_env(
+        {
+            "MODELS_DIR": str(tmp_path),
+            "MODEL_CANNY": "my-org/my-canny",
+            "MAX_NUM_IMAGES": "4",
+            "DEFAULT_NUM_IMAGES": "9",
+            "MAX_STEPS": "50",
+        }
+    )
+    assert settings.models_dir == tmp_path
+    assert settings.model_ids["canny"] == "my-org/my-canny"
+    assert settings.model_ids["base"] == DEFAULT_MODEL_IDS["base"]
+    assert settings.limits.max_images == 4 and settings.limits.max_steps == 50
+    assert settings.defaults.num_images == 4  # a default never exceeds its limit
+
+
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(ValueError, match="MAX_STEPS must be an integer"):
+        Settings.from_env({"MAX_STEPS": "many"})
+
+
+def test_models_dir_mirror_is_used_before_the_hub(tmp_path):
+    model_id = DEFAULT_MODEL_IDS["canny"]
+    assert resolve_source(model_id, tmp_path) == (model_id, False)
+    (tmp_path / model_id).mkdir(parents=True)
+    assert resolve_source(model_id, tmp_path) == (str(tmp_path / model_id), True)
+    assert resolve_source(str(tmp_path), Path("/nonexistent")) == (str(tmp_path), True)
+
+
+def test_missing_model_message_names_every_way_to_provide_it(tmp_path):
+    message = missing_model_message("scribble", "org/name", tmp_path)
+    assert "`org/name`" in message and str(tmp_path / "org/name") in message
+    assert "MODEL_SCRIBBLE" in message and "HF_HUB_OFFLINE" in message  # set by conftest
