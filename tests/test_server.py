@@ -140,3 +140,18 @@ def test_bad_requests_get_clear_messages_and_the_server_keeps_serving(client, tm
         image=handle_file(ASSETS / "coffee.jpg"), prompt="still here", api_name="/canny", **FAST
     )
     assert len(gallery) == 2
+
+
+def test_drawn_scribble_endpoint_takes_the_canvas_composite(client, tmp_path):
+    canvas = np.zeros((512, 512, 4), np.uint8)  # transparent canvas, as the Sketchpad sends it
+    canvas[250:262, 60:450] = (0, 0, 0, 255)  # one black stroke
+    path = tmp_path / "canvas.png"
+    Image.fromarray(canvas).save(path)
+    editor_value = {"background": None, "layers": [], "composite": handle_file(path)}
+    gallery, _ = client.predict(
+        image=editor_value, prompt="a line", api_name="/scribble_interactive", **FAST
+    )
+    control_map = read(gallery[0])
+    assert control_map.shape == (256, 256, 3)
+    assert control_map[128, 128].tolist() == [255, 255, 255]  # the stroke, white on black
+    assert control_map[20, 20].max() == 0  # transparent paper is background
