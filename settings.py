@@ -113,6 +113,8 @@ class Settings:
     defaults: Defaults = field(default_factory=Defaults)
     # How many ControlNets stay loaded at once; each SD1.5 ControlNet is ~0.7 GB in fp16.
     controlnet_cache_size: int = 2
+    # Annotators with weights (HED, pose, depth, segmentation) loaded at once.
+    annotator_cache_size: int = 3
     device: str | None = None  # None: CUDA when available, else CPU
     queue_size: int = 20
 
@@ -145,6 +147,7 @@ class Settings:
             limits=limits,
             defaults=defaults,
             controlnet_cache_size=max(1, _env_int(env, "CONTROLNET_CACHE_SIZE", 2)),
+            annotator_cache_size=max(1, _env_int(env, "ANNOTATOR_CACHE_SIZE", 3)),
             device=env.get("DEVICE") or None,
             queue_size=max(1, _env_int(env, "QUEUE_SIZE", 20)),
         )

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from annotators.base import Annotator, Param
+from annotators.base import Annotator, Detector, LoadContext, Param
 from annotators.canny import CannyAnnotator
 from annotators.passthrough import PassthroughAnnotator
 from annotators.scribble import ScribbleAnnotator
@@ -25,7 +25,15 @@ ANNOTATORS: dict[str, Annotator] = {
     for annotator in (CannyAnnotator(), ScribbleAnnotator(), PassthroughAnnotator())
 }
 
-__all__ = ["ANNOTATORS", "Annotator", "Param", "get_annotator", "make_control_map"]
+__all__ = [
+    "ANNOTATORS",
+    "Annotator",
+    "Detector",
+    "LoadContext",
+    "Param",
+    "get_annotator",
+    "make_control_map",
+]
 
 
 def get_annotator(name: str) -> Annotator:
@@ -39,6 +47,7 @@ def get_annotator(name: str) -> Annotator:
 
 def make_control_map(
     annotator: Annotator,
+    detector: Detector,
     image: np.ndarray,
     image_resolution: int,
     detect_resolution: int | None = None,
@@ -46,15 +55,15 @@ def make_control_map(
 ) -> np.ndarray:
     """The control map for `image` at the output size, RGB uint8 (H, W, 3).
 
-    `params` must already be checked (`Annotator.check_params`).
+    `detector` is `annotator.load(context)`; `params` must already be checked
+    (`Annotator.check_params`).
     """
     image = HWC3(image)
     height, width = output_size(image.shape[0], image.shape[1], image_resolution)
     params = params or {}
-    annotator.load()
     if annotator.default_detect_resolution is None or detect_resolution is None:
-        control_map = annotator.detect(resize_to(image, height, width), **params)
+        control_map = detector(resize_to(image, height, width), **params)
     else:
-        detected = annotator.detect(resize_image(image, detect_resolution), **params)
+        detected = detector(resize_image(image, detect_resolution), **params)
         control_map = resize_to(HWC3(detected), height, width, annotator.map_interpolation)
     return HWC3(control_map)

@@ -1,22 +1,37 @@
 """The one annotator contract: an image in, a control map out, parameters described as data.
 
-Every annotator takes RGB uint8 (H, W, 3) and returns a map as uint8 (H, W) or (H, W, 3). Its
-parameters are `Param`s, so the UI builds their controls, the API names them and the engine checks
-their ranges from the same description. Annotators with weights load them in `load()` (lazily, on
-first use), never at import.
+An `Annotator` is a description (name, label, parameters, detect resolution) plus `load(context)`,
+which returns a *detector*: a callable taking RGB uint8 (H, W, 3) and the parameters, returning a
+map as uint8 (H, W) or (H, W, 3). Classical annotators return their own `detect`; annotators with
+weights load them in `load` (lazily, on first use, never at import) from `context`, and the engine
+keeps the detectors in a bounded cache, so registry entries hold no state. Parameters are `Param`s:
+the UI builds their controls, the API names them and the engine checks their ranges from them.
 """
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import ABC
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
 from errors import InvalidRequestError
+
+Detector = Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """Where an annotator finds its weights and where it runs (the engine's settings)."""
+
+    models_dir: Path
+    model_ids: Mapping[str, str]
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -62,12 +77,13 @@ class Annotator(ABC):
     # How a map made at the detect resolution is brought to the output size.
     map_interpolation: int = cv2.INTER_LINEAR
 
-    def load(self) -> None:  # noqa: B027 (a no-op by default, on purpose)
-        """Load weights if any; called before the first detect. Classical annotators have none."""
+    def load(self, context: LoadContext) -> Detector:
+        """The detector, with its weights loaded from `context`. Classical annotators: `detect`."""
+        return self.detect
 
-    @abstractmethod
     def detect(self, image: np.ndarray, **params: float) -> np.ndarray:
         """image: RGB uint8 (H, W, 3) -> map uint8 (H, W) or (H, W, 3) of the same H, W."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither load nor detect")
 
     def check_params(self, given: dict[str, Any]) -> dict[str, float | int]:
         """This annotator's parameters from `given`, checked, defaults filled in.

@@ -11,18 +11,18 @@ import gc
 import logging
 import secrets
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from annotators import ANNOTATORS, get_annotator, make_control_map
+from annotators import ANNOTATORS, Detector, LoadContext, get_annotator, make_control_map
 from annotators.util import load_image
 from conditions import get_condition
 from errors import InvalidRequestError
 from pipelines.attention import apply_attention_backend, probe_attention_backend
+from pipelines.cache import ModelCache
 from pipelines.control import get_control_mode
 from pipelines.denoise import ControlUnit, control_image_tensor, decode_latents, denoise
 from pipelines.loading import load_model
@@ -55,7 +55,15 @@ class Engine:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.attention = probe_attention_backend(self.device)
         self._base = None
-        self._controlnets: OrderedDict[str, torch.nn.Module] = OrderedDict()
+        self._controlnets: ModelCache[torch.nn.Module] = ModelCache(
+            settings.controlnet_cache_size, self._free_memory
+        )
+        self._detectors: ModelCache[Detector] = ModelCache(
+            settings.annotator_cache_size, self._free_memory
+        )
+        self.annotator_context = LoadContext(
+            settings.models_dir, settings.model_ids, str(self.device)
+        )
         # One generation at a time per process: a ControlNet evicted while another request still
         # uses it, or two requests filling the GPU together, are the classic bugs this prevents.
         self._lock = threading.RLock()
@@ -95,30 +103,33 @@ class Engine:
         """The ControlNet for `role`, from the cache or loaded (evicting the least recent)."""
         model_id = self.settings.model_ids[role]
         with self._lock:
-            if model_id in self._controlnets:
-                self._controlnets.move_to_end(model_id)
-                return self._controlnets[model_id]
-            from diffusers import ControlNetModel
+            return self._controlnets.get_or_load(model_id, lambda: self._load_controlnet(role))
 
-            model = load_model(
-                ControlNetModel.from_pretrained,
-                role,
-                model_id,
-                self.settings.models_dir,
-                dtype=self.dtype,
+    def _load_controlnet(self, role: str) -> torch.nn.Module:
+        from diffusers import ControlNetModel
+
+        model = load_model(
+            ControlNetModel.from_pretrained,
+            role,
+            self.settings.model_ids[role],
+            self.settings.models_dir,
+            dtype=self.dtype,
+        )
+        model.to(self.device)
+        apply_attention_backend(self.attention, model)
+        return model
+
+    def detector(self, annotator: str) -> Detector:
+        """The annotator's detector, its weights loaded on first use and cached with a bound."""
+        chosen = get_annotator(annotator)
+        with self._lock:
+            return self._detectors.get_or_load(
+                chosen.name, lambda: chosen.load(self.annotator_context)
             )
-            model.to(self.device)
-            apply_attention_backend(self.attention, model)
-            while len(self._controlnets) >= self.settings.controlnet_cache_size:
-                evicted_id, _ = self._controlnets.popitem(last=False)
-                logger.info("Evicted ControlNet %s", evicted_id)
-                self._free_memory()
-            self._controlnets[model_id] = model
-            return model
 
     @property
     def cached_controlnets(self) -> list[str]:
-        return list(self._controlnets)
+        return self._controlnets.keys()
 
     def _free_memory(self) -> None:
         gc.collect()
@@ -165,7 +176,12 @@ class Engine:
             )
         detect = options.detect_resolution if chosen.default_detect_resolution else None
         return make_control_map(
-            chosen, image, options.image_resolution, detect, chosen.check_params(params)
+            chosen,
+            self.detector(chosen.name),
+            image,
+            options.image_resolution,
+            detect,
+            chosen.check_params(params),
         )
 
     @staticmethod

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from annotators import ANNOTATORS, get_annotator, make_control_map
+from annotators import ANNOTATORS, LoadContext, get_annotator, make_control_map
 from annotators.util import HWC3, load_image, output_size, resize_image
 from errors import InvalidImageError, InvalidRequestError
 
 LIMITS = {"max_bytes": 10 * 2**20, "max_pixels": 10_000_000}
+CONTEXT = LoadContext(Path("/nonexistent"), {})
+
+
+def map_of(name: str, image: np.ndarray, resolution: int, **params) -> np.ndarray:
+    annotator = get_annotator(name)
+    checked = annotator.check_params(params)
+    return make_control_map(annotator, annotator.load(CONTEXT), image, resolution, params=checked)
 
 
 @pytest.mark.parametrize(
@@ -34,9 +43,7 @@ def test_output_size_rounds_to_64_and_keeps_aspect(height, width, resolution, ex
 
 
 def test_canny_map_equals_cv2_canny_on_resized_input(coffee):
-    canny = get_annotator("canny")
-    params = canny.check_params({"low_threshold": 50, "high_threshold": 150})
-    control_map = make_control_map(canny, coffee, 512, params=params)
+    control_map = map_of("canny", coffee, 512, low_threshold=50, high_threshold=150)
 
     expected = cv2.Canny(resize_image(coffee, 512), 50, 150)
     assert control_map.shape == (512, 768, 3) and control_map.dtype == np.uint8
@@ -47,9 +54,8 @@ def test_canny_map_equals_cv2_canny_on_resized_input(coffee):
 
 
 def test_canny_thresholds_change_the_map(coffee):
-    canny = get_annotator("canny")
-    few = make_control_map(canny, coffee, 512, params={"low_threshold": 200, "high_threshold": 250})
-    many = make_control_map(canny, coffee, 512, params={"low_threshold": 20, "high_threshold": 40})
+    few = map_of("canny", coffee, 512, low_threshold=200, high_threshold=250)
+    many = map_of("canny", coffee, 512, low_threshold=20, high_threshold=40)
     assert (many > 0).sum() > 2 * (few > 0).sum()
 
 
@@ -58,7 +64,7 @@ def test_scribble_turns_dark_strokes_on_paper_into_white_on_black():
     paper[100:104, 20:300] = (20, 30, 25)  # a dark stroke
     paper[10:200, 50:53] = (120, 200, 200)  # a red-ish stroke: darkest channel 120 < 127
     paper[150:160, 150:160] = (140, 140, 140)  # light grey smudge: not a stroke
-    control_map = make_control_map(get_annotator("scribble"), paper, 256)
+    control_map = map_of("scribble", paper, 256)
 
     assert control_map.shape == (256, 320, 3)
     expected = np.zeros((256, 320), np.uint8)
@@ -70,13 +76,13 @@ def test_scribble_turns_dark_strokes_on_paper_into_white_on_black():
 def test_transparent_canvas_counts_as_white_paper():
     canvas = np.zeros((512, 512, 4), np.uint8)  # fully transparent
     canvas[200:210, 100:400] = (0, 0, 0, 255)  # one opaque black stroke
-    control_map = make_control_map(get_annotator("scribble"), canvas, 512)
+    control_map = map_of("scribble", canvas, 512)
     assert control_map[205, 250].tolist() == [255, 255, 255]
     assert (control_map > 0).mean() == pytest.approx(10 * 300 / 512**2)
 
 
 def test_passthrough_only_resizes(astronaut):
-    control_map = make_control_map(get_annotator("none"), astronaut, 256)
+    control_map = map_of("none", astronaut, 256)
     np.testing.assert_array_equal(control_map, resize_image(astronaut, 256))
 
 

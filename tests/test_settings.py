@@ -44,3 +44,22 @@ def test_missing_model_message_names_every_way_to_provide_it(tmp_path):
     message = missing_model_message("scribble", "org/name", tmp_path)
     assert "`org/name`" in message and str(tmp_path / "org/name") in message
     assert "MODEL_SCRIBBLE" in message and "HF_HUB_OFFLINE" in message  # set by conftest
+
+
+def test_model_cache_evicts_the_least_recently_used_and_frees_memory():
+    from pipelines.cache import ModelCache
+
+    freed = []
+    cache = ModelCache(2, free_memory=lambda: freed.append(list(cache.keys())))
+    cache.get_or_load("a", lambda: 1)
+    cache.get_or_load("b", lambda: 2)
+    assert cache.get_or_load("a", lambda: 99) == 1  # cached, and now the most recent
+    cache.get_or_load("c", lambda: 3)
+    assert cache.keys() == ["a", "c"] and freed == [["a"]]
+
+    def broken():
+        raise OSError("missing")
+
+    with pytest.raises(OSError):
+        cache.get_or_load("d", broken)
+    assert cache.keys() == ["a", "c"]  # a failed load evicts nothing
