@@ -7,7 +7,8 @@ looks conditions up here. Adding a condition is adding an entry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 from annotators import ANNOTATORS, Param
@@ -22,6 +23,11 @@ class Condition:
     annotators: tuple[str, ...]  # the first one is the default; "none" = my image is the map
     input_kind: Literal["upload", "canvas"] = "upload"
     description: str = ""
+    # Annotators whose maps another ControlNet was trained on (e.g. MiDaS normals -> v1.0 normal).
+    controlnet_role_by_annotator: Mapping[str, str] = field(default_factory=dict)
+
+    def controlnet_role_for(self, annotator: str) -> str:
+        return self.controlnet_role_by_annotator.get(annotator, self.controlnet_role)
 
     @property
     def params(self) -> tuple[Param, ...]:

@@ -36,22 +36,34 @@ class LoadContext:
 
 @dataclass(frozen=True)
 class Param:
-    """A numeric annotator parameter: its API name, UI label, range and reference default."""
+    """An annotator parameter: its API name, UI label, reference default and range.
+
+    Numbers have a range and a step; a flag (`Param.flag`) is an on/off switch.
+    """
 
     name: str
     label: str
-    default: float
-    minimum: float
-    maximum: float
+    default: float | bool
+    minimum: float = 0.0
+    maximum: float = 1.0
     step: float = 1.0
     info: str = ""
+    is_flag: bool = False
+
+    @classmethod
+    def flag(cls, name: str, label: str, default: bool, info: str = "") -> Param:
+        return cls(name, label, default, info=info, is_flag=True)
 
     @property
     def is_integer(self) -> bool:
         return float(self.step).is_integer() and float(self.default).is_integer()
 
-    def check(self, value: Any) -> float | int:
-        """The value as int or float, or an InvalidRequestError that says the allowed range."""
+    def check(self, value: Any) -> float | int | bool:
+        """The value as bool, int or float, or an InvalidRequestError that says what is allowed."""
+        if self.is_flag:
+            if isinstance(value, bool) or value in (0, 1):
+                return bool(value)
+            raise InvalidRequestError(f"`{self.name}` must be true or false, got {value!r}.")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidRequestError(
                 f"`{self.name}` must be a number between {self.minimum:g} and {self.maximum:g}, "

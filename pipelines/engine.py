@@ -226,7 +226,7 @@ class Engine:
         seed = options.seed if options.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
         with self._lock:
             pipe = self.base_pipeline()
-            controlnet = self.controlnet(chosen_condition.controlnet_role)
+            controlnet = self.controlnet(chosen_condition.controlnet_role_for(annotator))
             images, warnings = self._run(pipe, controlnet, control_map, options, seed, on_progress)
         return GenerationResult(control_map, images, seed, warnings)
 

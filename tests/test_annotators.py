@@ -141,3 +141,12 @@ def test_load_image_refuses_non_images_and_huge_ones(tmp_path):
     Image.new("L", (4000, 3000)).save(big)
     with pytest.raises(InvalidImageError, match="megapixels"):
         load_image(big, max_bytes=LIMITS["max_bytes"], max_pixels=1_000_000)
+
+
+def test_flag_params_take_booleans_only():
+    from annotators import Param
+
+    flag = Param.flag("include_hands", "Hands", False)
+    assert flag.check(True) is True and flag.check(0) is False
+    with pytest.raises(InvalidRequestError, match="true or false"):
+        flag.check("yes")

@@ -20,7 +20,9 @@ logger = logging.getLogger(__name__)
 GPU_QUEUE = "gpu"  # every event that runs the diffusion model shares this concurrency id
 
 
-def param_slider(param: Param) -> gr.Slider:
+def param_control(param: Param) -> gr.Slider | gr.Checkbox:
+    if param.is_flag:
+        return gr.Checkbox(label=param.label, value=param.default, info=param.info or None)
     return gr.Slider(
         label=param.label,
         minimum=param.minimum,

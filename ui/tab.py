@@ -22,7 +22,7 @@ from ui.controls import (
     annotator_choice,
     detect_resolution_slider,
     generation_controls,
-    param_slider,
+    param_control,
     resolution_slider,
     user_errors,
 )
@@ -75,7 +75,7 @@ def build_condition_tab(condition: Condition, engine, limits: Limits, defaults: 
                             limits, condition.default_detect_resolution
                         )
                     for param in condition.params:
-                        map_controls[param.name] = param_slider(param)
+                        map_controls[param.name] = param_control(param)
             with gr.Column():
                 gallery = gr.Gallery(
                     label="Control map, then images", format="png", columns=2, height="auto"
@@ -156,7 +156,7 @@ def build_annotate_tab(engine, limits: Limits, defaults: Defaults) -> None:
                 }
                 for annotator in ANNOTATORS.values():
                     for param in annotator.params:
-                        controls.setdefault(param.name, param_slider(param))
+                        controls.setdefault(param.name, param_control(param))
                 make = gr.Button("Make map", variant="primary")
             with gr.Column():
                 output = gr.Image(label="Control map", format="png")

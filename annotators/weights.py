@@ -1,0 +1,56 @@
+"""Finding annotator weights: MODELS_DIR first, then the Hugging Face cache or Hub.
+
+Two kinds of sources, both resolved like the diffusion models (pipelines/loading.py):
+- a single file from a repo, e.g. `ControlNetHED.pth` from `lllyasviel/Annotators`
+  (`MODELS_DIR/lllyasviel/Annotators/ControlNetHED.pth` when present);
+- a whole transformers repo, e.g. `Intel/dpt-hybrid-midas` (`MODELS_DIR/Intel/dpt-hybrid-midas/`).
+Pickled `.pth` files are read with `torch.load(weights_only=True)`: tensors only, no code runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from annotators.base import LoadContext
+from errors import ModelUnavailableError
+from pipelines.loading import hub_offline, missing_model_message, resolve_source
+
+
+def weights_file(context: LoadContext, filename: str, role: str = "annotators") -> Path:
+    """Local path of `filename` from the repo of `role` (downloaded once when allowed)."""
+    repo = context.model_ids[role]
+    source, is_local = resolve_source(repo, context.models_dir)
+    if is_local:
+        path = Path(source) / filename
+        if path.is_file():
+            return path
+        raise ModelUnavailableError(
+            f"The {role} weights `{filename}` are missing from {source}. Copy `{filename}` from "
+            f"the Hub repo `{repo}` there, or remove the folder to download it."
+        )
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, filename, local_files_only=hub_offline()))
+    except Exception as error:  # noqa: BLE001 (hub errors differ by version; all mean "not here")
+        message = missing_model_message(role, repo, context.models_dir)
+        raise ModelUnavailableError(f"`{filename}`: {message}") from error
+
+
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """Tensors from a .safetensors or .pth/.pt file, never executing pickled code."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def pretrained_source(context: LoadContext, role: str) -> tuple[str, dict[str, Any]]:
+    """(source, from_pretrained kwargs) for a transformers/diffusers repo of `role`."""
+    source, is_local = resolve_source(context.model_ids[role], context.models_dir)
+    return source, {"local_files_only": is_local or hub_offline(), "use_safetensors": True}
