@@ -34,6 +34,12 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
+class ControlMap:
+    image: np.ndarray  # RGB uint8 (H, W, 3), at the output size
+    warnings: list[str] = field(default_factory=list)  # e.g. an annotator's fallback notice
+
+
+@dataclass
 class GenerationResult:
     control_map: np.ndarray  # RGB uint8 (H, W, 3)
     images: list[np.ndarray]  # RGB uint8 (H, W, 3) each
@@ -152,8 +158,8 @@ class Engine:
         image_resolution: int | None = None,
         detect_resolution: int | None = None,
         **params: Any,
-    ) -> np.ndarray:
-        """The control map only (no diffusion model needed): RGB uint8 (H, W, 3)."""
+    ) -> ControlMap:
+        """The control map only (no diffusion model needed)."""
         chosen = get_annotator(annotator)
         self._refuse_unknown_params(params, ANNOTATORS)
         options = GenerationOptions.checked(
@@ -166,7 +172,7 @@ class Engine:
 
     def _control_map(
         self, annotator: str, image: np.ndarray, options: GenerationOptions, params: dict
-    ) -> np.ndarray:
+    ) -> ControlMap:
         chosen = get_annotator(annotator)
         height, width = image.shape[:2]
         if max(height, width) / min(height, width) > self.settings.limits.max_aspect_ratio:
@@ -175,14 +181,12 @@ class Engine:
                 f"{self.settings.limits.max_aspect_ratio:g}:1. Crop it first."
             )
         detect = options.detect_resolution if chosen.default_detect_resolution else None
-        return make_control_map(
-            chosen,
-            self.detector(chosen.name),
-            image,
-            options.image_resolution,
-            detect,
-            chosen.check_params(params),
+        detector = self.detector(chosen.name)
+        control_map = make_control_map(
+            chosen, detector, image, options.image_resolution, detect, chosen.check_params(params)
         )
+        notice = getattr(detector, "notice", None)  # e.g. "no OpenPose weights: used MediaPipe"
+        return ControlMap(control_map, [notice] if notice else [])
 
     @staticmethod
     def _refuse_unknown_params(params: dict, annotator_names) -> None:
@@ -220,15 +224,17 @@ class Engine:
         source = self.load_image(image)
 
         # 2. The control map, at the output size.
-        control_map = self._control_map(annotator, source, options, options.annotator_params)
+        control = self._control_map(annotator, source, options, options.annotator_params)
 
         # 3. Models (the base once, this condition's ControlNet from the cache) and the run.
         seed = options.seed if options.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
         with self._lock:
             pipe = self.base_pipeline()
             controlnet = self.controlnet(chosen_condition.controlnet_role_for(annotator))
-            images, warnings = self._run(pipe, controlnet, control_map, options, seed, on_progress)
-        return GenerationResult(control_map, images, seed, warnings)
+            images, warnings = self._run(
+                pipe, controlnet, control.image, options, seed, on_progress
+            )
+        return GenerationResult(control.image, images, seed, control.warnings + warnings)
 
     def _run(self, pipe, controlnet, control_map, options: GenerationOptions, seed, on_progress):
         warnings = []

@@ -159,7 +159,7 @@ def test_missing_model_says_which_and_how_to_provide_it(models_dir, astronaut, m
     assert "MODEL_CANNY" in message and "internet" in message
     assert "Traceback" not in message
     # The control-map preview needs no diffusion model.
-    control_map = engine.annotate(astronaut, "canny", image_resolution=256)
+    control_map = engine.annotate(astronaut, "canny", image_resolution=256).image
     assert control_map.shape == (256, 256, 3) and control_map.max() == 255
 
 

@@ -98,8 +98,10 @@ def build_condition_tab(condition: Condition, engine, limits: Limits, defaults: 
 
     @user_errors
     def preview_map(image, **kwargs):
-        control_map = engine.annotate(canvas_image(image), **kwargs)
-        return [(control_map, "Control map")]
+        control = engine.annotate(canvas_image(image), **kwargs)
+        for warning in control.warnings:
+            gr.Warning(warning)
+        return [(control.image, "Control map")]
 
     gr.on(
         triggers=[run.click, prompt.submit],
@@ -163,7 +165,10 @@ def build_annotate_tab(engine, limits: Limits, defaults: Defaults) -> None:
 
     @user_errors
     def annotate(image, **kwargs) -> np.ndarray:
-        return engine.annotate(image, **kwargs)
+        control = engine.annotate(image, **kwargs)
+        for warning in control.warnings:
+            gr.Warning(warning)
+        return control.image
 
     make.click(
         fn=annotate, inputs=[image], inputs_kwargs=controls, outputs=output, api_name="annotate"
