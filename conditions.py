@@ -55,11 +55,32 @@ CONDITIONS: dict[str, Condition] = {
             description="Edges of your photo (Canny) steer the composition.",
         ),
         Condition(
+            "mlsd",
+            "Lines (M-LSD)",
+            "mlsd",
+            ("mlsd", "none"),
+            description="Straight lines of your photo (M-LSD) steer the layout: rooms, buildings.",
+        ),
+        Condition(
+            "hed",
+            "Soft edge (HED)",
+            "softedge",
+            ("hed", "hed_safe", "none"),
+            description="Soft edges of your photo (HED) keep its shapes and details.",
+        ),
+        Condition(
             "scribble",
             "Scribble",
             "scribble",
             ("scribble", "none"),
             description="Upload a drawing: dark strokes on light paper.",
+        ),
+        Condition(
+            "fake_scribble",
+            "Fake scribble",
+            "scribble",
+            ("fake_scribble", "none"),
+            description="A scribble made from your photo's soft edges steers the image loosely.",
         ),
         Condition(
             "scribble_interactive",

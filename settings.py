@@ -28,6 +28,8 @@ DEFAULT_MODEL_IDS: dict[str, str] = {
     "seg": "lllyasviel/control_v11p_sd15_seg",
     "depth": "lllyasviel/control_v11f1p_sd15_depth",
     "normal": "lllyasviel/control_v11p_sd15_normalbae",
+    # v1.0's normal ControlNet, trained on normals derived from MiDaS depth (the paper's model).
+    "normal_midas": "lllyasviel/sd-controlnet-normal",
     "annotators": "lllyasviel/Annotators",
     "depth_estimator": "Intel/dpt-hybrid-midas",
     "segmenter": "openmmlab/upernet-convnext-small",

@@ -2,7 +2,7 @@
 
     HWC3 -> size of the output (short side = image resolution, multiples of 64)
          -> detect (at that size, or at the detect resolution and resized back)
-         -> HWC3
+         -> HWC3 -> postprocess (at the output size) -> HWC3
 
 Adding an annotator means writing one `Annotator` subclass and listing it in `ANNOTATORS`.
 """
@@ -15,6 +15,8 @@ import numpy as np
 
 from annotators.base import Annotator, Detector, LoadContext, Param
 from annotators.canny import CannyAnnotator
+from annotators.hed import FakeScribbleAnnotator, HedAnnotator, HedSafeAnnotator
+from annotators.mlsd import MlsdAnnotator
 from annotators.passthrough import PassthroughAnnotator
 from annotators.scribble import ScribbleAnnotator
 from annotators.util import HWC3, output_size, resize_image, resize_to
@@ -22,7 +24,15 @@ from errors import InvalidRequestError
 
 ANNOTATORS: dict[str, Annotator] = {
     annotator.name: annotator
-    for annotator in (CannyAnnotator(), ScribbleAnnotator(), PassthroughAnnotator())
+    for annotator in (
+        CannyAnnotator(),
+        MlsdAnnotator(),
+        HedAnnotator(),
+        HedSafeAnnotator(),
+        ScribbleAnnotator(),
+        FakeScribbleAnnotator(),
+        PassthroughAnnotator(),
+    )
 }
 
 __all__ = [
@@ -66,4 +76,4 @@ def make_control_map(
     else:
         detected = detector(resize_image(image, detect_resolution), **params)
         control_map = resize_to(HWC3(detected), height, width, annotator.map_interpolation)
-    return HWC3(control_map)
+    return HWC3(annotator.postprocess(HWC3(control_map)))

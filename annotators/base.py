@@ -93,6 +93,10 @@ class Annotator(ABC):
         """The detector, with its weights loaded from `context`. Classical annotators: `detect`."""
         return self.detect
 
+    def postprocess(self, control_map: np.ndarray) -> np.ndarray:
+        """Applied to the map at the output size (e.g. fake scribble's thinning); default none."""
+        return control_map
+
     def detect(self, image: np.ndarray, **params: float) -> np.ndarray:
         """image: RGB uint8 (H, W, 3) -> map uint8 (H, W) or (H, W, 3) of the same H, W."""
         raise NotImplementedError(f"{type(self).__name__} defines neither load nor detect")
