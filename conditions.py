@@ -90,6 +90,14 @@ CONDITIONS: dict[str, Condition] = {
             input_kind="canvas",
             description="Draw black strokes on the white canvas.",
         ),
+        Condition(
+            "seg",
+            "Segmentation",
+            "seg",
+            ("seg_upernet", "none"),
+            description="ADE20K segmentation of your photo (or your own colour map) sets what goes "
+            "where.",
+        ),
     )
 }
 

@@ -19,6 +19,7 @@ from annotators.hed import FakeScribbleAnnotator, HedAnnotator, HedSafeAnnotator
 from annotators.mlsd import MlsdAnnotator
 from annotators.passthrough import PassthroughAnnotator
 from annotators.scribble import ScribbleAnnotator
+from annotators.seg import UpernetSegAnnotator
 from annotators.util import HWC3, output_size, resize_image, resize_to
 from errors import InvalidRequestError
 
@@ -31,6 +32,7 @@ ANNOTATORS: dict[str, Annotator] = {
         HedSafeAnnotator(),
         ScribbleAnnotator(),
         FakeScribbleAnnotator(),
+        UpernetSegAnnotator(),
         PassthroughAnnotator(),
     )
 }

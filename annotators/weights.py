@@ -4,7 +4,8 @@ Two kinds of sources, both resolved like the diffusion models (pipelines/loading
 - a single file from a repo, e.g. `ControlNetHED.pth` from `lllyasviel/Annotators`
   (`MODELS_DIR/lllyasviel/Annotators/ControlNetHED.pth` when present);
 - a whole transformers repo, e.g. `Intel/dpt-hybrid-midas` (`MODELS_DIR/Intel/dpt-hybrid-midas/`).
-Pickled `.pth` files are read with `torch.load(weights_only=True)`: tensors only, no code runs.
+Pickled `.pth` / `.bin` files are read with `torch.load(weights_only=True)`: tensors only, no
+code runs.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def load_state_dict(path: Path) -> dict[str, Any]:
 
 
 def pretrained_source(context: LoadContext, role: str) -> tuple[str, dict[str, Any]]:
-    """(source, from_pretrained kwargs) for a transformers/diffusers repo of `role`."""
+    """(source, from_pretrained kwargs) for a transformers repo of `role`.
+
+    safetensors are preferred; a repo with only `pytorch_model.bin` (e.g.
+    openmmlab/upernet-convnext-small on `main`) is read by transformers with
+    `torch.load(weights_only=True)`: tensors only, no pickled code runs. The ids come from
+    settings only, never from a visitor.
+    """
     source, is_local = resolve_source(context.model_ids[role], context.models_dir)
-    return source, {"local_files_only": is_local or hub_offline(), "use_safetensors": True}
+    return source, {"local_files_only": is_local or hub_offline()}
