@@ -91,6 +91,22 @@ CONDITIONS: dict[str, Condition] = {
             description="Draw black strokes on the white canvas.",
         ),
         Condition(
+            "depth",
+            "Depth",
+            "depth",
+            ("depth_midas", "none"),
+            description="MiDaS depth of your photo (near = bright) keeps its 3D layout.",
+        ),
+        Condition(
+            "normal",
+            "Normal map",
+            "normal",
+            ("normal_bae", "normal_midas", "none"),
+            description="Surface normals of your photo keep its shapes and lighting geometry. "
+            "NormalBAE maps go to the v1.1 model, MiDaS normals to the paper's v1.0 model.",
+            controlnet_role_by_annotator={"normal_midas": "normal_midas"},
+        ),
+        Condition(
             "seg",
             "Segmentation",
             "seg",

@@ -15,8 +15,10 @@ import numpy as np
 
 from annotators.base import Annotator, Detector, LoadContext, Param
 from annotators.canny import CannyAnnotator
+from annotators.depth import MidasDepthAnnotator
 from annotators.hed import FakeScribbleAnnotator, HedAnnotator, HedSafeAnnotator
 from annotators.mlsd import MlsdAnnotator
+from annotators.normal import MidasNormalAnnotator, NormalBaeAnnotator
 from annotators.passthrough import PassthroughAnnotator
 from annotators.scribble import ScribbleAnnotator
 from annotators.seg import UpernetSegAnnotator
@@ -32,6 +34,9 @@ ANNOTATORS: dict[str, Annotator] = {
         HedSafeAnnotator(),
         ScribbleAnnotator(),
         FakeScribbleAnnotator(),
+        MidasDepthAnnotator(),
+        NormalBaeAnnotator(),
+        MidasNormalAnnotator(),
         UpernetSegAnnotator(),
         PassthroughAnnotator(),
     )
