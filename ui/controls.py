@@ -128,7 +128,9 @@ def user_errors(handler: Callable) -> Callable:
         try:
             return handler(*args, **kwargs)
         except UserFacingError as error:
-            raise gr.Error(str(error)) from error
+            # Expected: the person can fix it. One log line, no traceback.
+            logger.info("Refused %s: %s", handler.__name__, error)
+            raise gr.Error(str(error), print_exception=False) from error
         except gr.Error:
             raise
         except Exception as error:
