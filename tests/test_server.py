@@ -12,6 +12,9 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from annotators import ANNOTATORS
+from conditions import CONDITIONS
+
 FAST = {"steps": 2, "image_resolution": 256}
 SHARED_KEYWORDS = [
     "num_images",
@@ -53,16 +56,19 @@ def test_help_lists_the_launch_flags():
 
 def test_api_names_and_keywords_follow_the_contract(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert {"/canny", "/scribble", "/scribble_interactive", "/annotate"} <= set(endpoints)
-    for name in ("/canny", "/scribble"):
-        parameters = endpoints[name]["parameters"]
+    assert {f"/{name}" for name in CONDITIONS} | {"/annotate"} == set(endpoints)
+    for name, condition in CONDITIONS.items():
+        parameters = endpoints[f"/{name}"]["parameters"]
         names = [parameter["parameter_name"] for parameter in parameters]
-        assert names[:2] == ["image", "prompt"]
-        assert names[2:] == SHARED_KEYWORDS + (
-            ["low_threshold", "high_threshold"] if name == "/canny" else []
-        )
+        detect = ["detect_resolution"] if condition.default_detect_resolution else []
+        own = [param.name for param in condition.params]
+        assert names == ["image", "prompt", *SHARED_KEYWORDS, *detect, *own], name
         assert all(parameter["parameter_has_default"] for parameter in parameters[2:])
-    assert not any("preview" in name for name in endpoints)  # UI-only events stay private
+    annotate = [p["parameter_name"] for p in endpoints["/annotate"]["parameters"]]
+    every_param = {param.name for annotator in ANNOTATORS.values() for param in annotator.params}
+    assert set(annotate) == {"image", "annotator", "image_resolution", "detect_resolution"} | (
+        every_param
+    )
 
 
 def test_canny_endpoint_returns_map_first_then_images_and_the_seed(client):
