@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+from annotator_weights import save_random_normal_bae, save_tiny_dpt_hybrid
 
 from annotators import LoadContext, make_control_map
 from annotators.depth import MidasDepthAnnotator, depth_to_map, load_depth_estimator
@@ -24,7 +24,6 @@ from annotators.normal import (
     MIDAS_NORMAL_A,
     MidasNormalAnnotator,
     NormalBaeAnnotator,
-    build_normal_bae,
     normals_from_depth,
 )
 from annotators.util import output_size, resize_image
@@ -38,65 +37,6 @@ ANNOTATORS_ID = DEFAULT_MODEL_IDS["annotators"]
 # ---------------------------------------------------------------------------------------------
 # Tiny models in a MODELS_DIR tree
 # ---------------------------------------------------------------------------------------------
-
-
-def save_tiny_dpt_hybrid(folder: Path) -> Path:
-    """A DPT-Hybrid shaped like `Intel/dpt-hybrid-midas`, ~0.1 M parameters, saved like the repo."""
-    from transformers import BitConfig, DPTConfig, DPTForDepthEstimation, DPTImageProcessor
-
-    torch.manual_seed(0)
-    backbone = BitConfig(  # the hybrid's ResNet (BiT) stem and 3 stages, scaled down
-        embedding_size=16,
-        hidden_sizes=[16, 32, 64, 128],
-        depths=[1, 1, 1],
-        layer_type="bottleneck",
-        global_padding="same",
-        embedding_dynamic_padding=True,
-        num_groups=2,  # GroupNorm groups; the real 32 needs wider stages
-        out_features=["stage1", "stage2", "stage3"],
-    )
-    config = DPTConfig(
-        is_hybrid=True,
-        backbone_config=backbone,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        image_size=384,  # the real repo's: 24 x 24 position embeddings
-        backbone_out_indices=[0, 1, 0, 1],  # the hybrid uses only the last two (ViT layers)
-        neck_hidden_sizes=[16, 32, 32, 32],  # BiT stage 1, 2 widths, then the ViT's
-        fusion_hidden_size=16,
-        backbone_featmap_shape=[1, 64, 24, 24],  # BiT stage 3 width
-    )
-    model = DPTForDepthEstimation(config).eval()
-    with torch.no_grad():  # lift the last bias over the final ReLU so the depth is not all 0
-        model.head.head[4].bias.fill_(1e-4)
-    target = folder / DPT_ID
-    model.save_pretrained(target)  # transformers 5 writes model.safetensors only
-    DPTImageProcessor(  # the repo's preprocessor_config.json: 384 x 384, [-1, 1]
-        do_resize=True,
-        size={"height": 384, "width": 384},
-        keep_aspect_ratio=False,
-        ensure_multiple_of=1,
-        resample=2,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-    ).save_pretrained(target)
-    assert (target / "model.safetensors").is_file()
-    return target
-
-
-def save_random_normal_bae(folder: Path) -> Path:
-    """Random NNET weights as `scannet.pt`, keyed like the real file: {"model": {"module.*"}}."""
-    torch.manual_seed(0)
-    state = build_normal_bae().state_dict()
-    target = folder / ANNOTATORS_ID / "scannet.pt"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": {f"module.{key}": value for key, value in state.items()}}, target)
-    return target
 
 
 @contextlib.contextmanager

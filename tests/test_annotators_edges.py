@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from annotator_weights import save_hed_and_mlsd
 from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
 from controlnet_aux.mlsd import MLSDdetector
 from controlnet_aux.mlsd.models.mbv2_mlsd_large import MobileV2_MLSD_Large
@@ -44,12 +45,7 @@ ANNOTATORS = {
 def models_dir(tmp_path_factory) -> Path:
     """A MODELS_DIR holding the two annotator files, real architectures with seeded weights."""
     models_dir = tmp_path_factory.mktemp("annotator_models")
-    folder = models_dir / DEFAULT_MODEL_IDS["annotators"]
-    folder.mkdir(parents=True)
-    torch.manual_seed(0)
-    torch.save(ControlNetHED_Apache2().state_dict(), folder / HED_WEIGHTS)
-    torch.manual_seed(0)
-    torch.save(MobileV2_MLSD_Large().state_dict(), folder / MLSD_WEIGHTS)
+    save_hed_and_mlsd(models_dir)
     return models_dir
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from annotator_weights import save_tiny_upernet, save_upernet_processor, tiny_upernet
 
 from annotators import make_control_map
 from annotators.ade20k import ADE20K_CLASSES, ADE20K_PALETTE, NUM_CLASSES, colorize
@@ -43,42 +44,10 @@ def _colours(control_map: np.ndarray) -> set[tuple[int, int, int]]:
     return {(int(v >> 16), int(v >> 8 & 255), int(v & 255)) for v in packed}
 
 
-def _tiny_upernet(seed: int = 0):
-    import torch
-    from transformers import ConvNextConfig, UperNetConfig, UperNetForSemanticSegmentation
-
-    torch.manual_seed(seed)
-    backbone = ConvNextConfig(  # the real small: depths (3, 3, 27, 3), sizes (96, ..., 768)
-        depths=[1, 1, 1, 1],
-        hidden_sizes=[8, 16, 24, 32],
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
-    config = UperNetConfig(
-        backbone_config=backbone,
-        hidden_size=16,  # real: 512
-        auxiliary_in_channels=24,  # the auxiliary head reads stage 3, like the real one (384)
-        auxiliary_channels=8,
-        num_labels=NUM_CLASSES,
-        id2label=dict(enumerate(ADE20K_CLASSES)),
-        label2id={name: index for index, name in enumerate(ADE20K_CLASSES)},
-    )
-    return UperNetForSemanticSegmentation(config).eval()
-
-
-def _save_processor(folder: Path) -> None:
-    from transformers import SegformerImageProcessor
-
-    # The Hub repo's preprocessor_config.json is a default SegformerImageProcessor (the
-    # conversion script saves `SegformerImageProcessor()`): 512x512, ImageNet mean and std.
-    SegformerImageProcessor().save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
 def seg_models_dir(tmp_path_factory) -> Path:
     models_dir = tmp_path_factory.mktemp("seg_models")
-    folder = models_dir / SEGMENTER_ID
-    _tiny_upernet().save_pretrained(folder, safe_serialization=True)
-    _save_processor(folder)
+    save_tiny_upernet(models_dir)
     return models_dir
 
 
@@ -226,10 +195,10 @@ def test_folder_with_pytorch_bin_weights_loads_tensors_only(tmp_path, astronaut)
     import torch
 
     folder = tmp_path / SEGMENTER_ID
-    model = _tiny_upernet()
+    model = tiny_upernet()
     model.config.save_pretrained(folder)
     torch.save(model.state_dict(), folder / "pytorch_model.bin")  # save_pretrained: safetensors
-    _save_processor(folder)
+    save_upernet_processor(folder)
 
     detector = UpernetSegAnnotator().load(LoadContext(tmp_path, dict(DEFAULT_MODEL_IDS)))
     assert _colours(detector(astronaut[:128, :128].copy())) <= _palette_set()
