@@ -91,6 +91,14 @@ CONDITIONS: dict[str, Condition] = {
             description="Draw black strokes on the white canvas.",
         ),
         Condition(
+            "openpose",
+            "Pose",
+            "openpose",
+            ("openpose", "mediapipe_pose", "none"),
+            description="A person's pose (OpenPose skeleton; hands and face optional). Without "
+            "the OpenPose weights, MediaPipe's bundled models draw the same skeleton.",
+        ),
+        Condition(
             "depth",
             "Depth",
             "depth",

@@ -20,6 +20,7 @@ from annotators.hed import FakeScribbleAnnotator, HedAnnotator, HedSafeAnnotator
 from annotators.mlsd import MlsdAnnotator
 from annotators.normal import MidasNormalAnnotator, NormalBaeAnnotator
 from annotators.passthrough import PassthroughAnnotator
+from annotators.pose import MediapipePoseAnnotator, OpenposeAnnotator
 from annotators.scribble import ScribbleAnnotator
 from annotators.seg import UpernetSegAnnotator
 from annotators.util import HWC3, output_size, resize_image, resize_to
@@ -34,6 +35,8 @@ ANNOTATORS: dict[str, Annotator] = {
         HedSafeAnnotator(),
         ScribbleAnnotator(),
         FakeScribbleAnnotator(),
+        OpenposeAnnotator(),
+        MediapipePoseAnnotator(),
         MidasDepthAnnotator(),
         NormalBaeAnnotator(),
         MidasNormalAnnotator(),

@@ -26,18 +26,28 @@ ASSETS = PROJECT_ROOT / "assets"
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny_models import build_models_dir  # noqa: E402
-
+from annotator_weights import (  # noqa: E402
+    save_hed_and_mlsd,
+    save_tiny_dpt_hybrid,
+    save_tiny_upernet,
+)
+from conditions import CONDITIONS  # noqa: E402
 from settings import DEFAULT_MODEL_IDS, Settings  # noqa: E402
-
-# The ControlNets the tests provide; the other roles stay missing on purpose.
-TEST_CONTROLNET_ROLES = ("canny", "scribble")
+from tiny_models import build_models_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
+    """Tiny SD1.5 + a tiny ControlNet for every condition, and annotator weights (HED, M-LSD,
+    DPT-Hybrid, UperNet). NormalBAE and OpenPose weights stay missing: their tests build them."""
     folder = tmp_path_factory.mktemp("models")
-    return build_models_dir(folder, [DEFAULT_MODEL_IDS[role] for role in TEST_CONTROLNET_ROLES])
+    roles = sorted({condition.controlnet_role for condition in CONDITIONS.values()})
+    roles += ["normal_midas"]
+    build_models_dir(folder, [DEFAULT_MODEL_IDS[role] for role in roles])
+    save_hed_and_mlsd(folder)
+    save_tiny_dpt_hybrid(folder)
+    save_tiny_upernet(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,8 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from annotator_weights import save_random_normal_bae, save_tiny_dpt_hybrid
 
+from annotator_weights import save_random_normal_bae, save_tiny_dpt_hybrid
 from annotators import LoadContext, make_control_map
 from annotators.depth import MidasDepthAnnotator, depth_to_map, load_depth_estimator
 from annotators.normal import (

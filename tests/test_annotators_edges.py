@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from annotator_weights import save_hed_and_mlsd
 from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
 from controlnet_aux.mlsd import MLSDdetector
 from controlnet_aux.mlsd.models.mbv2_mlsd_large import MobileV2_MLSD_Large
 
+from annotator_weights import save_hed_and_mlsd
 from annotators import LoadContext, make_control_map
 from annotators.hed import (
     HED_WEIGHTS,

@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from annotator_weights import save_tiny_upernet, save_upernet_processor, tiny_upernet
 
+from annotator_weights import save_tiny_upernet, save_upernet_processor, tiny_upernet
 from annotators import make_control_map
 from annotators.ade20k import ADE20K_CLASSES, ADE20K_PALETTE, NUM_CLASSES, colorize
 from annotators.base import LoadContext

@@ -7,13 +7,13 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ASSETS, PROJECT_ROOT
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 from annotators import ANNOTATORS
 from conditions import CONDITIONS
+from conftest import ASSETS, PROJECT_ROOT
 
 FAST = {"steps": 2, "image_resolution": 256}
 SHARED_KEYWORDS = [
