@@ -35,9 +35,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from tiny_models import build_models_dir
-
     from pipelines.engine import Engine
+    from tiny_models import build_models_dir
 
     image = np.asarray(Image.open(ROOT / "assets" / "astronaut.png").convert("RGB"))
     with tempfile.TemporaryDirectory() as folder:
