@@ -91,7 +91,7 @@ class Defaults:
 
     num_images: int = 1
     image_resolution: int = 512
-    detect_resolution: int = 512
+    detect_resolution: int = 512  # the control-map tab's starting value; tabs use their own
     strength: float = 1.0
     control_mode: str = "balanced"
     resolution_weighting: float = 1.0  # gamma = 1 is the paper's w_i = 64 / h_i

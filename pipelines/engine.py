@@ -180,7 +180,10 @@ class Engine:
                 f"The image is {width}x{height}; its aspect ratio is over "
                 f"{self.settings.limits.max_aspect_ratio:g}:1. Crop it first."
             )
-        detect = options.detect_resolution if chosen.default_detect_resolution else None
+        # Classical annotators run at the output size; networks at their detect resolution.
+        detect = None
+        if chosen.default_detect_resolution is not None:
+            detect = options.detect_resolution or chosen.default_detect_resolution
         detector = self.detector(chosen.name)
         control_map = make_control_map(
             chosen, detector, image, options.image_resolution, detect, chosen.check_params(params)

@@ -58,7 +58,7 @@ class GenerationOptions:
     prompt: str = ""
     num_images: int = 1
     image_resolution: int = 512
-    detect_resolution: int = 512
+    detect_resolution: int | None = None  # None: the chosen annotator's own default
     strength: float = 1.0
     control_mode: str = "balanced"
     resolution_weighting: float = 1.0
@@ -100,9 +100,11 @@ class GenerationOptions:
                 limits.min_resolution,
                 limits.max_resolution,
             ),
-            detect_resolution=_whole(
+            detect_resolution=None
+            if values.get("detect_resolution") is None
+            else _whole(
                 "detect_resolution",
-                get("detect_resolution"),
+                values["detect_resolution"],
                 limits.min_detect_resolution,
                 limits.max_detect_resolution,
             ),

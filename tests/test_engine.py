@@ -195,3 +195,20 @@ def test_missing_base_model_is_reported_too(tmp_path, astronaut):
     engine = Engine(Settings(models_dir=tmp_path), device="cpu")
     with pytest.raises(ModelUnavailableError, match="stable-diffusion-v1-5/stable-diffusion-v1-5"):
         engine.generate("scribble", astronaut, "a photo", **FAST)
+
+
+def test_detect_resolution_defaults_to_the_annotators_own(engine, coffee, monkeypatch):
+    from annotators import make_control_map as real
+
+    seen = []
+
+    def spy(annotator, detector, image, image_resolution, detect_resolution=None, params=None):
+        seen.append((annotator.name, detect_resolution))
+        return real(annotator, detector, image, image_resolution, detect_resolution, params)
+
+    monkeypatch.setattr("pipelines.engine.make_control_map", spy)
+    engine.annotate(coffee, "depth_midas", image_resolution=256)
+    engine.annotate(coffee, "hed", image_resolution=256)
+    engine.annotate(coffee, "hed", image_resolution=256, detect_resolution=320)
+    engine.annotate(coffee, "canny", image_resolution=256, detect_resolution=320)
+    assert seen == [("depth_midas", 384), ("hed", 512), ("hed", 320), ("canny", None)]

@@ -123,19 +123,26 @@ def build_condition_tab(condition: Condition, engine, limits: Limits, defaults: 
 
 
 def _show_params_of_chosen_annotator(map_controls: dict[str, gr.components.Component]) -> None:
-    """Hide the sliders of annotators that are not chosen (e.g. Canny's with 'none')."""
+    """Show only the chosen annotator's own sliders, and reset the annotator resolution to its
+    reference default (e.g. 384 for MiDaS, 512 for NormalBAE)."""
     choice = map_controls["annotator"]
     every_param = {param.name for annotator in ANNOTATORS.values() for param in annotator.params}
     names = [name for name in map_controls if name in every_param]
-    if not names:
+    detect = map_controls.get("detect_resolution")
+    outputs = [map_controls[name] for name in names] + ([detect] if detect else [])
+    if not outputs:
         return
-    sliders = [map_controls[name] for name in names]
 
-    def visibility(annotator: str):
-        own = {param.name for param in ANNOTATORS[annotator].params}
-        return [gr.update(visible=name in own) for name in names]
+    def follow(annotator: str):
+        chosen = ANNOTATORS[annotator]
+        own = {param.name for param in chosen.params}
+        updates = [gr.update(visible=name in own) for name in names]
+        if detect:
+            resolution = chosen.default_detect_resolution
+            updates.append(gr.update(visible=resolution is not None, value=resolution or 512))
+        return updates
 
-    choice.change(visibility, inputs=choice, outputs=sliders, api_visibility="private")
+    choice.change(follow, inputs=choice, outputs=outputs, api_visibility="private")
 
 
 def build_annotate_tab(engine, limits: Limits, defaults: Defaults) -> None:
