@@ -161,3 +161,16 @@ def test_drawn_scribble_endpoint_takes_the_canvas_composite(client, tmp_path):
     assert control_map.shape == (256, 256, 3)
     assert control_map[128, 128].tolist() == [255, 255, 255]  # the stroke, white on black
     assert control_map[20, 20].max() == 0  # transparent paper is background
+
+
+@pytest.mark.parametrize("annotator", ["hed", "depth_midas", "seg_upernet", "mediapipe_pose"])
+def test_annotate_endpoint_serves_annotators_with_weights(client, annotator):
+    path = client.predict(
+        image=handle_file(ASSETS / "astronaut.png"),
+        annotator=annotator,
+        image_resolution=256,
+        detect_resolution=256,
+        api_name="/annotate",
+    )
+    control_map = np.asarray(Image.open(path))
+    assert control_map.shape[:2] == (256, 256) and control_map.max() > 0
