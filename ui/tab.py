@@ -65,17 +65,25 @@ def build_condition_tab(condition: Condition, engine, limits: Limits, defaults: 
                 with gr.Row():
                     run = gr.Button("Run", variant="primary")
                     preview = gr.Button("Preview map")
+                # The annotator and its own settings shape the map: shown, not tucked away.
+                map_controls: dict[str, gr.components.Component] = {
+                    "annotator": annotator_choice(condition.annotators),
+                }
+                for param in condition.params:
+                    map_controls[param.name] = param_control(param)
                 with gr.Accordion("Advanced options", open=False):
-                    options = generation_controls(limits, defaults)
-                    map_controls: dict[str, gr.components.Component] = {
-                        "annotator": annotator_choice(condition.annotators),
-                    }
                     if condition.default_detect_resolution is not None:
                         map_controls["detect_resolution"] = detect_resolution_slider(
                             limits, condition.default_detect_resolution
                         )
-                    for param in condition.params:
-                        map_controls[param.name] = param_control(param)
+                    options = generation_controls(limits, defaults)
+                # API keyword order: shared options, detect resolution, the annotator's own.
+                detect = map_controls.pop("detect_resolution", None)
+                map_controls = {
+                    "annotator": map_controls.pop("annotator"),
+                    **({"detect_resolution": detect} if detect else {}),
+                    **map_controls,
+                }
             with gr.Column():
                 gallery = gr.Gallery(
                     label="Control map, then images", format="png", columns=2, height="auto"
