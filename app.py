@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 
-from settings import Settings
+from settings import PROJECT_ROOT, Settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,7 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     engine = Engine(settings)
     demo = build_demo(engine, settings)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        # Only the example images are served from disk; uploads live in Gradio's own cache.
+        allowed_paths=[str(PROJECT_ROOT / "assets")],
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ class Condition:
     description: str = ""
     # Annotators whose maps another ControlNet was trained on (e.g. MiDaS normals -> v1.0 normal).
     controlnet_role_by_annotator: Mapping[str, str] = field(default_factory=dict)
+    # (file in assets/, prompt) pairs shown under the tab.
+    examples: tuple[tuple[str, str], ...] = ()
 
     def controlnet_role_for(self, annotator: str) -> str:
         return self.controlnet_role_by_annotator.get(annotator, self.controlnet_role)
@@ -53,6 +55,10 @@ CONDITIONS: dict[str, Condition] = {
             "canny",
             ("canny", "none"),
             description="Edges of your photo (Canny) steer the composition.",
+            examples=(
+                ("astronaut.png", "a robot astronaut, studio photo"),
+                ("coffee.jpg", "a cup of tea on a wooden table"),
+            ),
         ),
         Condition(
             "mlsd",
@@ -60,6 +66,7 @@ CONDITIONS: dict[str, Condition] = {
             "mlsd",
             ("mlsd", "none"),
             description="Straight lines of your photo (M-LSD) steer the layout: rooms, buildings.",
+            examples=(("rocket.jpg", "a futuristic tower at sunset"),),
         ),
         Condition(
             "hed",
@@ -67,6 +74,7 @@ CONDITIONS: dict[str, Condition] = {
             "softedge",
             ("hed", "hed_safe", "none"),
             description="Soft edges of your photo (HED) keep its shapes and details.",
+            examples=(("chelsea.jpg", "a tiger, national geographic photo"),),
         ),
         Condition(
             "scribble",
@@ -74,6 +82,7 @@ CONDITIONS: dict[str, Condition] = {
             "scribble",
             ("scribble", "none"),
             description="Upload a drawing: dark strokes on light paper.",
+            examples=(("scribble_house.png", "a cosy cottage by a tree, watercolour"),),
         ),
         Condition(
             "fake_scribble",
@@ -81,6 +90,7 @@ CONDITIONS: dict[str, Condition] = {
             "scribble",
             ("fake_scribble", "none"),
             description="A scribble made from your photo's soft edges steers the image loosely.",
+            examples=(("coffee.jpg", "a bowl of ramen"),),
         ),
         Condition(
             "scribble_interactive",
@@ -97,6 +107,7 @@ CONDITIONS: dict[str, Condition] = {
             ("openpose", "mediapipe_pose", "none"),
             description="A person's pose (OpenPose skeleton; hands and face optional). Without "
             "the OpenPose weights, MediaPipe's bundled models draw the same skeleton.",
+            examples=(("astronaut.png", "a chef in a kitchen, smiling"),),
         ),
         Condition(
             "depth",
@@ -104,6 +115,7 @@ CONDITIONS: dict[str, Condition] = {
             "depth",
             ("depth_midas", "none"),
             description="MiDaS depth of your photo (near = bright) keeps its 3D layout.",
+            examples=(("chelsea.jpg", "a fox curled up, autumn leaves"),),
         ),
         Condition(
             "normal",
@@ -113,6 +125,7 @@ CONDITIONS: dict[str, Condition] = {
             description="Surface normals of your photo keep its shapes and lighting geometry. "
             "NormalBAE maps go to the v1.1 model, MiDaS normals to the paper's v1.0 model.",
             controlnet_role_by_annotator={"normal_midas": "normal_midas"},
+            examples=(("coffee.jpg", "a ceramic bowl of soup, top view"),),
         ),
         Condition(
             "seg",
@@ -121,6 +134,7 @@ CONDITIONS: dict[str, Condition] = {
             ("seg_upernet", "none"),
             description="ADE20K segmentation of your photo (or your own colour map) sets what goes "
             "where.",
+            examples=(("rocket.jpg", "a lighthouse on a cliff"),),
         ),
     )
 }

@@ -16,7 +16,7 @@ import numpy as np
 from annotators import ANNOTATORS
 from conditions import Condition
 from errors import InvalidRequestError
-from settings import Defaults, Limits
+from settings import PROJECT_ROOT, Defaults, Limits
 from ui.controls import (
     GPU_QUEUE,
     annotator_choice,
@@ -84,6 +84,14 @@ def build_condition_tab(condition: Condition, engine, limits: Limits, defaults: 
                     **({"detect_resolution": detect} if detect else {}),
                     **map_controls,
                 }
+                if condition.examples:
+                    gr.Examples(
+                        examples=[
+                            [str(PROJECT_ROOT / "assets" / name), text]
+                            for name, text in condition.examples
+                        ],
+                        inputs=[image, prompt],
+                    )
             with gr.Column():
                 gallery = gr.Gallery(
                     label="Control map, then images", format="png", columns=2, height="auto"
@@ -126,6 +134,7 @@ def build_condition_tab(condition: Condition, engine, limits: Limits, defaults: 
         inputs_kwargs={"image_resolution": options["image_resolution"], **map_controls},
         outputs=[gallery],
         api_visibility="private",
+        concurrency_id=GPU_QUEUE,  # annotator networks run on the GPU too
     )
     _show_params_of_chosen_annotator(map_controls)
 
@@ -186,6 +195,11 @@ def build_annotate_tab(engine, limits: Limits, defaults: Defaults) -> None:
         return control.image
 
     make.click(
-        fn=annotate, inputs=[image], inputs_kwargs=controls, outputs=output, api_name="annotate"
+        fn=annotate,
+        inputs=[image],
+        inputs_kwargs=controls,
+        outputs=output,
+        api_name="annotate",
+        concurrency_id=GPU_QUEUE,
     )
     _show_params_of_chosen_annotator(controls)

@@ -1,0 +1,54 @@
+"""The page built around a fake engine: no torch in the UI, wiring that follows the registry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from conditions import CONDITIONS
+from conftest import ASSETS, PROJECT_ROOT
+from settings import Settings
+
+
+class FakeEngine:
+    def describe(self) -> str:
+        return "Device: fake"
+
+
+def test_ui_modules_do_not_import_torch():
+    code = "import sys, ui; ui.build_demo; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_model_event_shares_one_bounded_queue():
+    from ui import build_demo
+
+    demo = build_demo(FakeEngine(), Settings(queue_size=7))
+    functions = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
+    for name in [*CONDITIONS, "annotate"]:
+        assert functions[name].concurrency_id == "gpu", name
+        assert functions[name].concurrency_limit in ("default", 1), name
+    previews = [fn for fn in demo.fns.values() if fn.name == "preview_map"]
+    assert len(previews) == len(CONDITIONS)
+    assert all(fn.concurrency_id == "gpu" for fn in previews)
+    assert demo._queue.max_size == 7
+    assert demo._queue.default_concurrency_limit == 1  # one GPU job at a time per process
+
+
+def test_examples_are_real_images_in_assets():
+    for condition in CONDITIONS.values():
+        for name, prompt in condition.examples:
+            assert prompt
+            with Image.open(ASSETS / name) as picture:
+                assert min(picture.size) >= 256
+    scribble = np.asarray(Image.open(ASSETS / "scribble_house.png").convert("L"))
+    assert (scribble < 127).mean() < 0.1  # dark strokes on light paper
+    licences = (ASSETS / "LICENSE.md").read_text()
+    used = {name for condition in CONDITIONS.values() for name, _ in condition.examples}
+    assert all(f"`{name}`" in licences for name in used)
