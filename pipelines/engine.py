@@ -18,19 +18,26 @@ import numpy as np
 import torch
 
 from annotators import ANNOTATORS, Detector, LoadContext, get_annotator, make_control_map
-from annotators.util import load_image
-from conditions import get_condition
+from annotators.util import load_image, output_size
+from conditions import Condition, get_condition
 from errors import InvalidRequestError
-from pipelines.attention import apply_attention_backend, probe_attention_backend
+from pipelines.attention import (
+    SDPA,
+    AttentionBackend,
+    apply_attention_backend,
+    probe_attention_backend,
+)
 from pipelines.cache import ModelCache
 from pipelines.control import get_control_mode
 from pipelines.denoise import ControlUnit, control_image_tensor, decode_latents, denoise
 from pipelines.loading import load_model
 from pipelines.request import GenerationOptions
 from pipelines.schedulers import make_scheduler
+from pipelines.zerogpu import gpu_seconds, gpu_task, on_zero_gpu
 from settings import MAX_SEED, Settings
 
 logger = logging.getLogger(__name__)
+OVERHEAD_ANNOTATE_SECONDS = 30  # ZeroGPU slice for a control map alone
 
 
 @dataclass
@@ -59,7 +66,10 @@ class Engine:
         self.device = pick_device(device or settings.device)
         # fp16 on CUDA; CPU kernels for fp16 are slow or missing, so fp32 there.
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.attention = probe_attention_backend(self.device)
+        if on_zero_gpu():  # no CUDA outside spaces.GPU functions: no probe at start
+            self.attention = AttentionBackend(SDPA, "ZeroGPU: the GPU is attached per request")
+        else:
+            self.attention = probe_attention_backend(self.device)
         self._base = None
         self._controlnets: ModelCache[torch.nn.Module] = ModelCache(
             settings.controlnet_cache_size, self._free_memory
@@ -73,6 +83,9 @@ class Engine:
         # One generation at a time per process: a ControlNet evicted while another request still
         # uses it, or two requests filling the GPU together, are the classic bugs this prevents.
         self._lock = threading.RLock()
+        # The GPU part of each request; on ZeroGPU it runs inside spaces.GPU for a fitting time.
+        self._generate_on_gpu = gpu_task(self._generate_checked, duration=self._generate_seconds)
+        self._annotate_on_gpu = gpu_task(self._control_map, duration=OVERHEAD_ANNOTATE_SECONDS)
 
     # ---- what the page shows -------------------------------------------------------------------
     def describe(self) -> str:
@@ -168,7 +181,7 @@ class Engine:
             image_resolution=image_resolution,
             detect_resolution=detect_resolution,
         )
-        return self._control_map(chosen.name, self.load_image(image), options, params)
+        return self._annotate_on_gpu(chosen.name, self.load_image(image), options, params)
 
     def _control_map(
         self, annotator: str, image: np.ndarray, options: GenerationOptions, params: dict
@@ -226,6 +239,20 @@ class Engine:
         self._refuse_unknown_params(options.annotator_params, chosen_condition.annotators)
         source = self.load_image(image)
 
+        return self._generate_on_gpu(chosen_condition, annotator, source, options, on_progress)
+
+    def _generate_seconds(self, condition, annotator, source, options, on_progress) -> int:
+        height, width = output_size(source.shape[0], source.shape[1], options.image_resolution)
+        return gpu_seconds(options.steps, options.num_images, height, width)
+
+    def _generate_checked(
+        self,
+        condition: Condition,
+        annotator: str,
+        source: np.ndarray,
+        options: GenerationOptions,
+        on_progress,
+    ) -> GenerationResult:
         # 2. The control map, at the output size.
         control = self._control_map(annotator, source, options, options.annotator_params)
 
@@ -233,7 +260,7 @@ class Engine:
         seed = options.seed if options.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
         with self._lock:
             pipe = self.base_pipeline()
-            controlnet = self.controlnet(chosen_condition.controlnet_role_for(annotator))
+            controlnet = self.controlnet(condition.controlnet_role_for(annotator))
             images, warnings = self._run(
                 pipe, controlnet, control.image, options, seed, on_progress
             )

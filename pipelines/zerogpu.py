@@ -1,0 +1,41 @@
+"""Hugging Face ZeroGPU: GPU work runs inside `spaces.GPU` when the `spaces` package is present.
+
+On a ZeroGPU Space a GPU is attached only while a `spaces.GPU`-decorated function runs, for at most
+its `duration` seconds, and CUDA must not be initialised outside such a function. Elsewhere (a
+dedicated GPU, a CPU, the tests) `spaces` is absent and the function is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+Function = TypeVar("Function", bound=Callable)
+
+# The longest GPU slice asked for; ZeroGPU refuses long durations to queued visitors first.
+MAX_GPU_SECONDS = 120
+# Loading the base and a ControlNet onto the GPU on a cold start, plus decoding.
+OVERHEAD_SECONDS = 20
+# Per denoising step of one 512 x 512 image with CFG, fp16, on a ZeroGPU slice (an estimate with
+# margin: an H100/H200 runs such a step in ~0.05 s eager, DESIGN.md §6).
+SECONDS_PER_STEP_512 = 0.25
+
+
+def on_zero_gpu() -> bool:
+    return os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "true")
+
+
+def gpu_seconds(steps: int, num_images: int, height: int, width: int) -> int:
+    """How long to ask ZeroGPU for: grows with steps x images x pixels, capped."""
+    work = steps * num_images * (height * width) / 512**2 * SECONDS_PER_STEP_512
+    return int(min(MAX_GPU_SECONDS, OVERHEAD_SECONDS + work))
+
+
+def gpu_task(function: Function, duration: Callable[..., int] | int) -> Function:
+    """`spaces.GPU(duration=...)(function)` when `spaces` is installed, else `function`."""
+    try:
+        import spaces
+    except ImportError:
+        return function
+    return spaces.GPU(duration=duration)(function)
