@@ -24,9 +24,7 @@ from typing import Any
 import numpy as np
 
 from annotators.base import Annotator, Detector, LoadContext
-from annotators.weights import pretrained_source
-from errors import ModelUnavailableError
-from pipelines.loading import missing_model_message, resolve_source
+from annotators.weights import load_pretrained
 
 # image RGB uint8 (H, W, 3) -> float32 (H, W) relative inverse depth, larger = nearer.
 DepthEstimator = Callable[[np.ndarray], np.ndarray]
@@ -65,7 +63,7 @@ def load_depth_estimator(context: LoadContext, role: str = "depth_estimator") ->
     import torch
     from transformers import DPTForDepthEstimation, DPTImageProcessor
 
-    model, processor = _load_dpt(context, role, DPTForDepthEstimation, DPTImageProcessor)
+    model, processor = load_pretrained(context, role, DPTForDepthEstimation, DPTImageProcessor)
     model.to(context.device).eval()
     fixed_side = None if _accept_any_square(model) else _config_side(model)
 
@@ -90,27 +88,6 @@ def load_depth_estimator(context: LoadContext, role: str = "depth_estimator") ->
         return depth[0, 0].cpu().numpy()  # (H, W) float32
 
     return estimate
-
-
-def _load_dpt(context: LoadContext, role: str, model_class: Any, processor_class: Any):
-    source, kwargs = pretrained_source(context, role)
-    try:
-        model = model_class.from_pretrained(source, **kwargs)
-        processor = processor_class.from_pretrained(
-            source, local_files_only=kwargs["local_files_only"]
-        )
-    except OSError as error:
-        model_id = context.model_ids[role]
-        if resolve_source(model_id, context.models_dir)[1]:
-            raise ModelUnavailableError(
-                f"The {role} model at {source} could not be loaded ({error}). Check that the "
-                "folder holds the Hub repo's config.json, preprocessor_config.json and "
-                "model.safetensors."
-            ) from error
-        raise ModelUnavailableError(
-            missing_model_message(role, model_id, context.models_dir)
-        ) from error
-    return model, processor
 
 
 def _config_side(model: Any) -> int:

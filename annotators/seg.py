@@ -9,7 +9,6 @@ the output with nearest neighbour, so every pixel keeps a palette colour.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -17,9 +16,7 @@ import numpy as np
 
 from annotators.ade20k import colorize
 from annotators.base import Annotator, Detector, LoadContext
-from annotators.weights import pretrained_source
-from errors import ModelUnavailableError
-from pipelines.loading import missing_model_message
+from annotators.weights import load_pretrained
 
 ROLE = "segmenter"
 
@@ -62,23 +59,9 @@ def _load_segmenter(context: LoadContext) -> tuple[Any, Any]:
     """(image processor, UperNet model) of the segmenter role, or a ModelUnavailableError."""
     from transformers import AutoImageProcessor, UperNetForSemanticSegmentation
 
-    source, kwargs = pretrained_source(context, ROLE)
-    try:
-        model = UperNetForSemanticSegmentation.from_pretrained(source, **kwargs)
-        processor = AutoImageProcessor.from_pretrained(
-            source, local_files_only=kwargs["local_files_only"]
-        )
-    except OSError as error:
-        if Path(source).is_dir():
-            raise ModelUnavailableError(
-                f"The {ROLE} model at {source} could not be loaded ({error}). Check that the "
-                "folder holds the Hub repo's config.json, preprocessor_config.json and "
-                "model.safetensors (or pytorch_model.bin)."
-            ) from error
-        model_id = context.model_ids[ROLE]
-        raise ModelUnavailableError(
-            missing_model_message(ROLE, model_id, context.models_dir)
-        ) from error
+    model, processor = load_pretrained(
+        context, ROLE, UperNetForSemanticSegmentation, AutoImageProcessor
+    )
     # The auxiliary FCN head only adds a training loss; in eval it would still compute a
     # second full-size (150, H, W) logits map on every call.
     model.auxiliary_head = None

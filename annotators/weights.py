@@ -51,6 +51,28 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
+def load_pretrained(
+    context: LoadContext, role: str, model_class: Any, processor_class: Any
+) -> tuple[Any, Any]:
+    """(model, image processor) of a transformers repo of `role`, or a ModelUnavailableError."""
+    source, kwargs = pretrained_source(context, role)
+    try:
+        model = model_class.from_pretrained(source, **kwargs)
+        processor = processor_class.from_pretrained(
+            source, local_files_only=kwargs["local_files_only"]
+        )
+    except OSError as error:
+        if resolve_source(context.model_ids[role], context.models_dir)[1]:
+            raise ModelUnavailableError(
+                f"The {role} model at {source} could not be loaded ({error}). Check that the "
+                "folder holds the Hub repo's config.json, preprocessor_config.json and "
+                "model.safetensors (or pytorch_model.bin)."
+            ) from error
+        message = missing_model_message(role, context.model_ids[role], context.models_dir)
+        raise ModelUnavailableError(message) from error
+    return model, processor
+
+
 def pretrained_source(context: LoadContext, role: str) -> tuple[str, dict[str, Any]]:
     """(source, from_pretrained kwargs) for a transformers repo of `role`.
 
