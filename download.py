@@ -1,0 +1,235 @@
+"""What `python -m cli download` fetches, and the fetching: only the files the app loads.
+
+Each role of `settings.DEFAULT_MODEL_IDS` maps to a Hub repo and a `FileRule` (allow and ignore
+patterns, matched like `huggingface_hub.snapshot_download` matches them). Files land in
+`MODELS_DIR/<org>/<name>/...`, the Hub layout the app loads before ever asking the Hub
+(pipelines/loading.py), so the app then runs offline. They come from the Hub
+(`snapshot_download`) or from a local folder laid out the same way (`--source`: air-gapped
+mirrors, and the tests). Files already present with the same size are skipped.
+
+Precision: the full-precision weights without a variant suffix
+(`diffusion_pytorch_model.safetensors`, not `*.fp16.safetensors`) are fetched, because the engine
+loads with `from_pretrained` and no `variant`: exactly these files. It casts them to fp16 on CUDA
+at load time and runs fp32 on CPU.
+The fp16 variants would halve the download (SD1.5 about 4.3 GB -> 2.1 GB, a ControlNet
+1.45 GB -> 0.72 GB) but a folder holding only them does not load without `variant="fp16"`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub.utils import filter_repo_objects
+
+from annotators.hed import HED_WEIGHTS
+from annotators.mlsd import MLSD_WEIGHTS
+from annotators.normal import BAE_WEIGHTS
+from annotators.pose import BODY_WEIGHTS, FACE_WEIGHTS, HAND_WEIGHTS
+from errors import UserFacingError
+from pipelines.loading import hub_offline
+from settings import DEFAULT_MODEL_IDS, V10_MODEL_IDS
+
+FAMILIES = ("v11", "v10")
+
+
+class DownloadError(UserFacingError):
+    """A repo cannot be fetched (missing from the source, Hub unreachable, offline)."""
+
+
+@dataclass(frozen=True)
+class FileRule:
+    """Which files of a repo to fetch. `prefer` pairs (preferred, fallback): the fallback is
+    fetched only when the repo lacks the preferred file."""
+
+    allow: tuple[str, ...]
+    ignore: tuple[str, ...] = ()
+    prefer: tuple[tuple[str, str], ...] = ()
+
+
+_BASE_COMPONENTS = ("unet", "vae", "text_encoder")  # safety_checker, feature_extractor: unused
+BASE_RULE = FileRule(
+    allow=(
+        "model_index.json",
+        "scheduler/*",
+        "tokenizer/*",
+        *(f"{component}/config.json" for component in _BASE_COMPONENTS),
+        *(f"{component}/*.safetensors" for component in _BASE_COMPONENTS),
+    ),
+    # fp16 variants, the EMA / non-EMA training weights, pickles and single-file checkpoints.
+    ignore=("*.fp16.*", "*ema*", "*.bin", "*.ckpt"),
+)
+CONTROLNET_RULE = FileRule(allow=("config.json", "diffusion_pytorch_model.safetensors"))
+ANNOTATOR_FILES = (
+    HED_WEIGHTS,
+    MLSD_WEIGHTS,
+    BODY_WEIGHTS,
+    HAND_WEIGHTS,
+    FACE_WEIGHTS,
+    BAE_WEIGHTS,
+)
+ANNOTATORS_RULE = FileRule(allow=ANNOTATOR_FILES)
+# Intel/dpt-hybrid-midas and openmmlab/upernet-convnext-small have only pytorch_model.bin on main;
+# the annotators read it with torch.load(weights_only=True).
+TRANSFORMERS_RULE = FileRule(
+    allow=("config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin"),
+    prefer=(("model.safetensors", "pytorch_model.bin"),),
+)
+ROLE_RULES: dict[str, FileRule] = {
+    "base": BASE_RULE,
+    "annotators": ANNOTATORS_RULE,
+    "depth_estimator": TRANSFORMERS_RULE,
+    "segmenter": TRANSFORMERS_RULE,
+}
+ROLES = tuple(DEFAULT_MODEL_IDS)
+
+
+def rule_for(role: str) -> FileRule:
+    """The file rule of `role`; every role not named in ROLE_RULES is a ControlNet."""
+    return ROLE_RULES.get(role, CONTROLNET_RULE)
+
+
+def plan_repos(
+    roles: Iterable[str], model_ids: Mapping[str, str], family: str = "v11"
+) -> dict[str, FileRule]:
+    """Repo id -> rule for `roles` (each repo once). `v10` swaps in the paper's ControlNets where
+    the id is the default one; ids that are local folders are left out (nothing to fetch)."""
+    if family not in FAMILIES:
+        raise DownloadError(f"Unknown family {family!r}; choose one of: {', '.join(FAMILIES)}.")
+    repos: dict[str, FileRule] = {}
+    for role in roles:
+        if role not in DEFAULT_MODEL_IDS:
+            raise DownloadError(f"Unknown role {role!r}; choose from: {', '.join(ROLES)}.")
+        repo_id = model_ids.get(role, DEFAULT_MODEL_IDS[role])
+        if family == "v10" and role in V10_MODEL_IDS and repo_id == DEFAULT_MODEL_IDS[role]:
+            repo_id = V10_MODEL_IDS[role]
+        if not Path(repo_id).is_absolute():
+            repos.setdefault(repo_id, rule_for(role))
+    return repos
+
+
+def select(files: Mapping[str, int], rule: FileRule) -> dict[str, int]:
+    """The files (repo path -> size) of a repo listing that `rule` keeps."""
+    kept = set(filter_repo_objects(files, allow_patterns=rule.allow, ignore_patterns=rule.ignore))
+    for preferred, fallback in rule.prefer:
+        if preferred in kept:
+            kept.discard(fallback)
+    return {name: files[name] for name in sorted(kept)}
+
+
+def source_listing(source: Path, repo_id: str) -> dict[str, int]:
+    """Repo path -> size of every file under `source/<repo_id>`."""
+    root = source / repo_id
+    if not root.is_dir():
+        raise DownloadError(f"`{repo_id}` is not in the source folder (no {root}).")
+    return {
+        path.relative_to(root).as_posix(): path.stat().st_size
+        for path in root.rglob("*")
+        if path.is_file()
+    }
+
+
+def hub_listing(repo_id: str) -> dict[str, int]:
+    """Repo path -> size of every file of the Hub repo's main branch."""
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(repo_id, files_metadata=True)
+    except Exception as error:  # noqa: BLE001 (hub errors differ by version; all mean "not here")
+        raise DownloadError(f"Could not list `{repo_id}` on the Hub: {error}") from error
+    return {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or ()}
+
+
+def missing(files: Mapping[str, int], target: Path) -> dict[str, int]:
+    """The files not yet in `target` with the same size."""
+    return {
+        name: size
+        for name, size in files.items()
+        if not ((target / name).is_file() and (target / name).stat().st_size == size)
+    }
+
+
+def fetch_repo(
+    repo_id: str, rule: FileRule, models_dir: Path, source: Path | None = None
+) -> tuple[dict[str, int], int]:
+    """Fetch what `rule` keeps of `repo_id` into `models_dir/<repo_id>`.
+
+    Returns (the files fetched: path -> size, how many were already present).
+    """
+    listing = source_listing(source, repo_id) if source else hub_listing(repo_id)
+    wanted = select(listing, rule)
+    if not wanted:
+        raise DownloadError(f"`{repo_id}` has none of the files the app needs ({rule.allow}).")
+    target = models_dir / repo_id
+    todo = missing(wanted, target)
+    if todo and source is not None:
+        for name in todo:
+            _copy(source / repo_id / name, target / name)
+    elif todo:
+        from huggingface_hub import snapshot_download
+
+        try:
+            snapshot_download(repo_id, local_dir=target, allow_patterns=list(todo))
+        except Exception as error:  # noqa: BLE001 (network, auth and disk errors all end here)
+            raise DownloadError(f"Downloading `{repo_id}` failed: {error}") from error
+    return todo, len(wanted) - len(todo)
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy through a temporary name, so an interrupted copy never looks complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+
+
+def human_size(size: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units, like the Hub shows)."""
+    if size < 1000:
+        return f"{size:.0f} B"
+    for unit in ("kB", "MB", "GB"):
+        size /= 1000
+        if size < 1000 or unit == "GB":
+            break
+    return f"{size:.1f} {unit}"
+
+
+def download(
+    roles: Iterable[str],
+    models_dir: Path,
+    model_ids: Mapping[str, str] = DEFAULT_MODEL_IDS,
+    family: str = "v11",
+    source: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[str]:
+    """Fetch every repo of `roles`, telling `echo` what arrived; returns the failures' messages.
+
+    Raises DownloadError when nothing can be fetched at all (offline, unknown role or family).
+    """
+    repos = plan_repos(roles, model_ids, family)
+    if source is None and hub_offline():
+        raise DownloadError(
+            "HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it, or copy from a local "
+            "mirror with --source DIR."
+        )
+    failures, total_files, total_bytes = [], 0, 0
+    for repo_id, rule in repos.items():
+        try:
+            fetched, present = fetch_repo(repo_id, rule, models_dir, source)
+        except DownloadError as error:
+            failures.append(str(error))
+            echo(f"{repo_id}: FAILED: {error}")
+            continue
+        size = sum(fetched.values())
+        echo(f"{repo_id}: fetched {len(fetched)} file(s), {human_size(size)}; {present} present")
+        for name, file_size in fetched.items():
+            echo(f"  {name} ({human_size(file_size)})")
+        total_files, total_bytes = total_files + len(fetched), total_bytes + size
+    if total_files or failures:
+        echo(f"Fetched {total_files} file(s), {human_size(total_bytes)}, into {models_dir}.")
+    else:
+        echo(f"Nothing to fetch: every file is already in {models_dir}.")
+    return failures

@@ -1,0 +1,171 @@
+"""`python -m cli` as a real subprocess on the tiny models: generate, annotate, errors, help."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ASSETS = PROJECT_ROOT / "assets"
+FAST = ["--steps", "2", "--image-resolution", "256", "--seed", "7"]
+
+
+def run_cli(models_dir: Path, *args: str | Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MODELS_DIR": str(models_dir), "HF_HUB_OFFLINE": "1", "DEVICE": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *map(str, args)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """A folder with assets/astronaut.png (512 x 512) and assets/coffee.jpg (600 x 400)."""
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut.png", "coffee.jpg"):
+        shutil.copy(ASSETS / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folder_run(models_dir, photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("folder_out")
+    args = ["generate", "--condition", "canny", "--image", photos, "--prompt", "a cat"]
+    result = run_cli(models_dir, *args, "--out", out, "--num-images", "2", *FAST)
+    return result, out
+
+
+def test_generate_on_a_folder_writes_the_map_then_the_images(folder_run):
+    result, out = folder_run
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in out.iterdir()) == [
+        "astronaut_0.png",
+        "astronaut_1.png",
+        "astronaut_map.png",
+        "coffee_0.png",
+        "coffee_1.png",
+        "coffee_map.png",
+    ]
+    # One line per input, in order, with the seed used and the map first.
+    assert result.stdout.splitlines() == [
+        "astronaut.png: seed 7 -> astronaut_map.png, astronaut_0.png, astronaut_1.png",
+        "coffee.jpg: seed 7 -> coffee_map.png, coffee_0.png, coffee_1.png",
+    ]
+    for stem, size in (("astronaut", (256, 256)), ("coffee", (384, 256))):
+        for suffix in ("map", "0", "1"):
+            with Image.open(out / f"{stem}_{suffix}.png") as picture:
+                assert (picture.format, picture.size, picture.mode) == ("PNG", size, "RGB")
+    assert not np.array_equal(pixels(out / "astronaut_0.png"), pixels(out / "astronaut_1.png"))
+    assert "4/4" in result.stderr  # one progress bar over 2 images x 2 steps
+    assert "Traceback" not in result.stderr
+
+
+def test_generate_on_one_file_with_the_same_seed_gives_the_same_pixels(
+    models_dir, photos, folder_run, tmp_path
+):
+    args = ["generate", "--condition", "canny", "--image", photos / "astronaut.png"]
+    result = run_cli(
+        models_dir, *args, "--prompt", "a cat", "--out", tmp_path, "--num-images", "2", *FAST
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("astronaut.png: seed 7 -> astronaut_map.png")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "astronaut_0.png",
+        "astronaut_1.png",
+        "astronaut_map.png",
+    ]
+    _, folder_out = folder_run
+    for name in ("astronaut_map.png", "astronaut_0.png", "astronaut_1.png"):
+        np.testing.assert_array_equal(pixels(tmp_path / name), pixels(folder_out / name))
+
+
+def test_a_bad_file_is_reported_and_the_others_still_made(models_dir, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(ASSETS / "astronaut.png", photos / "astronaut.png")
+    (photos / "notes.png").write_text("not an image")
+    (photos / "readme.txt").write_text("not an image file name: ignored")
+    out = tmp_path / "out"
+    args = ["generate", "--condition", "canny", "--image", photos, "--out", out]
+    result = run_cli(models_dir, *args, "--steps", "1", "--image-resolution", "256")
+    assert result.returncode == 1
+    assert sorted(path.name for path in out.iterdir()) == ["astronaut_0.png", "astronaut_map.png"]
+    assert "1 of 2 input(s) failed" in result.stderr
+    assert "notes.png: Could not read the file as an image" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--condition", "sketchy"], "Unknown condition 'sketchy'; choose one of: canny, mlsd"),
+        (["--condition", "canny", "--steps", "0"], "`steps` must be between 1 and 100, got 0."),
+        (["--condition", "canny", "--param", "colour=3"], "Unknown parameter(s): colour."),
+        (["--condition", "canny", "--annotator", "hed"], "has no annotator 'hed'"),
+    ],
+)
+def test_bad_requests_exit_with_the_message_and_no_traceback(models_dir, tmp_path, extra, message):
+    image = ASSETS / "astronaut.png"
+    result = run_cli(models_dir, "generate", "--image", image, "--out", tmp_path, *extra)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_missing_model_stops_with_how_to_provide_it(tmp_path):
+    args = ["generate", "--condition", "canny", "--image", ASSETS / "astronaut.png"]
+    result = run_cli(tmp_path / "empty", *args, "--out", tmp_path / "out", "--steps", "1")
+    assert result.returncode == 2
+    assert "error: The base model `stable-diffusion-v1-5/stable-diffusion-v1-5` is not" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_annotate_writes_maps_only(models_dir, photos, tmp_path):
+    args = ["annotate", "--annotator", "canny", "--image", photos, "--out", tmp_path]
+    result = run_cli(models_dir, *args, "--image-resolution", "256", "--param", "low_threshold=50")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "astronaut.png -> astronaut_map.png",
+        "coffee.jpg -> coffee_map.png",
+    ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "astronaut_map.png",
+        "coffee_map.png",
+    ]
+    with Image.open(tmp_path / "coffee_map.png") as picture:
+        assert (picture.format, picture.size) == ("PNG", (384, 256))
+        assert set(np.unique(np.asarray(picture))) <= {0, 255}  # Canny edges
+
+
+def test_help_lists_the_subcommands(models_dir):
+    result = run_cli(models_dir, "--help")
+    assert result.returncode == 0
+    for command in ("generate", "annotate", "download"):
+        assert command in result.stdout
+    script = subprocess.run(
+        [sys.executable, "cli.py", "generate", "--help"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert script.returncode == 0
+    assert "--condition" in script.stdout and "NAME=VALUE" in script.stdout

@@ -1,0 +1,266 @@
+"""`python -m cli download` from a fake Hub mirror: only the needed files, in the layout the app
+loads, nothing twice; and the Hub path asks `snapshot_download` for exactly those files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import download
+from settings import DEFAULT_MODEL_IDS, V10_MODEL_IDS, Settings
+from tiny_models import BASE_ID, build_tiny_base, build_tiny_controlnet
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CANNY_ID = DEFAULT_MODEL_IDS["canny"]
+CONTROLNET_IDS = sorted(
+    {DEFAULT_MODEL_IDS[role] for role in (*V10_MODEL_IDS, "normal_midas")}
+    | set(V10_MODEL_IDS.values())
+)
+ANNOTATOR_FILES = [
+    "ControlNetHED.pth",
+    "body_pose_model.pth",
+    "facenet.pth",
+    "hand_pose_model.pth",
+    "mlsd_large_512_fp32.pth",
+    "scannet.pt",
+]
+BASE_FILES = [
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/merges.txt",
+    "tokenizer/tokenizer.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+]
+# Every repo of the default (v1.1) family and what must arrive from it.
+EXPECTED = {
+    BASE_ID: BASE_FILES,
+    **{
+        DEFAULT_MODEL_IDS[role]: ["config.json", "diffusion_pytorch_model.safetensors"]
+        for role in (*V10_MODEL_IDS, "normal_midas")
+    },
+    "lllyasviel/Annotators": ANNOTATOR_FILES,
+    "Intel/dpt-hybrid-midas": ["config.json", "preprocessor_config.json", "pytorch_model.bin"],
+    "openmmlab/upernet-convnext-small": [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ],
+}
+
+
+def dummy(path: Path, size: int = 16) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory) -> Path:
+    """A fake Hub: tiny real base and ControlNets, dummy annotator weights, and files the
+    download must leave behind (checkpoints, fp16 / EMA variants, pickles, safety checker)."""
+    hub = tmp_path_factory.mktemp("hub")
+    base = build_tiny_base(hub / BASE_ID)
+    for unwanted in (
+        "v1-5-pruned.ckpt",
+        "v1-5-pruned-emaonly.safetensors",
+        "README.md",
+        "safety_checker/config.json",
+        "safety_checker/model.safetensors",
+        "feature_extractor/preprocessor_config.json",
+        "text_encoder/pytorch_model.bin",
+        "unet/diffusion_pytorch_model.bin",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.non_ema.safetensors",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+    ):
+        dummy(base / unwanted)
+    canny = build_tiny_controlnet(hub / CANNY_ID)
+    for unwanted in (
+        "diffusion_pytorch_model.bin",
+        "diffusion_pytorch_model.fp16.safetensors",
+        "images/input.png",
+    ):
+        dummy(canny / unwanted)
+    for repo_id in CONTROLNET_IDS:
+        if repo_id != CANNY_ID:
+            shutil.copytree(canny, hub / repo_id)
+    annotators = hub / "lllyasviel/Annotators"
+    for size, name in enumerate(ANNOTATOR_FILES, start=10):
+        dummy(annotators / name, size)
+    dummy(annotators / "sk_model.pth", 2_000_000)  # an unrelated big one
+    dummy(annotators / "ControlNetHED.pth.bak")
+    for repo_id in ("Intel/dpt-hybrid-midas", "openmmlab/upernet-convnext-small"):
+        for name in ("config.json", "preprocessor_config.json", "pytorch_model.bin", "README.md"):
+            dummy(hub / repo_id / name)
+    dummy(hub / "openmmlab/upernet-convnext-small/model.safetensors")  # preferred over the .bin
+    return hub
+
+
+def run_download(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", "download", *map(str, args)],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_download_all_fetches_exactly_what_the_app_loads(mirror, tmp_path, astronaut):
+    out = tmp_path / "models"
+    first = run_download("--all", "--source", mirror, "--models-dir", out)
+    assert first.returncode == 0, first.stderr
+    assert files_under(out) == sorted(
+        f"{repo_id}/{name}" for repo_id, names in EXPECTED.items() for name in names
+    )
+    assert "lllyasviel/Annotators: fetched 6 file(s), 75 B; 0 present" in first.stdout
+    assert "unet/diffusion_pytorch_model.safetensors" in first.stdout
+    assert f"into {out}." in first.stdout.splitlines()[-1]
+
+    second = run_download("--all", "--source", mirror, "--models-dir", out)
+    assert second.returncode == 0, second.stderr
+    assert "fetched 0 file(s)" in second.stdout
+    assert second.stdout.splitlines()[-1] == f"Nothing to fetch: every file is already in {out}."
+
+    from pipelines.engine import Engine
+
+    result = Engine(Settings(models_dir=out), device="cpu").generate(
+        "canny", astronaut, "a house", steps=2, image_resolution=256, seed=1
+    )
+    assert [image.shape for image in result.images] == [(256, 256, 3)]
+
+
+def test_selected_roles_the_v10_family_and_a_changed_file(mirror, tmp_path):
+    lines: list[str] = []
+    failures = download.download(
+        ["canny", "annotators"], tmp_path, family="v10", source=mirror, echo=lines.append
+    )
+    assert failures == []
+    v10_canny = V10_MODEL_IDS["canny"]
+    assert files_under(tmp_path) == sorted(
+        [f"{v10_canny}/config.json", f"{v10_canny}/diffusion_pytorch_model.safetensors"]
+        + [f"lllyasviel/Annotators/{name}" for name in ANNOTATOR_FILES]
+    )
+    dummy(tmp_path / "lllyasviel/Annotators/facenet.pth", 3)  # e.g. an interrupted copy
+    lines.clear()
+    download.download(["annotators"], tmp_path, source=mirror, echo=lines.append)
+    assert lines[:2] == [
+        "lllyasviel/Annotators: fetched 1 file(s), 12 B; 5 present",
+        "  facenet.pth (12 B)",
+    ]
+
+
+def test_a_repo_missing_from_the_source_is_reported_and_the_rest_fetched(tmp_path):
+    source = tmp_path / "hub"
+    dummy(source / "lllyasviel/Annotators/scannet.pt")
+    result = run_download("canny", "annotators", "--source", source, "--models-dir", tmp_path / "m")
+    assert result.returncode == 1
+    assert f"`{CANNY_ID}` is not in the source folder" in result.stderr
+    assert files_under(tmp_path / "m") == ["lllyasviel/Annotators/scannet.pt"]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["canny"], "HF_HUB_OFFLINE is set"),
+        ([], "Name the roles to fetch, or --all"),
+        (["sketch", "--source", "."], "Unknown role 'sketch'"),
+    ],
+)
+def test_download_refusals(tmp_path, args, message):
+    result = run_download(*args, "--models-dir", tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_hub_downloads_ask_snapshot_download_for_the_missing_files_only(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    listing = {
+        "config.json": 5,
+        "diffusion_pytorch_model.safetensors": 9,
+        "diffusion_pytorch_model.fp16.safetensors": 4,
+        "diffusion_pytorch_model.bin": 9,
+        "README.md": 1,
+    }
+    dummy(tmp_path / CANNY_ID / "config.json", 5)  # already here
+    calls = []
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(download, "hub_listing", lambda repo_id: listing)
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda *args, **kwargs: calls.append((args, kwargs))
+    )
+    assert download.download(["canny"], tmp_path, echo=lambda line: None) == []
+    assert calls == [
+        (
+            (CANNY_ID,),
+            {
+                "local_dir": tmp_path / CANNY_ID,
+                "allow_patterns": ["diffusion_pytorch_model.safetensors"],
+            },
+        )
+    ]
+
+
+def test_rules_keep_the_needed_files_of_real_repo_listings():
+    sd15 = [
+        "model_index.json",
+        "v1-5-pruned-emaonly.safetensors",
+        "v1-5-pruned.ckpt",
+        "feature_extractor/preprocessor_config.json",
+        "safety_checker/config.json",
+        "safety_checker/model.fp16.safetensors",
+        "safety_checker/model.safetensors",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.fp16.safetensors",
+        "text_encoder/model.safetensors",
+        "text_encoder/pytorch_model.bin",
+        "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.non_ema.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    ]
+    kept = download.select(dict.fromkeys(sd15, 1), download.rule_for("base"))
+    assert list(kept) == [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ]
+    midas = ["config.json", "preprocessor_config.json", "pytorch_model.bin", "README.md"]
+    kept = download.select(dict.fromkeys(midas, 1), download.rule_for("depth_estimator"))
+    assert list(kept) == ["config.json", "preprocessor_config.json", "pytorch_model.bin"]
