@@ -99,6 +99,7 @@ CONDITIONS: dict[str, Condition] = {
             ("scribble",),
             input_kind="canvas",
             description="Draw black strokes on the white canvas.",
+            examples=(("scribble_house.png", "a cottage by a tree, oil painting"),),
         ),
         Condition(
             "openpose",
