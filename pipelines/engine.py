@@ -181,18 +181,14 @@ class Engine:
             image_resolution=image_resolution,
             detect_resolution=detect_resolution,
         )
-        return self._annotate_on_gpu(chosen.name, self.load_image(image), options, params)
+        source = self.load_image(image)
+        self._check_map_inputs(chosen.name, source, params)
+        return self._annotate_on_gpu(chosen.name, source, options, params)
 
     def _control_map(
         self, annotator: str, image: np.ndarray, options: GenerationOptions, params: dict
     ) -> ControlMap:
         chosen = get_annotator(annotator)
-        height, width = image.shape[:2]
-        if max(height, width) / min(height, width) > self.settings.limits.max_aspect_ratio:
-            raise InvalidRequestError(
-                f"The image is {width}x{height}; its aspect ratio is over "
-                f"{self.settings.limits.max_aspect_ratio:g}:1. Crop it first."
-            )
         # Classical annotators run at the output size; networks at their detect resolution.
         detect = None
         if chosen.default_detect_resolution is not None:
@@ -203,6 +199,16 @@ class Engine:
         )
         notice = getattr(detector, "notice", None)  # e.g. "no OpenPose weights: used MediaPipe"
         return ControlMap(control_map, [notice] if notice else [])
+
+    def _check_map_inputs(self, annotator: str, image: np.ndarray, params: dict) -> None:
+        """Refuse what would fail later, before any model (or ZeroGPU slice) is asked for."""
+        get_annotator(annotator).check_params(params)
+        height, width = image.shape[:2]
+        if max(height, width) / min(height, width) > self.settings.limits.max_aspect_ratio:
+            raise InvalidRequestError(
+                f"The image is {width}x{height}; its aspect ratio is over "
+                f"{self.settings.limits.max_aspect_ratio:g}:1. Crop it first."
+            )
 
     @staticmethod
     def _refuse_unknown_params(params: dict, annotator_names) -> None:
@@ -238,7 +244,7 @@ class Engine:
         )
         self._refuse_unknown_params(options.annotator_params, chosen_condition.annotators)
         source = self.load_image(image)
-
+        self._check_map_inputs(annotator, source, options.annotator_params)
         return self._generate_on_gpu(chosen_condition, annotator, source, options, on_progress)
 
     def _generate_seconds(self, condition, annotator, source, options, on_progress) -> int:

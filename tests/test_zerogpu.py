@@ -62,3 +62,18 @@ def test_bad_requests_are_refused_before_asking_for_a_gpu(fake_spaces, settings,
     with pytest.raises(InvalidRequestError):
         engine.generate("canny", astronaut, "a", steps=10**6)
     assert fake_spaces == []
+
+
+def test_bad_annotator_params_and_shapes_are_refused_before_the_gpu(fake_spaces, settings):
+    import numpy as np
+
+    from errors import InvalidRequestError
+    from pipelines.engine import Engine
+
+    engine = Engine(settings, device="cpu")
+    strip = np.zeros((64, 640, 3), np.uint8)  # 10:1
+    with pytest.raises(InvalidRequestError, match="aspect ratio"):
+        engine.generate("canny", strip, "a")
+    with pytest.raises(InvalidRequestError, match="low_threshold"):
+        engine.annotate(np.zeros((64, 64, 3), np.uint8), "canny", low_threshold=0)
+    assert fake_spaces == []
