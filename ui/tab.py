@@ -96,7 +96,9 @@ def build_condition_tab(condition: Condition, engine, limits: Limits, defaults: 
                 gallery = gr.Gallery(
                     label="Control map, then images", format="png", columns=2, height="auto"
                 )
-                seed_used = gr.Number(label="Seed used", value=None, precision=0, interactive=False)
+                seed_used = gr.Number(
+                    label="Seed used", precision=0, interactive=False, placeholder="after a run"
+                )
 
     @user_errors
     def generate(image, prompt, progress=gr.Progress(), **kwargs):
