@@ -140,8 +140,12 @@ def test_bad_requests_get_clear_messages_and_the_server_keeps_serving(client, tm
         )
     text_file = tmp_path / "notes.png"
     text_file.write_text("this is not an image")
-    with pytest.raises(AppError):  # refused while Gradio decodes the upload (message: issue 5)
+    with pytest.raises(AppError, match="Could not read the file as an image"):
         client.predict(image=handle_file(text_file), prompt="x", api_name="/canny", **FAST)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(AppError, match="Could not read the file as an image"):
+        client.predict(image=handle_file(empty), annotator="canny", api_name="/annotate")
     gallery, _ = client.predict(
         image=handle_file(ASSETS / "coffee.jpg"), prompt="still here", api_name="/canny", **FAST
     )
@@ -174,3 +178,14 @@ def test_annotate_endpoint_serves_annotators_with_weights(client, annotator):
     )
     control_map = np.asarray(Image.open(path))
     assert control_map.shape[:2] == (256, 256) and control_map.max() > 0
+
+
+def test_huge_images_are_refused_by_size_before_decoding(client, tmp_path):
+    huge = tmp_path / "huge.png"
+    Image.new("1", (12000, 12000)).save(huge)  # 144 MP: over the 50 MP limit
+    with pytest.raises(AppError, match="12000x12000 pixels; the limit is 50 megapixels"):
+        client.predict(image=handle_file(huge), annotator="canny", api_name="/annotate")
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (14000, 14000)).save(bomb)  # over PIL's decompression-bomb bound at open
+    with pytest.raises(AppError, match="Could not read the file as an image"):
+        client.predict(image=handle_file(bomb), annotator="canny", api_name="/annotate")

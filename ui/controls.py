@@ -20,6 +20,34 @@ logger = logging.getLogger(__name__)
 GPU_QUEUE = "gpu"  # every event that runs the diffusion model shares this concurrency id
 
 
+def upload_image(**kwargs) -> gr.Image:
+    """A `gr.Image` (type="filepath") whose unreadable uploads get a message that says what to do.
+
+    Gradio opens the upload (its header, for type="filepath") before our handler runs; a text file
+    named .png, an empty file or a decompression bomb would otherwise end in a generic "Error".
+    The instance's `preprocess` is wrapped rather than subclassed: Gradio writes a .pyi stub next
+    to the module of every Component subclass at import, which a read-only install cannot take.
+    """
+    image = gr.Image(type="filepath", image_mode=None, **kwargs)
+    gradio_preprocess = image.preprocess
+
+    def preprocess(payload):
+        try:
+            return gradio_preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as error:  # noqa: BLE001 (PIL raises OSError, ValueError, bomb errors)
+            logger.info("Refused an upload: %s", error)
+            raise gr.Error(
+                f"Could not read the file as an image ({type(error).__name__}): upload a PNG, "
+                "JPEG or WebP image.",
+                print_exception=False,
+            ) from error
+
+    image.preprocess = preprocess
+    return image
+
+
 def param_control(param: Param) -> gr.Slider | gr.Checkbox:
     if param.is_flag:
         return gr.Checkbox(label=param.label, value=param.default, info=param.info or None)

@@ -24,6 +24,7 @@ from ui.controls import (
     generation_controls,
     param_control,
     resolution_slider,
+    upload_image,
     user_errors,
 )
 
@@ -49,9 +50,7 @@ def input_component(condition: Condition) -> gr.components.Component:
             canvas_size=CANVAS_SIZE,
             brush=gr.Brush(colors=["#000000"], color_mode="fixed", default_size=6),
         )
-    return gr.Image(
-        label="Input image", type="filepath", image_mode=None, sources=["upload", "clipboard"]
-    )
+    return upload_image(label="Input image", sources=["upload", "clipboard"])
 
 
 def build_condition_tab(condition: Condition, engine, limits: Limits, defaults: Defaults) -> None:
@@ -170,7 +169,7 @@ def build_annotate_tab(engine, limits: Limits, defaults: Defaults) -> None:
         gr.Markdown("Make a control map without generating: preview it, or download it to reuse.")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(label="Input image", type="filepath", image_mode=None)
+                image = upload_image(label="Input image")
                 controls: dict[str, gr.components.Component] = {
                     "annotator": gr.Dropdown(
                         label="Annotator",
