@@ -19,3 +19,7 @@ class InvalidImageError(InvalidRequestError):
 
 class ModelUnavailableError(UserFacingError):
     """A model is neither in MODELS_DIR nor in the local cache, and the Hub cannot be reached."""
+
+
+class GpuOutOfMemoryError(UserFacingError):
+    """The request did not fit in GPU memory; memory was freed and a smaller one will work."""

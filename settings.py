@@ -79,7 +79,9 @@ class Limits:
     max_guidance: float = 30.0
     max_strength: float = 2.0
     max_resolution_weighting: float = 3.0
-    max_prompt_chars: int = 2000
+    # CLIP reads 77 tokens; longer prompts are cut with a warning. This only bounds the work of
+    # tokenising what a caller sends.
+    max_prompt_chars: int = 10_000
     max_upload_bytes: int = 25 * 1024 * 1024
     # Checked from the header before decoding: 12000 x 12000 (144 MP) is refused.
     max_upload_pixels: int = 50_000_000

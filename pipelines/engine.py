@@ -20,7 +20,7 @@ import torch
 from annotators import ANNOTATORS, Detector, LoadContext, get_annotator, make_control_map
 from annotators.util import load_image, output_size
 from conditions import Condition, get_condition
-from errors import InvalidRequestError
+from errors import GpuOutOfMemoryError, InvalidRequestError
 from pipelines.attention import (
     SDPA,
     AttentionBackend,
@@ -267,9 +267,17 @@ class Engine:
         with self._lock:
             pipe = self.base_pipeline()
             controlnet = self.controlnet(condition.controlnet_role_for(annotator))
-            images, warnings = self._run(
-                pipe, controlnet, control.image, options, seed, on_progress
-            )
+            try:
+                images, warnings = self._run(
+                    pipe, controlnet, control.image, options, seed, on_progress
+                )
+            except torch.OutOfMemoryError as error:
+                self._free_memory()  # the next request starts with the memory given back
+                raise GpuOutOfMemoryError(
+                    f"The GPU ran out of memory for {options.num_images} image(s) at "
+                    f"{control.image.shape[1]}x{control.image.shape[0]}. Lower the image "
+                    "resolution or the number of images, and try again."
+                ) from error
         return GenerationResult(control.image, images, seed, control.warnings + warnings)
 
     def _run(self, pipe, controlnet, control_map, options: GenerationOptions, seed, on_progress):
