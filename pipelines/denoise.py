@@ -139,9 +139,21 @@ def denoise(
 
 
 @torch.inference_mode()
-def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> list[np.ndarray]:
-    """Latents (B, 4, h, w) -> list of RGB uint8 (H, W, 3)."""
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Latents (B, 4, h, w) -> images (B, 3, H, W) in [0, 1], float32 (NaN stays NaN)."""
+    latents = latents.to(vae.dtype)
     images = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
-    images = (images / 2 + 0.5).clamp(0, 1)  # (B, 3, H, W) in [0, 1]
-    images = (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
-    return list(images)
+    return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+def broken_images(images: torch.Tensor) -> list[int]:
+    """Indices of images that are not finite or entirely black: SD1.5's fp16 VAE can overflow."""
+    finite = torch.isfinite(images).flatten(1).all(dim=1)
+    black = images.nan_to_num(0.0).flatten(1).amax(dim=1) == 0
+    return [index for index, bad in enumerate((~finite) | black) if bad]
+
+
+def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """(B, 3, H, W) in [0, 1] -> list of RGB uint8 (H, W, 3)."""
+    array = images.nan_to_num(0.0).permute(0, 2, 3, 1).cpu().numpy()
+    return list((array * 255).round().astype(np.uint8))

@@ -29,7 +29,14 @@ from pipelines.attention import (
 )
 from pipelines.cache import ModelCache
 from pipelines.control import get_control_mode
-from pipelines.denoise import ControlUnit, control_image_tensor, decode_latents, denoise
+from pipelines.denoise import (
+    ControlUnit,
+    broken_images,
+    control_image_tensor,
+    decode_latents,
+    denoise,
+    to_uint8,
+)
 from pipelines.loading import load_model
 from pipelines.request import GenerationOptions
 from pipelines.schedulers import make_scheduler
@@ -329,4 +336,25 @@ class Engine:
             eta=options.eta,
             on_progress=on_progress,
         )
-        return decode_latents(pipe.vae, latents), warnings
+        return self._decode(pipe.vae, latents, warnings), warnings
+
+    def _decode(self, vae, latents: torch.Tensor, warnings: list[str]) -> list[np.ndarray]:
+        """Decode; NaN or black images are decoded again with the VAE in fp32, then reported."""
+        images = decode_latents(vae, latents)
+        if broken_images(images):
+            dtype = vae.dtype
+            vae.to(torch.float32)  # the fp16 VAE overflows on some latents; fp32 does not
+            try:
+                images = decode_latents(vae, latents.float())
+            finally:
+                vae.to(dtype)
+            still_broken = broken_images(images)
+            if still_broken:
+                numbers = ", ".join(str(index + 1) for index in still_broken)
+                warnings.append(
+                    f"Image {numbers} came out empty (NaN or black) even with the VAE in fp32. "
+                    "Try another seed, fewer steps or a lower guidance scale."
+                )
+            else:
+                warnings.append("The VAE overflowed in fp16; the images were decoded in fp32.")
+        return to_uint8(images)

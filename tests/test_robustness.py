@@ -77,3 +77,28 @@ def test_requests_on_different_tabs_together_equal_the_same_requests_alone(engin
         thread.join(timeout=300)
     for index, image in enumerate(together):
         np.testing.assert_array_equal(image, alone[index], f"request {index} was disturbed")
+
+
+def test_nan_images_are_decoded_again_in_fp32_then_reported(engine, astronaut, monkeypatch):
+    vae = engine.base_pipeline().vae
+    real_decode = vae.decode
+    calls = []
+
+    def decode(latents, **kwargs):
+        calls.append(latents.dtype)
+        images = real_decode(latents, **kwargs)[0]
+        if len(calls) == 1 or fail_always:
+            images = torch.full_like(images, float("nan"))
+        return (images,)
+
+    fail_always = False
+    monkeypatch.setattr(vae, "decode", decode)
+    retried = engine.generate("canny", astronaut, "a", **FAST)
+    assert len(calls) == 2 and calls[1] == torch.float32
+    assert any("decoded in fp32" in warning for warning in retried.warnings)
+    assert retried.images[0].std() > 1
+
+    calls.clear()
+    fail_always = True
+    broken = engine.generate("canny", astronaut, "a", **FAST)
+    assert any("came out empty" in warning for warning in broken.warnings)
