@@ -144,7 +144,7 @@ CONDITIONS: dict[str, Condition] = {
 def get_condition(name: str) -> Condition:
     try:
         return CONDITIONS[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable value sent to the API
         raise InvalidRequestError(
             f"Unknown condition {name!r}; choose one of: {', '.join(CONDITIONS)}."
         ) from None

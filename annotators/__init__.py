@@ -59,7 +59,7 @@ __all__ = [
 def get_annotator(name: str) -> Annotator:
     try:
         return ANNOTATORS[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable value sent to the API
         raise InvalidRequestError(
             f"Unknown annotator {name!r}; choose one of: {', '.join(ANNOTATORS)}."
         ) from None

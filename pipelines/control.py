@@ -54,7 +54,7 @@ CONTROL_MODES: dict[str, ControlMode] = {
 def get_control_mode(name: str) -> ControlMode:
     try:
         return CONTROL_MODES[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable value sent to the API
         raise InvalidRequestError(
             f"Unknown control mode {name!r}; choose one of: {', '.join(CONTROL_MODES)}."
         ) from None

@@ -12,7 +12,7 @@ from typing import Any
 
 from errors import InvalidRequestError
 from pipelines.control import get_control_mode
-from pipelines.schedulers import SCHEDULERS
+from pipelines.schedulers import check_scheduler
 from settings import MAX_SEED, Defaults, Limits
 
 
@@ -84,13 +84,8 @@ class GenerationOptions:
 
         def get(name: str) -> Any:
             value = values.get(name)
-            return getattr(defaults, name, getattr(cls, name, None)) if value is None else value
+            return getattr(defaults, name) if value is None else value
 
-        scheduler = get("scheduler")
-        if scheduler not in SCHEDULERS:
-            raise InvalidRequestError(
-                f"Unknown scheduler {scheduler!r}; choose one of: {', '.join(SCHEDULERS)}."
-            )
         return cls(
             prompt=_text("prompt", values.get("prompt"), limits.max_prompt_chars),
             num_images=_whole("num_images", get("num_images"), 1, limits.max_images),
@@ -116,7 +111,7 @@ class GenerationOptions:
                 0.0,
                 limits.max_resolution_weighting,
             ),
-            scheduler=scheduler,
+            scheduler=check_scheduler(get("scheduler")),
             steps=_whole("steps", get("steps"), 1, limits.max_steps),
             guidance_scale=_number(
                 "guidance_scale", get("guidance_scale"), limits.min_guidance, limits.max_guidance

@@ -24,13 +24,16 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def make_scheduler(name: str, base_config: Mapping[str, Any]):
-    try:
-        class_name, options = SCHEDULERS[name]
-    except KeyError:
+def check_scheduler(name: Any) -> str:
+    if not isinstance(name, str) or name not in SCHEDULERS:
         raise InvalidRequestError(
             f"Unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}."
-        ) from None
+        )
+    return name
+
+
+def make_scheduler(name: str, base_config: Mapping[str, Any]):
+    class_name, options = SCHEDULERS[check_scheduler(name)]
     import diffusers
 
     return getattr(diffusers, class_name).from_config(dict(base_config), **options)

@@ -102,3 +102,12 @@ def test_nan_images_are_decoded_again_in_fp32_then_reported(engine, astronaut, m
     fail_always = True
     broken = engine.generate("canny", astronaut, "a", **FAST)
     assert any("came out empty" in warning for warning in broken.warnings)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"scheduler": ["UniPC"]}, {"control_mode": {"a": 1}}, {"annotator": ["canny"]}],
+)
+def test_values_of_the_wrong_type_get_a_message(engine, astronaut, options):
+    with pytest.raises(InvalidRequestError):
+        engine.generate("canny", astronaut, "a", **FAST, **options)
