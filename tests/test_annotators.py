@@ -150,3 +150,38 @@ def test_flag_params_take_booleans_only():
     assert flag.check(True) is True and flag.check(0) is False
     with pytest.raises(InvalidRequestError, match="true or false"):
         flag.check("yes")
+
+
+def test_load_image_handles_odd_files(tmp_path, coffee):
+    # Truncated JPEG: half the bytes are missing.
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(coffee).save(whole, quality=90)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(InvalidImageError, match="Could not read"):
+        load_image(truncated, **LIMITS)
+
+    # 16-bit greyscale PNG: scaled to 8 bits, not clipped.
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.full((64, 64), 65535, np.uint16)).save(wide)
+    assert load_image(wide, **LIMITS)[0, 0].tolist() == [255, 255, 255]
+
+    # Palette PNG with a transparent colour: transparent pixels become white paper.
+    palette = Image.new("P", (64, 64), 0)
+    palette.putpalette([0, 0, 0, 200, 0, 0] + [0] * 762)
+    palette.paste(1, (0, 0, 32, 64))
+    path = tmp_path / "palette.png"
+    palette.save(path, transparency=0)
+    loaded = load_image(path, **LIMITS)
+    assert loaded[0, 0].tolist() == [200, 0, 0] and loaded[0, 63].tolist() == [255, 255, 255]
+
+    # CMYK JPEG: converted to RGB.
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.fromarray(coffee).convert("CMYK").save(cmyk)
+    assert load_image(cmyk, **LIMITS).shape == (400, 600, 3)
+
+    # A 1x1 image: too small to say anything.
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (1, 1)).save(tiny)
+    with pytest.raises(InvalidImageError, match="at least 8x8"):
+        load_image(tiny, **LIMITS)
