@@ -1,0 +1,274 @@
+"""Load test of the web app: concurrent gradio_client clients across the tabs, nothing lost.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/load.py [--clients 4] [--requests 3]
+        [--url http://127.0.0.1:7860/] [--queue-size 20]
+
+Without --url it builds tiny random-weight models for every condition in a temporary MODELS_DIR
+(no downloads, the same builders as tests/conftest.py) and starts `python app.py` on them on CPU.
+Each client (one thread, one `Client`) sends --requests small requests (2 steps, 256 px), cycling
+through /canny, /scribble, /hed, /depth, /seg, /openpose (mediapipe pose) and /annotate. Every
+request ends as exactly one of: completed (a well-formed result), rejected (Gradio's
+"Queue is full" answer, when more are waiting than QUEUE_SIZE allows) or failed (anything else).
+Prints one JSON line; `lost` counts requests with no outcome and must be 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from gradio_client import Client, handle_file  # noqa: E402
+
+# What gradio_client raises (QueueError) when the server answers that its queue is full.
+QUEUE_FULL = "Queue is full"
+FAST = {"steps": 2, "image_resolution": 256}
+# (api_name, image, extra keywords); generate endpoints also get a prompt and FAST.
+TABS: list[tuple[str, str, dict]] = [
+    ("/canny", "coffee.jpg", {}),
+    ("/scribble", "scribble_house.png", {}),
+    ("/hed", "astronaut.png", {}),
+    ("/depth", "chelsea.jpg", {}),
+    ("/seg", "rocket.jpg", {}),
+    ("/openpose", "astronaut.png", {"annotator": "mediapipe_pose"}),
+    ("/annotate", "astronaut.png", {"annotator": "canny", "image_resolution": 256}),
+]
+MAX_EXAMPLES = 5  # error messages kept per outcome
+
+
+@dataclass
+class Tally:
+    """Outcomes of all requests, filled by the client threads under one lock."""
+
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    rejected: int = 0
+    latencies: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    rejections: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def check_result(api_name: str, result) -> None:
+    """Raise ValueError unless `result` is what the endpoint promises."""
+    if api_name == "/annotate":
+        if not (isinstance(result, str) and Path(result).is_file()):
+            raise ValueError(f"{api_name}: expected an image path, got {result!r:.200}")
+        return
+    if not (isinstance(result, (list, tuple)) and len(result) == 2):
+        raise ValueError(f"{api_name}: expected (gallery, seed), got {result!r:.200}")
+    gallery, seed = result
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"{api_name}: seed is not an int: {seed!r}")
+    if not (isinstance(gallery, list) and len(gallery) >= 2):
+        raise ValueError(f"{api_name}: expected the map and >= 1 image, got {gallery!r:.200}")
+    if gallery[0].get("caption") != "Control map":
+        raise ValueError(f"{api_name}: first gallery item is not the control map: {gallery[0]}")
+    if not all(Path(item["image"]).is_file() for item in gallery):
+        raise ValueError(f"{api_name}: a gallery image is missing: {gallery!r:.200}")
+
+
+def _request(client: Client, api_name: str, image: str, extra: dict):
+    """One call of `api_name`, small and fast."""
+    keywords = dict(extra) if api_name == "/annotate" else {"prompt": "a photo", **FAST, **extra}
+    return client.predict(image=handle_file(ASSETS / image), api_name=api_name, **keywords)
+
+
+def _client_thread(
+    url: str, index: int, requests: int, tally: Tally, barrier: threading.Barrier
+) -> None:
+    """One client: connect, wait for the others, then send `requests` requests in turn."""
+    try:
+        client = Client(url, verbose=False)
+    except Exception as error:  # noqa: BLE001 - every request of this client fails
+        client, connect_error = None, f"connect: {type(error).__name__}: {error}"
+    barrier.wait()  # all clients start firing together
+    for number in range(requests):
+        api_name, image, extra = TABS[(index + number) % len(TABS)]
+        with tally.lock:
+            tally.submitted += 1
+        started = time.perf_counter()
+        outcome, message = "completed", ""
+        try:
+            if client is None:
+                raise RuntimeError(connect_error)
+            check_result(api_name, _request(client, api_name, image, extra))
+        except Exception as error:  # noqa: BLE001 - each is classified below
+            message = f"{api_name}: {type(error).__name__}: {error}"
+            outcome = "rejected" if QUEUE_FULL in str(error) else "failed"
+        elapsed = time.perf_counter() - started
+        with tally.lock:
+            if outcome == "completed":
+                tally.completed += 1
+                tally.latencies.append(elapsed)
+            elif outcome == "rejected":
+                tally.rejected += 1
+                if len(tally.rejections) < MAX_EXAMPLES:
+                    tally.rejections.append(message)
+            else:
+                tally.failed += 1
+                if len(tally.failures) < MAX_EXAMPLES:
+                    tally.failures.append(message)
+
+
+def run_load(url: str, clients: int = 4, requests_per_client: int = 3) -> dict:
+    """Drive `clients` concurrent clients x `requests_per_client` requests at `url`; the record."""
+    tally = Tally()
+    barrier = threading.Barrier(clients)
+    threads = [
+        threading.Thread(
+            target=_client_thread, args=(url, index, requests_per_client, tally, barrier)
+        )
+        for index in range(clients)
+    ]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    latencies = sorted(tally.latencies)
+
+    def percentile(fraction: float) -> float:
+        if not latencies:
+            return 0.0
+        return round(latencies[min(len(latencies) - 1, int(fraction * len(latencies)))], 3)
+
+    return {
+        "benchmark": "load",
+        "clients": clients,
+        "requests_per_client": requests_per_client,
+        "submitted": tally.submitted,
+        "completed": tally.completed,
+        "failed": tally.failed,
+        "rejected": tally.rejected,
+        "lost": tally.submitted - tally.completed - tally.failed - tally.rejected,
+        "failure_examples": tally.failures,
+        "rejection_examples": tally.rejections,
+        "latency_p50_s": round(statistics.median(latencies), 3) if latencies else 0.0,
+        "latency_p95_s": percentile(0.95),
+        "latency_max_s": round(latencies[-1], 3) if latencies else 0.0,
+        "wall_s": round(wall, 3),
+        "throughput_per_s": round(tally.completed / wall, 3) if wall else 0.0,
+    }
+
+
+def build_tiny_models(folder: Path) -> Path:
+    """Tiny SD1.5 + a ControlNet per condition and annotator weights, as tests/conftest.py does."""
+    from annotator_weights import save_hed_and_mlsd, save_tiny_dpt_hybrid, save_tiny_upernet
+    from conditions import CONDITIONS
+    from settings import DEFAULT_MODEL_IDS
+    from tiny_models import build_models_dir
+
+    roles = sorted({condition.controlnet_role for condition in CONDITIONS.values()})
+    build_models_dir(folder, [DEFAULT_MODEL_IDS[role] for role in roles])
+    save_hed_and_mlsd(folder)
+    save_tiny_dpt_hybrid(folder)
+    save_tiny_upernet(folder)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(
+    models_dir: Path, log_path: Path, queue_size: int | None = None, timeout: float = 180
+) -> tuple[str, subprocess.Popen]:
+    """`python app.py` on `models_dir`, on CPU, output to `log_path`; (url, process) once it serves.
+
+    Raises RuntimeError (with the log) if it exits or does not answer within `timeout` seconds.
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        "MODELS_DIR": str(models_dir),
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "DEVICE": "cpu",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if queue_size is not None:
+        env["QUEUE_SIZE"] = str(queue_size)
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            log = log_path.read_text(errors="replace")
+            raise RuntimeError(f"app.py exited with {process.returncode}:\n{log}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return url, process
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop_app(process)
+            log = log_path.read_text(errors="replace")
+            raise RuntimeError(f"app.py did not start within {timeout:.0f} s:\n{log}")
+        time.sleep(0.5)
+
+
+def stop_app(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    parser.add_argument("--requests", type=int, default=3, help="requests per client (default 3)")
+    parser.add_argument("--url", help="a running app; default: start one on tiny models")
+    parser.add_argument("--queue-size", type=int, help="QUEUE_SIZE of the app this starts")
+    args = parser.parse_args()
+
+    if args.url:
+        print(json.dumps(run_load(args.url, args.clients, args.requests)))
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        models_dir = build_tiny_models(Path(folder) / "models")
+        log_path = Path(folder) / "app.log"
+        url, process = start_app(models_dir, log_path, args.queue_size)
+        try:
+            record = run_load(url, args.clients, args.requests)
+        finally:
+            stop_app(process)
+        record["queue_size"] = args.queue_size
+        print(json.dumps(record))
+        if record["failed"] or record["lost"]:
+            print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
