@@ -171,14 +171,17 @@ def run_load(url: str, clients: int = 4, requests_per_client: int = 3) -> dict:
 
 
 def build_tiny_models(folder: Path) -> Path:
-    """Tiny SD1.5 + a ControlNet per condition and annotator weights, as tests/conftest.py does."""
+    """Tiny SD1.5, a tiny ControlNet for every role a condition uses (v1.0 MiDaS normals too), and
+    annotator weights (HED, M-LSD, DPT-Hybrid, UperNet): the tests' MODELS_DIR as well."""
     from annotator_weights import save_hed_and_mlsd, save_tiny_dpt_hybrid, save_tiny_upernet
     from conditions import CONDITIONS
     from settings import DEFAULT_MODEL_IDS
     from tiny_models import build_models_dir
 
-    roles = sorted({condition.controlnet_role for condition in CONDITIONS.values()})
-    build_models_dir(folder, [DEFAULT_MODEL_IDS[role] for role in roles])
+    roles = {condition.controlnet_role for condition in CONDITIONS.values()}
+    for condition in CONDITIONS.values():
+        roles.update(condition.controlnet_role_by_annotator.values())
+    build_models_dir(folder, [DEFAULT_MODEL_IDS[role] for role in sorted(roles)])
     save_hed_and_mlsd(folder)
     save_tiny_dpt_hybrid(folder)
     save_tiny_upernet(folder)
@@ -192,7 +195,11 @@ def free_port() -> int:
 
 
 def start_app(
-    models_dir: Path, log_path: Path, queue_size: int | None = None, timeout: float = 180
+    models_dir: Path,
+    log_path: Path,
+    queue_size: int | None = None,
+    timeout: float = 180,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[str, subprocess.Popen]:
     """`python app.py` on `models_dir`, on CPU, output to `log_path`; (url, process) once it serves.
 
@@ -209,6 +216,7 @@ def start_app(
     }
     if queue_size is not None:
         env["QUEUE_SIZE"] = str(queue_size)
+    env.update(extra_env or {})
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py"), "--port", str(port)],

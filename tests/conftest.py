@@ -10,11 +10,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import socket  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -26,28 +22,15 @@ ASSETS = PROJECT_ROOT / "assets"
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from annotator_weights import (  # noqa: E402
-    save_hed_and_mlsd,
-    save_tiny_dpt_hybrid,
-    save_tiny_upernet,
-)
-from conditions import CONDITIONS  # noqa: E402
-from settings import DEFAULT_MODEL_IDS, Settings  # noqa: E402
-from tiny_models import build_models_dir  # noqa: E402
+from benchmarks.load import build_tiny_models, start_app, stop_app  # noqa: E402
+from settings import Settings  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
-    """Tiny SD1.5 + a tiny ControlNet for every condition, and annotator weights (HED, M-LSD,
-    DPT-Hybrid, UperNet). NormalBAE and OpenPose weights stay missing: their tests build them."""
-    folder = tmp_path_factory.mktemp("models")
-    roles = sorted({condition.controlnet_role for condition in CONDITIONS.values()})
-    roles += ["normal_midas"]
-    build_models_dir(folder, [DEFAULT_MODEL_IDS[role] for role in roles])
-    save_hed_and_mlsd(folder)
-    save_tiny_dpt_hybrid(folder)
-    save_tiny_upernet(folder)
-    return folder
+    """Tiny models for every condition and annotator weights; NormalBAE and OpenPose weights stay
+    missing (their own tests build them)."""
+    return build_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="session")
@@ -74,15 +57,9 @@ def coffee() -> np.ndarray:
     return np.asarray(Image.open(ASSETS / "coffee.jpg").convert("RGB"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
-    def __init__(self, url: str, process: subprocess.Popen, log: Path):
-        self.url, self.process, self.log = url, process, log
+    def __init__(self, url: str, log: Path):
+        self.url, self.log = url, log
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -91,44 +68,10 @@ class Server:
 @pytest.fixture(scope="session")
 def server(models_dir, tmp_path_factory) -> Server:
     """`python app.py` in its own process, on tiny models, with small defaults so runs are quick."""
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {
-        **os.environ,
-        "MODELS_DIR": str(models_dir),
-        "HF_HUB_OFFLINE": "1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "DEFAULT_IMAGE_RESOLUTION": "256",
-        "DEVICE": "cpu",
-        "PYTHONUNBUFFERED": "1",
-    }
-    with log.open("w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, str(PROJECT_ROOT / "app.py"), "--port", str(port)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    server = Server(url, process, log)
-    deadline = time.monotonic() + 180
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"app.py exited with {process.returncode}:\n{server.log_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"app.py did not start within 180 s:\n{server.log_text()}")
-        time.sleep(0.5)
-    yield server
-    process.terminate()
     try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        url, process = start_app(models_dir, log, extra_env={"DEFAULT_IMAGE_RESOLUTION": "256"})
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    yield Server(url, log)
+    stop_app(process)
