@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from errors import ModelUnavailableError, UserFacingError
+from pipelines.request import GenerationOptions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,20 +30,11 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 # (engine, image, output stem, progress callback) -> lines to print: a summary, then warnings.
 RunOne = Callable[[Any, Path, str, Callable[[int, int], None]], list[str]]
-OPTION_NAMES = (  # generate's options, passed to the engine when given (else its defaults)
-    "num_images",
-    "image_resolution",
-    "detect_resolution",
-    "strength",
-    "control_mode",
-    "resolution_weighting",
-    "scheduler",
-    "steps",
-    "guidance_scale",
-    "seed",
-    "eta",
-    "added_prompt",
-    "negative_prompt",
+# generate's options, passed to the engine when given (else its defaults): the engine's own fields
+OPTION_NAMES = tuple(
+    name
+    for name in GenerationOptions.__dataclass_fields__
+    if name not in ("prompt", "annotator_params")
 )
 
 
@@ -143,7 +135,6 @@ def quiet_libraries() -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     from conditions import get_condition
-    from pipelines.request import GenerationOptions
 
     settings = load_settings(args)
     condition = get_condition(args.condition)

@@ -93,8 +93,8 @@ def load_image(
     The pixel count is checked from the header, before the image is decoded in full.
     """
     if isinstance(source, np.ndarray):
-        if source.size > max_pixels * 4:
-            raise InvalidImageError("The image is too large.")
+        if source.ndim >= 2:
+            _check_pixels(source.shape[1], source.shape[0], max_pixels)
         return HWC3(source)
     if isinstance(source, Image.Image):
         return _to_rgb_array(_checked_upright(source, max_pixels))
@@ -120,7 +120,12 @@ def load_image(
 
 
 def _checked_upright(picture: Image.Image, max_pixels: int) -> Image.Image:
-    width, height = picture.size
+    _check_pixels(*picture.size, max_pixels)
+    picture.load()
+    return ImageOps.exif_transpose(picture)
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise InvalidImageError(
             f"The image is {width}x{height} pixels; the limit is {max_pixels / 1e6:.0f} "
@@ -128,5 +133,3 @@ def _checked_upright(picture: Image.Image, max_pixels: int) -> Image.Image:
         )
     if width < 8 or height < 8:
         raise InvalidImageError(f"The image is {width}x{height} pixels; it needs at least 8x8.")
-    picture.load()
-    return ImageOps.exif_transpose(picture)

@@ -185,3 +185,10 @@ def test_load_image_handles_odd_files(tmp_path, coffee):
     Image.new("RGB", (1, 1)).save(tiny)
     with pytest.raises(InvalidImageError, match="at least 8x8"):
         load_image(tiny, **LIMITS)
+
+
+def test_load_image_checks_the_pixels_of_arrays_too():
+    canvas = np.zeros((600, 600, 4), np.uint8)
+    assert load_image(canvas, **LIMITS).shape == (600, 600, 3)
+    with pytest.raises(InvalidImageError, match="megapixels"):
+        load_image(canvas, max_bytes=LIMITS["max_bytes"], max_pixels=100_000)

@@ -72,15 +72,18 @@ def test_api_names_and_keywords_follow_the_contract(client):
 
 
 def test_canny_endpoint_returns_map_first_then_images_and_the_seed(client):
-    gallery, seed = client.predict(
-        image=handle_file(ASSETS / "coffee.jpg"),
-        prompt="a cup of coffee",
-        num_images=2,
-        seed=42,
-        low_threshold=50,
-        api_name="/canny",
-        **FAST,
-    )
+    def canny():
+        return client.predict(
+            image=handle_file(ASSETS / "coffee.jpg"),
+            prompt="a cup of coffee",
+            num_images=2,
+            seed=42,
+            low_threshold=50,
+            api_name="/canny",
+            **FAST,
+        )
+
+    gallery, seed = canny()
     assert seed == 42
     assert [item["caption"] for item in gallery] == ["Control map", "Image 1", "Image 2"]
     assert all(item["image"].endswith(".png") for item in gallery)
@@ -88,15 +91,7 @@ def test_canny_endpoint_returns_map_first_then_images_and_the_seed(client):
     assert control_map.shape == (256, 384, 3) and set(np.unique(control_map)) <= {0, 255}
     assert all(image.shape == (256, 384, 3) for image in images)
     # Same request, same seed: the same pixels.
-    again, _ = client.predict(
-        image=handle_file(ASSETS / "coffee.jpg"),
-        prompt="a cup of coffee",
-        num_images=2,
-        seed=42,
-        low_threshold=50,
-        api_name="/canny",
-        **FAST,
-    )
+    again, _ = canny()
     np.testing.assert_array_equal(read(again[1]), images[0])
 
 
