@@ -31,7 +31,7 @@ from annotators.normal import BAE_WEIGHTS
 from annotators.pose import BODY_WEIGHTS, FACE_WEIGHTS, HAND_WEIGHTS
 from errors import UserFacingError
 from pipelines.loading import hub_offline
-from settings import DEFAULT_MODEL_IDS, V10_MODEL_IDS
+from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS, V10_MODEL_IDS
 
 FAMILIES = ("v11", "v10")
 
@@ -83,8 +83,12 @@ ROLE_RULES: dict[str, FileRule] = {
     "annotators": ANNOTATORS_RULE,
     "depth_estimator": TRANSFORMERS_RULE,
     "segmenter": TRANSFORMERS_RULE,
+    "safety_checker": FileRule(
+        allow=("config.json", "model.safetensors", "preprocessor_config.json")
+    ),
 }
-ROLES = tuple(DEFAULT_MODEL_IDS)
+ROLES = tuple(DEFAULT_MODEL_IDS)  # what --all fetches
+KNOWN_ROLES = {**DEFAULT_MODEL_IDS, **OPTIONAL_MODEL_IDS}  # also fetched when named
 
 
 def rule_for(role: str) -> FileRule:
@@ -101,9 +105,9 @@ def plan_repos(
         raise DownloadError(f"Unknown family {family!r}; choose one of: {', '.join(FAMILIES)}.")
     repos: dict[str, FileRule] = {}
     for role in roles:
-        if role not in DEFAULT_MODEL_IDS:
-            raise DownloadError(f"Unknown role {role!r}; choose from: {', '.join(ROLES)}.")
-        repo_id = model_ids.get(role, DEFAULT_MODEL_IDS[role])
+        if role not in KNOWN_ROLES:
+            raise DownloadError(f"Unknown role {role!r}; choose from: {', '.join(KNOWN_ROLES)}.")
+        repo_id = model_ids.get(role, KNOWN_ROLES[role])
         if family == "v10" and role in V10_MODEL_IDS and repo_id == DEFAULT_MODEL_IDS[role]:
             repo_id = V10_MODEL_IDS[role]
         if not Path(repo_id).is_absolute():

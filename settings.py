@@ -35,6 +35,11 @@ DEFAULT_MODEL_IDS: dict[str, str] = {
     "segmenter": "openmmlab/upernet-convnext-small",
 }
 
+# Models loaded only when a setting asks for them (not fetched by `download --all`).
+OPTIONAL_MODEL_IDS: dict[str, str] = {
+    "safety_checker": "CompVis/stable-diffusion-safety-checker",  # with SAFETY_CHECKER=1
+}
+
 # The paper's own v1.0 ControlNets (DESIGN.md §4), for the family switch.
 V10_MODEL_IDS: dict[str, str] = {
     role: f"lllyasviel/sd-controlnet-{name}"
@@ -52,6 +57,58 @@ V10_MODEL_IDS: dict[str, str] = {
 
 MAX_SEED = 2**31 - 1  # the reference UI's seed range
 
+# The ControlNet families (DESIGN.md §4): v1.1 by default, or the paper's own v1.0 models.
+CONTROLNET_VERSIONS = ("v1.1", "v1.0")
+DEFAULT_BASE_NAME = "Stable Diffusion 1.5"
+# Single files that are pickles can run code when loaded: only .safetensors single files load.
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+FAST_PATH_MODES = ("auto", "on", "off")
+
+
+def check_base_source(source: str) -> str:
+    """A base model source from the operator's list: a Hub id, a diffusers folder or a
+    .safetensors single file. Pickle checkpoints are refused here, at start."""
+    suffix = Path(source).suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise ValueError(
+            f"Base model {source!r}: {suffix} checkpoints are pickles, which can run code when "
+            "loaded. Only .safetensors single files (or diffusers folders / Hub ids) are loaded."
+        )
+    if suffix and suffix != ".safetensors" and Path(source).is_file():
+        raise ValueError(
+            f"Base model {source!r}: a single file must be a .safetensors checkpoint."
+        )
+    return source
+
+
+def parse_base_models(text: str | None, default_source: str) -> dict[str, str]:
+    """Name -> source for the base model list; the first is the default.
+
+    `text` (env BASE_MODELS) lists extra bases, one per line or separated by `;`, each
+    `Name=source` or just `source` (named after its last path part). The default base
+    (`MODEL_BASE`, or SD1.5) always comes first.
+    """
+    default_name = (
+        DEFAULT_BASE_NAME
+        if default_source == DEFAULT_MODEL_IDS["base"]
+        else Path(default_source).stem or default_source
+    )
+    models = {default_name: check_base_source(default_source)}
+    for entry in (text or "").replace("\n", ";").split(";"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, sep, source = entry.partition("=")
+        if not sep:
+            name, source = Path(entry).stem or entry, entry
+        name, source = name.strip(), source.strip()
+        if not name or not source:
+            raise ValueError(f"BASE_MODELS entry {entry!r} must be `Name=source` or `source`.")
+        if name in models and models[name] != source:
+            raise ValueError(f"BASE_MODELS names {name!r} twice; give each base its own name.")
+        models[name] = check_base_source(source)
+    return models
+
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
@@ -61,6 +118,15 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError as error:
         raise ValueError(f"Environment variable {name} must be an integer, got {raw!r}.") from error
+
+
+def _env_flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"Environment variable {name} must be 1/0 (or true/false), got {raw!r}.")
 
 
 @dataclass(frozen=True)
@@ -79,6 +145,7 @@ class Limits:
     max_guidance: float = 30.0
     max_strength: float = 2.0
     max_resolution_weighting: float = 3.0
+    max_units: int = 3  # ControlNets composed in one generation (the Compose tab)
     # CLIP reads 77 tokens; longer prompts are cut with a warning. This only bounds the work of
     # tokenising what a caller sends.
     max_prompt_chars: int = 10_000
@@ -102,6 +169,11 @@ class Defaults:
     guidance_scale: float = 9.0
     seed: int = -1  # -1 draws a random seed; the one used is returned
     eta: float = 0.0
+    control_start: float = 0.0  # fraction of the steps where control starts ...
+    control_end: float = 1.0  # ... and ends
+    aspect_ratio: str = "image"  # the output keeps the input image's aspect
+    resize_mode: str = "crop_and_resize"  # the AUTOMATIC1111 extension's default
+    controlnet_version: str = "v1.1"
     added_prompt: str = "best quality, extremely detailed"
     negative_prompt: str = (
         "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
@@ -112,7 +184,9 @@ class Defaults:
 @dataclass(frozen=True)
 class Settings:
     models_dir: Path = PROJECT_ROOT / "models"
-    model_ids: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_MODEL_IDS))
+    model_ids: Mapping[str, str] = field(
+        default_factory=lambda: {**DEFAULT_MODEL_IDS, **OPTIONAL_MODEL_IDS}
+    )
     limits: Limits = field(default_factory=Limits)
     defaults: Defaults = field(default_factory=Defaults)
     # How many ControlNets stay loaded at once; each SD1.5 ControlNet is ~0.7 GB in fp16.
@@ -121,11 +195,22 @@ class Settings:
     annotator_cache_size: int = 3
     device: str | None = None  # None: CUDA when available, else CPU
     queue_size: int = 20
+    # The base models a visitor may pick from (name -> Hub id, diffusers folder or .safetensors
+    # file); the first is the default. Visitors only ever pick a name from this list.
+    base_models: Mapping[str, str] = field(
+        default_factory=lambda: {DEFAULT_BASE_NAME: DEFAULT_MODEL_IDS["base"]}
+    )
+    # The paper's v1.0 ControlNets, by role, for the family switch.
+    v10_model_ids: Mapping[str, str] = field(default_factory=lambda: dict(V10_MODEL_IDS))
+    # Check every image with SD's NSFW safety checker and blacken flagged ones (off by default).
+    safety_checker: bool = False
+    # fp16 + channels_last + fused QKV + torch.compile with CUDA graphs: auto = on dedicated GPUs.
+    fast_path: str = "auto"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        model_ids = dict(DEFAULT_MODEL_IDS)
+        model_ids = {**DEFAULT_MODEL_IDS, **OPTIONAL_MODEL_IDS}
         for role in model_ids:
             override = env.get(f"MODEL_{role.upper()}")
             if override:
@@ -145,6 +230,17 @@ class Settings:
                 _env_int(env, "DEFAULT_IMAGE_RESOLUTION", 512), limits.max_resolution
             ),
         )
+        v10_model_ids = dict(V10_MODEL_IDS)
+        for role in v10_model_ids:
+            override = env.get(f"MODEL_V10_{role.upper()}")
+            if override:
+                v10_model_ids[role] = override
+        fast_path = (env.get("FAST_PATH") or "auto").strip().lower()
+        if fast_path not in FAST_PATH_MODES:
+            raise ValueError(
+                f"Environment variable FAST_PATH must be one of {', '.join(FAST_PATH_MODES)}, "
+                f"got {fast_path!r}."
+            )
         return cls(
             models_dir=Path(env.get("MODELS_DIR") or PROJECT_ROOT / "models"),
             model_ids=model_ids,
@@ -154,4 +250,8 @@ class Settings:
             annotator_cache_size=max(1, _env_int(env, "ANNOTATOR_CACHE_SIZE", 3)),
             device=env.get("DEVICE") or None,
             queue_size=max(1, _env_int(env, "QUEUE_SIZE", 20)),
+            base_models=parse_base_models(env.get("BASE_MODELS"), model_ids["base"]),
+            v10_model_ids=v10_model_ids,
+            safety_checker=_env_flag(env, "SAFETY_CHECKER"),
+            fast_path=fast_path,
         )

@@ -23,7 +23,16 @@ from annotators.passthrough import PassthroughAnnotator
 from annotators.pose import MediapipePoseAnnotator, OpenposeAnnotator
 from annotators.scribble import ScribbleAnnotator
 from annotators.seg import UpernetSegAnnotator
-from annotators.util import HWC3, output_size, resize_image, resize_to
+from annotators.util import (
+    HWC3,
+    RESIZE_MODES,
+    crop_to_aspect,
+    fill_to,
+    fitted_size,
+    output_size,
+    resize_image,
+    resize_to,
+)
 from errors import InvalidRequestError
 
 ANNOTATORS: dict[str, Annotator] = {
@@ -72,14 +81,38 @@ def make_control_map(
     image_resolution: int,
     detect_resolution: int | None = None,
     params: dict[str, Any] | None = None,
+    size: tuple[int, int] | None = None,
+    resize_mode: str = "just_resize",
 ) -> np.ndarray:
     """The control map for `image` at the output size, RGB uint8 (H, W, 3).
 
     `detector` is `annotator.load(context)`; `params` must already be checked
-    (`Annotator.check_params`).
+    (`Annotator.check_params`). `size` is the output (H, W); by default the image's own aspect
+    with its short side at `image_resolution`. When the image's aspect differs from `size`,
+    `resize_mode` (see `RESIZE_MODES`) says how it is fitted: the photo is cropped before
+    annotating, stretched, or annotated whole and centred on a border-coloured map.
     """
     image = HWC3(image)
-    height, width = output_size(image.shape[0], image.shape[1], image_resolution)
+    if size is None:
+        size = output_size(image.shape[0], image.shape[1], image_resolution)
+    height, width = size
+    if resize_mode not in RESIZE_MODES:
+        raise InvalidRequestError(
+            f"Unknown resize mode {resize_mode!r}; choose one of: {', '.join(RESIZE_MODES)}."
+        )
+    if resize_mode == "resize_and_fill":
+        inner_height, inner_width = fitted_size(image.shape[0], image.shape[1], height, width)
+        inner = _map_at(
+            annotator, detector, image, inner_height, inner_width, detect_resolution, params
+        )
+        return fill_to(inner, height, width)
+    if resize_mode == "crop_and_resize":
+        image = crop_to_aspect(image, height, width)
+    return _map_at(annotator, detector, image, height, width, detect_resolution, params)
+
+
+def _map_at(annotator, detector, image, height, width, detect_resolution, params=None):
+    """detect (at (height, width), or at the detect resolution and resized) -> postprocess."""
     params = params or {}
     if annotator.default_detect_resolution is None or detect_resolution is None:
         control_map = detector(resize_to(image, height, width), **params)

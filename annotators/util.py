@@ -68,6 +68,69 @@ def resize_image(image: np.ndarray, resolution: int) -> np.ndarray:
     return resize_to(image, height, width)
 
 
+# Output aspect ratios (width:height); "image" keeps the input image's own aspect.
+ASPECT_RATIOS: dict[str, tuple[int, int] | None] = {
+    "image": None,
+    "1:1": (1, 1),
+    "4:3": (4, 3),
+    "3:4": (3, 4),
+    "3:2": (3, 2),
+    "2:3": (2, 3),
+    "16:9": (16, 9),
+    "9:16": (9, 16),
+}
+
+# How a control image whose aspect differs from the output's is fitted (the AUTOMATIC1111
+# ControlNet extension's meanings): stretch; scale to cover and crop the centre; scale to fit
+# inside and fill the border with the map's median border colour.
+RESIZE_MODES: dict[str, str] = {
+    "just_resize": "Just resize",
+    "crop_and_resize": "Crop and resize",
+    "resize_and_fill": "Resize and fill",
+}
+
+
+def target_size(height: int, width: int, resolution: int, aspect_ratio: str) -> tuple[int, int]:
+    """The output (H, W): short side `resolution`, aspect of the image or of `aspect_ratio`."""
+    ratio = ASPECT_RATIOS[aspect_ratio]
+    if ratio is None:
+        return output_size(height, width, resolution)
+    ratio_width, ratio_height = ratio
+    return output_size(ratio_height, ratio_width, resolution)
+
+
+def crop_to_aspect(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The largest centred crop of `image` with the aspect of (height, width)."""
+    old_height, old_width = image.shape[:2]
+    scale = max(height / old_height, width / old_width)  # cover the target
+    crop_height = min(old_height, round(height / scale))
+    crop_width = min(old_width, round(width / scale))
+    top = (old_height - crop_height) // 2
+    left = (old_width - crop_width) // 2
+    return image[top : top + crop_height, left : left + crop_width]
+
+
+def fitted_size(image_height: int, image_width: int, height: int, width: int) -> tuple[int, int]:
+    """The size of the image scaled to fit inside (height, width), aspect kept."""
+    scale = min(height / image_height, width / image_width)
+    return (
+        min(height, max(1, round(image_height * scale))),
+        min(width, max(1, round(image_width * scale))),
+    )
+
+
+def fill_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre `image` (no larger than the target) on a (height, width) canvas filled with the
+    median colour of its border, like the AUTOMATIC1111 extension's "Resize and fill"."""
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]], axis=0)
+    colour = np.median(border, axis=0).astype(image.dtype)
+    canvas = np.tile(colour[None, None], (height, width, 1))
+    top = (height - image.shape[0]) // 2
+    left = (width - image.shape[1]) // 2
+    canvas[top : top + image.shape[0], left : left + image.shape[1]] = image
+    return canvas
+
+
 def _to_rgb_array(picture: Image.Image) -> np.ndarray:
     """Any PIL mode to RGB uint8: alpha onto white, 16-bit scaled down, CMYK / palette converted."""
     if picture.mode in ("I;16", "I;16B", "I;16L", "I"):

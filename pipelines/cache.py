@@ -38,5 +38,14 @@ class ModelCache(Generic[Value]):
         self._items[key] = value
         return value
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
     def keys(self) -> list[str]:
         return list(self._items)
+
+    def clear(self) -> None:
+        """Drop every model and free their memory."""
+        if self._items:
+            self._items.clear()
+            self._free_memory()

@@ -2,8 +2,9 @@
 
 Adapted from diffusers' `StableDiffusionControlNetPipeline.__call__` (Apache-2.0), keeping its
 steps but adding what it lacks: control on both CFG branches or the conditional one only,
-per-connection resolution weighting with any gamma, and several ControlNets summed (paper Fig. 6).
-ControlNets whose strength is 0 are not run at all.
+per-connection resolution weighting with any gamma, several ControlNets summed (paper Fig. 6), and
+a control window per ControlNet (start / end as fractions of the steps). A ControlNet whose strength
+is 0, or whose window does not cover the step, is not run at all.
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ class ControlUnit:
     model: torch.nn.Module  # a diffusers ControlNetModel
     image: torch.Tensor  # (1, 3, H, W) in [0, 1], at the output size
     strength: float
+    start: float = 0.0  # control applies from this fraction of the steps ...
+    end: float = 1.0  # ... to this one
+
+    def active(self, index: int, total: int) -> bool:
+        """Whether step `index` of `total` lies in the control window (diffusers' rule: the
+        step's span [index / total, (index + 1) / total] must be inside [start, end])."""
+        if self.strength == 0:
+            return False  # the output cannot depend on it, so don't pay for it
+        return self.start <= index / total and (index + 1) / total <= self.end
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -44,7 +54,7 @@ def control_residuals(
     mode: ControlMode,
     gamma: float,
 ) -> tuple[list[torch.Tensor], torch.Tensor] | None:
-    """Sum of the active units' 13 residuals, each weighted by strength * w_i; None if none ran."""
+    """Sum of the given units' 13 residuals, each weighted by strength * w_i; None if none ran."""
     total: list[torch.Tensor] | None = None
     for unit in units:
         if unit.strength == 0:
@@ -104,11 +114,12 @@ def denoise(
     for index, timestep in enumerate(timesteps):
         model_input = torch.cat([latents] * 2) if use_cfg else latents
         model_input = scheduler.scale_model_input(model_input, timestep)
+        active = [unit for unit in units if unit.active(index, len(timesteps))]
 
         if use_cfg and mode.conditional_only:
             # The paper's CFG-RW: control enters eps_c only; eps_uc gets zero residuals.
             residuals = control_residuals(
-                units, model_input.chunk(2)[1], timestep, prompt_embeds, mode, gamma
+                active, model_input.chunk(2)[1], timestep, prompt_embeds, mode, gamma
             )
             if residuals is not None:
                 down, middle = residuals
@@ -116,7 +127,7 @@ def denoise(
                 middle = torch.cat([torch.zeros_like(middle), middle])
                 residuals = down, middle
         else:
-            residuals = control_residuals(units, model_input, timestep, embeds, mode, gamma)
+            residuals = control_residuals(active, model_input, timestep, embeds, mode, gamma)
 
         down, middle = residuals if residuals is not None else (None, None)
         noise = unet(

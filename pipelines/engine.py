@@ -11,14 +11,16 @@ import gc
 import logging
 import secrets
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from annotators import ANNOTATORS, Detector, LoadContext, get_annotator, make_control_map
-from annotators.util import load_image, output_size
+from annotators.util import load_image, target_size
 from conditions import Condition, get_condition
 from errors import GpuOutOfMemoryError, InvalidRequestError
 from pipelines.attention import (
@@ -38,7 +40,7 @@ from pipelines.denoise import (
     to_uint8,
 )
 from pipelines.loading import load_model
-from pipelines.request import GenerationOptions
+from pipelines.request import GenerationOptions, UnitOptions
 from pipelines.schedulers import make_scheduler
 from pipelines.zerogpu import gpu_seconds, gpu_task, on_zero_gpu
 from settings import MAX_SEED, Settings
@@ -55,10 +57,46 @@ class ControlMap:
 
 @dataclass
 class GenerationResult:
-    control_map: np.ndarray  # RGB uint8 (H, W, 3)
+    control_maps: list[np.ndarray]  # RGB uint8 (H, W, 3), one per ControlNet unit
     images: list[np.ndarray]  # RGB uint8 (H, W, 3) each
-    seed: int  # the seed actually used
+    seeds: list[int]  # each image's own seed: image i used seed + i
+    parameters: list[dict[str, Any]]  # each image's full parameters (for its PNG text chunk)
     warnings: list[str] = field(default_factory=list)
+    map_labels: list[str] = field(default_factory=list)  # what each control map is
+
+    @property
+    def control_map(self) -> np.ndarray:
+        return self.control_maps[0]
+
+    @property
+    def seed(self) -> int:
+        """The seed asked for (or drawn): the first image's."""
+        return self.seeds[0]
+
+
+@dataclass
+class PreparedUnit:
+    """One checked ControlNet unit: its condition, annotator, image and options."""
+
+    condition: Condition
+    annotator: str
+    image: np.ndarray  # RGB uint8 (H, W, 3), the upload
+    options: UnitOptions
+    detect_resolution: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+UNIT_KEYS = (
+    "image",
+    "enabled",
+    "condition",
+    "annotator",
+    "strength",
+    "control_start",
+    "control_end",
+    "detect_resolution",
+    "params",
+)
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -77,13 +115,15 @@ class Engine:
             self.attention = AttentionBackend(SDPA, "ZeroGPU: the GPU is attached per request")
         else:
             self.attention = probe_attention_backend(self.device)
-        self._base = None
+        # One base at a time (about 2 GB in fp16): switching frees the old one before loading.
+        self._bases: ModelCache[Any] = ModelCache(1, self._free_memory)
         self._controlnets: ModelCache[torch.nn.Module] = ModelCache(
             settings.controlnet_cache_size, self._free_memory
         )
         self._detectors: ModelCache[Detector] = ModelCache(
             settings.annotator_cache_size, self._free_memory
         )
+        self._safety_checker = None
         self.annotator_context = LoadContext(
             settings.models_dir, settings.model_ids, str(self.device)
         )
@@ -92,52 +132,88 @@ class Engine:
         self._lock = threading.RLock()
         # The GPU part of each request; on ZeroGPU it runs inside spaces.GPU for a fitting time.
         self._generate_on_gpu = gpu_task(self._generate_checked, duration=self._generate_seconds)
-        self._annotate_on_gpu = gpu_task(self._control_map, duration=OVERHEAD_ANNOTATE_SECONDS)
+        self._annotate_on_gpu = gpu_task(self._annotate_checked, duration=OVERHEAD_ANNOTATE_SECONDS)
 
     # ---- what the page shows -------------------------------------------------------------------
     def describe(self) -> str:
         return (
             f"Device: {self.device} ({str(self.dtype).removeprefix('torch.')}) · "
-            f"Attention: {self.attention} · Base model: `{self.settings.model_ids['base']}`"
+            f"Attention: {self.attention} · Base models: {len(self.settings.base_models)}"
+            + (" · NSFW filter on" if self.settings.safety_checker else "")
         )
 
+    @property
+    def base_model_names(self) -> list[str]:
+        return list(self.settings.base_models)
+
     # ---- models --------------------------------------------------------------------------------
-    def base_pipeline(self):
-        """The StableDiffusionControlNetPipeline holding the base model, loaded on first use."""
+    def base_model_name(self, name: str | None) -> str:
+        """`name` checked against the operator's list (None: the first); never a path or id."""
+        names = self.base_model_names
+        if name is None or name == "":
+            return names[0]
+        if not isinstance(name, str) or name not in self.settings.base_models:
+            raise InvalidRequestError(
+                f"Unknown base model {name!r}; choose one of: {', '.join(names)}. Only the "
+                "models the operator listed can be used."
+            )
+        return name
+
+    def base_pipeline(self, name: str | None = None):
+        """The StableDiffusionControlNetPipeline holding base model `name`, loaded on first use.
+
+        Only one base stays loaded; switching frees it first and keeps the cached ControlNets.
+        """
+        name = self.base_model_name(name)
+        source = self.settings.base_models[name]
         with self._lock:
-            if self._base is None:
-                from diffusers import StableDiffusionControlNetPipeline
+            if source not in self._bases:
+                self._bases.clear()  # free the old base before the new one takes its memory
+            return self._bases.get_or_load(source, lambda: self._load_base(name, source))
 
-                pipe = load_model(
-                    StableDiffusionControlNetPipeline.from_pretrained,
-                    "base",
-                    self.settings.model_ids["base"],
-                    self.settings.models_dir,
-                    controlnet=None,  # ControlNets are passed to our loop per request
-                    safety_checker=None,
-                    feature_extractor=None,
-                    requires_safety_checker=False,
-                    dtype=self.dtype,
-                )
-                pipe.to(self.device)
-                pipe.set_progress_bar_config(disable=True)
-                apply_attention_backend(self.attention, pipe.unet)
-                self._base = pipe
-            return self._base
+    def _load_base(self, name: str, source: str):
+        from pipelines.base_models import load_base_pipeline
 
-    def controlnet(self, role: str) -> torch.nn.Module:
+        pipe = load_base_pipeline(
+            source,
+            role_label="base",
+            models_dir=self.settings.models_dir,
+            config_source=self.settings.model_ids["base"],
+            dtype=self.dtype,
+        )
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        apply_attention_backend(self.attention, pipe.unet)
+        logger.info("Base model %r ready", name)
+        return pipe
+
+    @property
+    def cached_base_models(self) -> list[str]:
+        return self._bases.keys()
+
+    def controlnet_id(self, role: str, version: str = "v1.1") -> str:
+        """The ControlNet id for `role` in family `version` (DESIGN.md §4)."""
+        if version == "v1.0":
+            v10_role = "normal" if role == "normal_midas" else role  # v1.0 normals are MiDaS'
+            return self.settings.v10_model_ids.get(v10_role, self.settings.model_ids[role])
+        return self.settings.model_ids[role]
+
+    def controlnet(self, role: str, version: str = "v1.1") -> torch.nn.Module:
         """The ControlNet for `role`, from the cache or loaded (evicting the least recent)."""
-        model_id = self.settings.model_ids[role]
+        model_id = self.controlnet_id(role, version)
+        label = f"v10_{role}" if model_id != self.settings.model_ids[role] else role
         with self._lock:
-            return self._controlnets.get_or_load(model_id, lambda: self._load_controlnet(role))
+            return self._controlnets.get_or_load(
+                model_id, lambda: self._load_controlnet(label, model_id)
+            )
 
-    def _load_controlnet(self, role: str) -> torch.nn.Module:
+    def _load_controlnet(self, role: str, model_id: str) -> torch.nn.Module:
         from diffusers import ControlNetModel
 
         model = load_model(
             ControlNetModel.from_pretrained,
             role,
-            self.settings.model_ids[role],
+            model_id,
             self.settings.models_dir,
             dtype=self.dtype,
         )
@@ -153,6 +229,20 @@ class Engine:
                 chosen.name, lambda: chosen.load(self.annotator_context)
             )
 
+    def safety_checker(self):
+        """SD's NSFW safety checker, loaded on first use (only when settings turn it on)."""
+        with self._lock:
+            if self._safety_checker is None:
+                from pipelines.safety import SafetyChecker
+
+                self._safety_checker = SafetyChecker.load(
+                    self.settings.model_ids["safety_checker"],
+                    self.settings.models_dir,
+                    self.device,
+                    self.dtype,
+                )
+            return self._safety_checker
+
     @property
     def cached_controlnets(self) -> list[str]:
         return self._controlnets.keys()
@@ -163,9 +253,9 @@ class Engine:
             torch.cuda.empty_cache()
 
     # ---- control maps --------------------------------------------------------------------------
-    def load_image(self, source: Any) -> np.ndarray:
+    def load_image(self, source: Any, what: str = "an image") -> np.ndarray:
         if source is None:
-            raise InvalidRequestError("No image given: upload an image (or draw one).")
+            raise InvalidRequestError(f"No image given: upload {what} (or draw one).")
         limits = self.settings.limits
         return load_image(
             source, max_bytes=limits.max_upload_bytes, max_pixels=limits.max_upload_pixels
@@ -177,6 +267,8 @@ class Engine:
         annotator: str,
         image_resolution: int | None = None,
         detect_resolution: int | None = None,
+        aspect_ratio: str | None = None,
+        resize_mode: str | None = None,
         **params: Any,
     ) -> ControlMap:
         """The control map only (no diffusion model needed)."""
@@ -187,22 +279,51 @@ class Engine:
             self.settings.defaults,
             image_resolution=image_resolution,
             detect_resolution=detect_resolution,
+            aspect_ratio=aspect_ratio,
+            resize_mode=resize_mode,
         )
         source = self.load_image(image)
         self._check_map_inputs(chosen.name, source, params)
         return self._annotate_on_gpu(chosen.name, source, options, params)
 
-    def _control_map(
+    def _annotate_checked(
         self, annotator: str, image: np.ndarray, options: GenerationOptions, params: dict
+    ) -> ControlMap:
+        size = self._output_size(image, options)
+        return self._control_map(
+            annotator, image, options, options.detect_resolution, params, size
+        )
+
+    @staticmethod
+    def _output_size(image: np.ndarray, options: GenerationOptions) -> tuple[int, int]:
+        return target_size(
+            image.shape[0], image.shape[1], options.image_resolution, options.aspect_ratio
+        )
+
+    def _control_map(
+        self,
+        annotator: str,
+        image: np.ndarray,
+        options: GenerationOptions,
+        detect_resolution: int | None,
+        params: dict,
+        size: tuple[int, int],
     ) -> ControlMap:
         chosen = get_annotator(annotator)
         # Classical annotators run at the output size; networks at their detect resolution.
         detect = None
         if chosen.default_detect_resolution is not None:
-            detect = options.detect_resolution or chosen.default_detect_resolution
+            detect = detect_resolution or chosen.default_detect_resolution
         detector = self.detector(chosen.name)
         control_map = make_control_map(
-            chosen, detector, image, options.image_resolution, detect, chosen.check_params(params)
+            chosen,
+            detector,
+            image,
+            options.image_resolution,
+            detect,
+            chosen.check_params(params),
+            size=size,
+            resize_mode=options.resize_mode,
         )
         notice = getattr(detector, "notice", None)  # e.g. "no OpenPose weights: used MediaPipe"
         return ControlMap(control_map, [notice] if notice else [])
@@ -227,6 +348,16 @@ class Engine:
                 f"Annotator parameters here: {', '.join(sorted(known)) or 'none'}."
             )
 
+    @staticmethod
+    def _check_annotator(condition: Condition, annotator: Any) -> str:
+        annotator = annotator or condition.annotators[0]
+        if not isinstance(annotator, str) or annotator not in condition.annotators:
+            raise InvalidRequestError(
+                f"The {condition.label} condition has no annotator {annotator!r}; choose one "
+                f"of: {', '.join(condition.annotators)}."
+            )
+        return annotator
+
     # ---- generation ----------------------------------------------------------------------------
     def generate(
         self,
@@ -238,56 +369,237 @@ class Engine:
         on_progress=None,
         **raw_options: Any,
     ) -> GenerationResult:
+        """One condition: its annotator's map steers one ControlNet."""
         # 1. Check inputs: condition, annotator, every option, the image.
         chosen_condition = get_condition(condition)
-        annotator = annotator or chosen_condition.annotators[0]
-        if annotator not in chosen_condition.annotators:
-            raise InvalidRequestError(
-                f"The {chosen_condition.label} tab has no annotator {annotator!r}; choose one "
-                f"of: {', '.join(chosen_condition.annotators)}."
-            )
+        annotator = self._check_annotator(chosen_condition, annotator)
         options = GenerationOptions.checked(
             self.settings.limits, self.settings.defaults, prompt=prompt, **raw_options
         )
+        self.base_model_name(options.base_model)
         self._refuse_unknown_params(options.annotator_params, chosen_condition.annotators)
         source = self.load_image(image)
         self._check_map_inputs(annotator, source, options.annotator_params)
-        return self._generate_on_gpu(chosen_condition, annotator, source, options, on_progress)
+        unit = PreparedUnit(
+            chosen_condition,
+            annotator,
+            source,
+            UnitOptions(options.strength, options.control_start, options.control_end),
+            options.detect_resolution,
+            options.annotator_params,
+        )
+        return self._generate_on_gpu([unit], options, on_progress)
 
-    def _generate_seconds(self, condition, annotator, source, options, on_progress) -> int:
-        height, width = output_size(source.shape[0], source.shape[1], options.image_resolution)
-        return gpu_seconds(options.steps, options.num_images, height, width)
+    def compose(
+        self,
+        units: Sequence[Mapping[str, Any]],
+        prompt: str = "",
+        *,
+        on_progress=None,
+        **raw_options: Any,
+    ) -> GenerationResult:
+        """Several conditions at once (paper Fig. 6): each unit's ControlNet residuals are summed.
+
+        Each unit is a mapping with keys from `UNIT_KEYS`; a unit without an image of its own
+        uses the first unit's image, a unit with `enabled` False is left out.
+        """
+        limits = self.settings.limits
+        options = GenerationOptions.checked(
+            limits, self.settings.defaults, prompt=prompt, **raw_options
+        )
+        self.base_model_name(options.base_model)
+        if options.annotator_params:
+            raise InvalidRequestError(
+                f"Unknown parameter(s): {', '.join(sorted(options.annotator_params))}. In a "
+                "composition each unit takes its annotator's parameters in its `params`."
+            )
+        if not isinstance(units, Sequence) or not 1 <= len(units) <= limits.max_units:
+            raise InvalidRequestError(f"Give between 1 and {limits.max_units} control units.")
+        prepared = []
+        shared_image = units[0].get("image") if isinstance(units[0], Mapping) else None
+        for number, raw in enumerate(units, start=1):
+            unit = self._prepare_unit(number, raw, shared_image)
+            if unit is not None:
+                prepared.append(unit)
+        if not prepared:
+            raise InvalidRequestError("Every control unit is switched off: switch one on.")
+        return self._generate_on_gpu(prepared, options, on_progress)
+
+    def _prepare_unit(self, number: int, raw: Any, shared_image: Any) -> PreparedUnit | None:
+        if not isinstance(raw, Mapping):
+            raise InvalidRequestError(f"Control unit {number} must be a mapping of options.")
+        unknown = sorted(set(raw) - set(UNIT_KEYS))
+        if unknown:
+            raise InvalidRequestError(
+                f"Control unit {number}: unknown key(s) {', '.join(map(str, unknown))}; "
+                f"use: {', '.join(UNIT_KEYS)}."
+            )
+        enabled = raw.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise InvalidRequestError(f"`enabled_{number}` must be true or false.")
+        if not enabled:
+            return None
+        condition = get_condition(raw.get("condition"))
+        annotator = self._check_annotator(condition, raw.get("annotator"))
+        options = UnitOptions.checked(
+            self.settings.limits,
+            number,
+            raw.get("strength"),
+            raw.get("control_start"),
+            raw.get("control_end"),
+        )
+        detect = raw.get("detect_resolution")
+        if detect is not None:
+            detect = GenerationOptions.checked(
+                self.settings.limits, self.settings.defaults, detect_resolution=detect
+            ).detect_resolution
+        params = raw.get("params") or {}
+        if not isinstance(params, Mapping):
+            raise InvalidRequestError(f"Control unit {number}: `params` must be a mapping.")
+        params = dict(params)
+        self._refuse_unknown_params(params, condition.annotators)
+        image = raw.get("image")
+        source = self.load_image(
+            image if image is not None else shared_image,
+            f"an image for control unit {number} (or one for unit 1, which it then shares)",
+        )
+        self._check_map_inputs(annotator, source, params)
+        return PreparedUnit(condition, annotator, source, options, detect, params)
+
+    def _generate_seconds(self, units, options, on_progress) -> int:
+        height, width = self._output_size(units[0].image, options)
+        return gpu_seconds(options.steps, options.num_images, height, width, len(units))
 
     def _generate_checked(
         self,
-        condition: Condition,
-        annotator: str,
-        source: np.ndarray,
+        units: list[PreparedUnit],
         options: GenerationOptions,
         on_progress,
     ) -> GenerationResult:
-        # 2. The control map, at the output size.
-        control = self._control_map(annotator, source, options, options.annotator_params)
+        # 2. The control maps, all at the output size set by the first unit's image.
+        size = self._output_size(units[0].image, options)
+        maps = [
+            self._control_map(
+                unit.annotator, unit.image, options, unit.detect_resolution, unit.params, size
+            )
+            for unit in units
+        ]
+        warnings = [warning for control in maps for warning in control.warnings]
+        warnings += self._family_warnings(units, options)
 
-        # 3. Models (the base once, this condition's ControlNet from the cache) and the run.
-        seed = options.seed if options.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
+        # 3. Models (the base once, each unit's ControlNet from the cache) and the run.
+        first_seed = options.seed if options.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
+        seeds = [(first_seed + index) % (MAX_SEED + 1) for index in range(options.num_images)]
+        base_name = self.base_model_name(options.base_model)
         with self._lock:
-            pipe = self.base_pipeline()
-            controlnet = self.controlnet(condition.controlnet_role_for(annotator))
+            pipe = self.base_pipeline(base_name)
+            model_ids, control_units = [], []
+            for unit, control in zip(units, maps, strict=True):
+                role = unit.condition.controlnet_role_for(unit.annotator)
+                model_ids.append(self.controlnet_id(role, options.controlnet_version))
+                if unit.options.strength == 0 or unit.options.control_end == 0:
+                    continue  # it would never run: don't even load it
+                control_units.append(
+                    ControlUnit(
+                        self.controlnet(role, options.controlnet_version),
+                        control_image_tensor(control.image, self.device, self.dtype),
+                        unit.options.strength,
+                        unit.options.control_start,
+                        unit.options.control_end,
+                    )
+                )
             try:
-                images, warnings = self._run(
-                    pipe, controlnet, control.image, options, seed, on_progress
+                images, run_warnings = self._run(
+                    pipe, control_units, size, options, seeds, on_progress
                 )
             except torch.OutOfMemoryError as error:
                 self._free_memory()  # the next request starts with the memory given back
                 raise GpuOutOfMemoryError(
                     f"The GPU ran out of memory for {options.num_images} image(s) at "
-                    f"{control.image.shape[1]}x{control.image.shape[0]}. Lower the image "
-                    "resolution or the number of images, and try again."
+                    f"{size[1]}x{size[0]}. Lower the image resolution or the number of images, "
+                    "and try again."
                 ) from error
-        return GenerationResult(control.image, images, seed, control.warnings + warnings)
+            if self.settings.safety_checker:
+                images, run_warnings = self._censor(images, run_warnings)
+        parameters = [
+            self._parameters(options, units, model_ids, base_name, seed, size) for seed in seeds
+        ]
+        return GenerationResult(
+            control_maps=[control.image for control in maps],
+            images=images,
+            seeds=seeds,
+            parameters=parameters,
+            warnings=warnings + run_warnings,
+            map_labels=[unit.condition.label for unit in units],
+        )
 
-    def _run(self, pipe, controlnet, control_map, options: GenerationOptions, seed, on_progress):
+    @staticmethod
+    def _family_warnings(units: list[PreparedUnit], options: GenerationOptions) -> list[str]:
+        if options.controlnet_version == "v1.0" and any(
+            unit.annotator == "normal_bae" for unit in units
+        ):
+            return [
+                "The v1.0 normal ControlNet was trained on MiDaS normals; NormalBAE maps may "
+                "steer it less well. Pick the MiDaS normals annotator for it."
+            ]
+        return []
+
+    def _censor(self, images, warnings):
+        from pipelines.safety import censor
+
+        flags = self.safety_checker().flagged(images)
+        if any(flags):
+            numbers = ", ".join(str(index + 1) for index, flag in enumerate(flags) if flag)
+            warnings = [
+                *warnings,
+                f"Image {numbers} may contain NSFW content and was blacked out by the safety "
+                "checker. Try another prompt or seed.",
+            ]
+        return censor(images, flags), warnings
+
+    def _parameters(
+        self, options, units, model_ids, base_name: str, seed: int, size
+    ) -> dict[str, Any]:
+        """Everything needed to make this image again (it goes into the PNG's text chunk)."""
+        base_source = self.settings.base_models[base_name]
+        if Path(base_source).is_absolute() or base_source.endswith(".safetensors"):
+            base_source = Path(base_source).name  # a server path is not the visitor's business
+        return {
+            "app": "controlnet-demo",
+            "prompt": options.prompt,
+            "added_prompt": options.added_prompt,
+            "negative_prompt": options.negative_prompt,
+            "seed": seed,
+            "steps": options.steps,
+            "guidance_scale": options.guidance_scale,
+            "scheduler": options.scheduler,
+            "eta": options.eta,
+            "control_mode": options.control_mode,
+            "resolution_weighting": options.resolution_weighting,
+            "image_resolution": options.image_resolution,
+            "aspect_ratio": options.aspect_ratio,
+            "resize_mode": options.resize_mode,
+            "width": size[1],
+            "height": size[0],
+            "base_model": base_name,
+            "base_model_id": base_source,
+            "controlnet_version": options.controlnet_version,
+            "units": [
+                {
+                    "condition": unit.condition.name,
+                    "annotator": unit.annotator,
+                    "strength": unit.options.strength,
+                    "control_start": unit.options.control_start,
+                    "control_end": unit.options.control_end,
+                    "detect_resolution": unit.detect_resolution,
+                    "params": dict(unit.params),
+                    "model_id": model_id,
+                }
+                for unit, model_id in zip(units, model_ids, strict=True)
+            ],
+        }
+
+    def _run(self, pipe, units: list[ControlUnit], size, options, seeds, on_progress):
         warnings = []
         prompt = options.full_prompt
         max_tokens = pipe.tokenizer.model_max_length
@@ -305,26 +617,21 @@ class Engine:
             do_classifier_free_guidance=use_cfg,
             negative_prompt=options.negative_prompt if use_cfg else None,
         )
-        height, width = control_map.shape[:2]
-        generator = torch.Generator("cpu").manual_seed(seed)
-        # Noise drawn on the CPU: the same seed gives the same image on any device.
-        latents = torch.randn(
-            (
-                options.num_images,
-                pipe.unet.config.in_channels,
-                height // pipe.vae_scale_factor,
-                width // pipe.vae_scale_factor,
-            ),
-            generator=generator,
-            dtype=torch.float32,
-        ).to(self.device, self.dtype)
-        unit = ControlUnit(
-            controlnet, control_image_tensor(control_map, self.device, self.dtype), options.strength
+        height, width = size
+        # One generator per image, on the CPU: image i is seed + i alone too, on any device.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        shape = (
+            1,
+            pipe.unet.config.in_channels,
+            height // pipe.vae_scale_factor,
+            width // pipe.vae_scale_factor,
         )
+        noise = [torch.randn(shape, generator=generator) for generator in generators]
+        latents = torch.cat(noise).to(self.device, self.dtype)
         latents = denoise(
             unet=pipe.unet,
             scheduler=make_scheduler(options.scheduler, pipe.scheduler.config),
-            units=[unit],
+            units=units,
             prompt_embeds=prompt_embeds,
             negative_embeds=negative_embeds if use_cfg else None,
             latents=latents,
@@ -332,12 +639,11 @@ class Engine:
             guidance_scale=options.guidance_scale,
             mode=get_control_mode(options.control_mode),
             gamma=options.resolution_weighting,
-            generator=generator,
+            generator=generators,
             eta=options.eta,
             on_progress=on_progress,
         )
         return self._decode(pipe.vae, latents, warnings), warnings
-
     def _decode(self, vae, latents: torch.Tensor, warnings: list[str]) -> list[np.ndarray]:
         """Decode; NaN or black images are decoded again with the VAE in fp32, then reported."""
         images = decode_latents(vae, latents)

@@ -10,10 +10,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from annotators.util import ASPECT_RATIOS, RESIZE_MODES
 from errors import InvalidRequestError
 from pipelines.control import get_control_mode
 from pipelines.schedulers import check_scheduler
-from settings import MAX_SEED, Defaults, Limits
+from settings import CONTROLNET_VERSIONS, MAX_SEED, Defaults, Limits
 
 
 def _number(name: str, value: Any, minimum: float, maximum: float) -> float:
@@ -36,6 +37,26 @@ def _whole(name: str, value: Any, minimum: int, maximum: int) -> int:
     if not number.is_integer():
         raise InvalidRequestError(f"`{name}` must be a whole number, got {value!r}.")
     return int(number)
+
+
+def _choice(name: str, value: Any, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidRequestError(
+            f"Unknown {name} {value!r}; choose one of: {', '.join(choices)}."
+        )
+    return value
+
+
+def _window(start: Any, end: Any, suffix: str = "") -> tuple[float, float]:
+    """The control window as fractions of the steps: 0 <= start <= end <= 1."""
+    start = _number(f"control_start{suffix}", start, 0.0, 1.0)
+    end = _number(f"control_end{suffix}", end, 0.0, 1.0)
+    if start > end:
+        raise InvalidRequestError(
+            f"`control_start{suffix}` ({start:g}) must not be after `control_end{suffix}` "
+            f"({end:g})."
+        )
+    return start, end
 
 
 def _text(name: str, value: Any, max_chars: int) -> str:
@@ -67,6 +88,12 @@ class GenerationOptions:
     guidance_scale: float = 9.0
     seed: int = -1
     eta: float = 0.0
+    control_start: float = 0.0
+    control_end: float = 1.0
+    aspect_ratio: str = "image"
+    resize_mode: str = "crop_and_resize"
+    base_model: str | None = None  # a name from Settings.base_models; None: the first
+    controlnet_version: str = "v1.1"
     added_prompt: str = ""
     negative_prompt: str = ""
     annotator_params: dict[str, Any] = field(default_factory=dict)
@@ -86,6 +113,10 @@ class GenerationOptions:
             value = values.get(name)
             return getattr(defaults, name) if value is None else value
 
+        control_start, control_end = _window(get("control_start"), get("control_end"))
+        base_model = values.get("base_model")
+        if base_model is not None and not isinstance(base_model, str):
+            raise InvalidRequestError(f"`base_model` must be a name, got {base_model!r}.")
         return cls(
             prompt=_text("prompt", values.get("prompt"), limits.max_prompt_chars),
             num_images=_whole("num_images", get("num_images"), 1, limits.max_images),
@@ -118,9 +149,35 @@ class GenerationOptions:
             ),
             seed=_whole("seed", get("seed"), -1, MAX_SEED),
             eta=_number("eta", get("eta"), 0.0, 1.0),
+            control_start=control_start,
+            control_end=control_end,
+            aspect_ratio=_choice("aspect ratio", get("aspect_ratio"), ASPECT_RATIOS),
+            resize_mode=_choice("resize mode", get("resize_mode"), RESIZE_MODES),
+            base_model=base_model or None,
+            controlnet_version=_choice(
+                "ControlNet version", get("controlnet_version"), CONTROLNET_VERSIONS
+            ),
             added_prompt=_text("added_prompt", get("added_prompt"), limits.max_prompt_chars),
             negative_prompt=_text(
                 "negative_prompt", get("negative_prompt"), limits.max_prompt_chars
             ),
             annotator_params=given,
         )
+
+
+@dataclass(frozen=True)
+class UnitOptions:
+    """One ControlNet of a composed generation: its strength and control window."""
+
+    strength: float = 1.0
+    control_start: float = 0.0
+    control_end: float = 1.0
+
+    @classmethod
+    def checked(cls, limits: Limits, number: int, strength, start, end) -> UnitOptions:
+        suffix = f"_{number}"
+        start, end = _window(
+            0.0 if start is None else start, 1.0 if end is None else end, suffix
+        )
+        strength = 1.0 if strength is None else strength
+        return cls(_number(f"strength{suffix}", strength, 0.0, limits.max_strength), start, end)

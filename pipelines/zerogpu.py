@@ -20,15 +20,18 @@ OVERHEAD_SECONDS = 20
 # Per denoising step of one 512 x 512 image with CFG, fp16, on a ZeroGPU slice (an estimate with
 # margin: an H100/H200 runs such a step in ~0.05 s eager, DESIGN.md §6).
 SECONDS_PER_STEP_512 = 0.25
+# A ControlNet costs about a third of the UNet (0.57 vs 1.61 TFLOP per step, DESIGN.md §6).
+CONTROLNET_SHARE = 0.35
 
 
 def on_zero_gpu() -> bool:
     return os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "true")
 
 
-def gpu_seconds(steps: int, num_images: int, height: int, width: int) -> int:
-    """How long to ask ZeroGPU for: grows with steps x images x pixels, capped."""
+def gpu_seconds(steps: int, num_images: int, height: int, width: int, units: int = 1) -> int:
+    """How long to ask ZeroGPU for: grows with steps x images x pixels (x ControlNets), capped."""
     work = steps * num_images * (height * width) / 512**2 * SECONDS_PER_STEP_512
+    work *= 1 + CONTROLNET_SHARE * (units - 1)
     return int(min(MAX_GPU_SECONDS, OVERHEAD_SECONDS + work))
 
 

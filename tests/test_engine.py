@@ -202,9 +202,9 @@ def test_detect_resolution_defaults_to_the_annotators_own(engine, coffee, monkey
 
     seen = []
 
-    def spy(annotator, detector, image, image_resolution, detect_resolution=None, params=None):
+    def spy(annotator, detector, image, image_resolution, detect_resolution=None, *args, **kw):
         seen.append((annotator.name, detect_resolution))
-        return real(annotator, detector, image, image_resolution, detect_resolution, params)
+        return real(annotator, detector, image, image_resolution, detect_resolution, *args, **kw)
 
     monkeypatch.setattr("pipelines.engine.make_control_map", spy)
     engine.annotate(coffee, "depth_midas", image_resolution=256)

@@ -14,6 +14,8 @@ from settings import Settings
 
 
 class FakeEngine:
+    base_model_names = ["Stable Diffusion 1.5", "Community model"]
+
     def describe(self) -> str:
         return "Device: fake"
 
@@ -31,7 +33,7 @@ def test_every_model_event_shares_one_bounded_queue():
 
     demo = build_demo(FakeEngine(), Settings(queue_size=7))
     functions = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
-    for name in [*CONDITIONS, "annotate"]:
+    for name in [*CONDITIONS, "compose", "annotate"]:
         assert functions[name].concurrency_id == "gpu", name
         assert functions[name].concurrency_limit in ("default", 1), name
     previews = [fn for fn in demo.fns.values() if fn.name == "preview_map"]

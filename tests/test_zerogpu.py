@@ -50,7 +50,7 @@ def test_requests_run_inside_spaces_gpu(fake_spaces, settings, astronaut):
     assert len(result.images) == 1
     assert fake_spaces == [
         ("_generate_checked", gpu_seconds(steps=2, num_images=1, height=256, width=256)),
-        ("_control_map", 30),
+        ("_annotate_checked", 30),
     ]
 
 

@@ -9,6 +9,9 @@ import gradio as gr
 
 from conditions import CONDITIONS
 from settings import Settings
+from ui.compose import build_compose_tab
+from ui.controls import model_controls
+from ui.results import PngStore
 from ui.tab import build_annotate_tab, build_condition_tab
 
 TITLE = "ControlNet for Stable Diffusion 1.5"
@@ -22,9 +25,14 @@ def build_demo(engine, settings: Settings) -> gr.Blocks:
             "Upload an image or draw, type a prompt, press Run."
         )
         gr.Markdown(engine.describe(), elem_id="engine-info")
+        with gr.Row():
+            models = model_controls(engine.base_model_names, settings.defaults)
+        store = PngStore()
+        limits, defaults = settings.limits, settings.defaults
         with gr.Tabs():
             for condition in CONDITIONS.values():
-                build_condition_tab(condition, engine, settings.limits, settings.defaults)
-            build_annotate_tab(engine, settings.limits, settings.defaults)
+                build_condition_tab(condition, engine, limits, defaults, models, store)
+            build_compose_tab(engine, limits, defaults, models, store)
+            build_annotate_tab(engine, limits, defaults)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
     return demo

@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterable
 import gradio as gr
 
 from annotators import ANNOTATORS, Param
+from annotators.util import ASPECT_RATIOS, RESIZE_MODES
 from errors import UserFacingError
 from pipelines.control import CONTROL_MODES
 from pipelines.schedulers import SCHEDULERS
-from settings import MAX_SEED, Defaults, Limits
+from settings import CONTROLNET_VERSIONS, MAX_SEED, Defaults, Limits
 
 logger = logging.getLogger(__name__)
 
@@ -92,60 +93,142 @@ def detect_resolution_slider(limits: Limits, default: int) -> gr.Slider:
     )
 
 
-def generation_controls(limits: Limits, defaults: Defaults) -> dict[str, gr.components.Component]:
-    """The options every generate endpoint shares, keyed by their API keyword names."""
+def strength_slider(limits: Limits, defaults: Defaults, label: str = "Control strength"):
+    return gr.Slider(
+        label=label, minimum=0.0, maximum=limits.max_strength, value=defaults.strength, step=0.05
+    )
+
+
+def window_sliders(defaults: Defaults) -> dict[str, gr.Slider]:
+    """Control start / end: the fraction of the steps where the ControlNet runs."""
     return {
+        "control_start": gr.Slider(
+            label="Control start",
+            minimum=0.0,
+            maximum=1.0,
+            value=defaults.control_start,
+            step=0.05,
+            info="Fraction of the steps before control starts.",
+        ),
+        "control_end": gr.Slider(
+            label="Control end",
+            minimum=0.0,
+            maximum=1.0,
+            value=defaults.control_end,
+            step=0.05,
+            info="Fraction of the steps after which control stops (the ControlNet is not run).",
+        ),
+    }
+
+
+def model_controls(
+    base_models: list[str], defaults: Defaults
+) -> dict[str, gr.components.Component]:
+    """The page-wide model choice: a base from the operator's list, and the ControlNet family."""
+    return {
+        "base_model": gr.Dropdown(
+            label="Base model",
+            choices=base_models,
+            value=base_models[0],
+            info="ControlNets transfer to community SD1.5 checkpoints (paper Fig. 12).",
+            scale=2,
+        ),
+        "controlnet_version": gr.Radio(
+            label="ControlNet version",
+            choices=[
+                ("v1.1", "v1.1"),
+                ("v1.0 (the paper's models)", "v1.0"),
+            ],
+            value=defaults.controlnet_version
+            if defaults.controlnet_version in CONTROLNET_VERSIONS
+            else CONTROLNET_VERSIONS[0],
+            scale=1,
+        ),
+    }
+
+
+def generation_controls(
+    limits: Limits, defaults: Defaults, per_unit: bool = True
+) -> dict[str, gr.components.Component]:
+    """The options every generate endpoint shares, keyed by their API keyword names.
+
+    `per_unit`: include the control strength and window (a composition sets them per unit).
+    """
+    controls: dict[str, gr.components.Component] = {
         "num_images": gr.Slider(
             label="Images", minimum=1, maximum=limits.max_images, value=defaults.num_images, step=1
         ),
         "image_resolution": resolution_slider(limits, defaults),
-        "strength": gr.Slider(
-            label="Control strength",
-            minimum=0.0,
-            maximum=limits.max_strength,
-            value=defaults.strength,
-            step=0.05,
+        "aspect_ratio": gr.Dropdown(
+            label="Aspect ratio (width:height)",
+            choices=[("Same as the image", "image")]
+            + [(name, name) for name in ASPECT_RATIOS if name != "image"],
+            value=defaults.aspect_ratio,
         ),
-        "control_mode": gr.Radio(
-            label="Control mode",
-            choices=[(mode.label, mode.name) for mode in CONTROL_MODES.values()],
-            value=defaults.control_mode,
-            info="Balanced adds control to both CFG branches. 'ControlNet is more important' is "
-            "the paper's CFG resolution weighting: control on the prompt branch only.",
+        "resize_mode": gr.Radio(
+            label="Resize mode",
+            choices=[(label, name) for name, label in RESIZE_MODES.items()],
+            value=defaults.resize_mode,
+            info="When the control image's aspect differs from the output's: stretch it, crop "
+            "it to cover, or fit it inside and fill the border.",
         ),
-        "resolution_weighting": gr.Slider(
-            label="Resolution weighting (gamma)",
-            minimum=0.0,
-            maximum=limits.max_resolution_weighting,
-            value=defaults.resolution_weighting,
-            step=0.05,
-            info="Connection i gets weight (h_min / h_i) ** gamma: 0 = uniform, 1 = the paper's "
-            "64 / h_i. Used by the two non-balanced modes.",
-        ),
-        "scheduler": gr.Dropdown(
-            label="Sampler", choices=list(SCHEDULERS), value=defaults.scheduler
-        ),
-        "steps": gr.Slider(
-            label="Steps", minimum=1, maximum=limits.max_steps, value=defaults.steps, step=1
-        ),
-        "guidance_scale": gr.Slider(
-            label="Guidance scale",
-            minimum=0.1,
-            maximum=limits.max_guidance,
-            value=defaults.guidance_scale,
-            step=0.1,
-        ),
-        "seed": gr.Number(
-            label="Seed (-1 = random)",
-            value=defaults.seed,
-            precision=0,
-            minimum=-1,
-            maximum=MAX_SEED,
-        ),
-        "eta": gr.Number(label="eta (DDIM)", value=defaults.eta, minimum=0.0, maximum=1.0),
-        "added_prompt": gr.Textbox(label="Added prompt", value=defaults.added_prompt),
-        "negative_prompt": gr.Textbox(label="Negative prompt", value=defaults.negative_prompt),
     }
+    if per_unit:
+        controls["strength"] = strength_slider(limits, defaults)
+        controls.update(window_sliders(defaults))
+    controls.update(
+        {
+            "control_mode": gr.Radio(
+                label="Control mode",
+                choices=[(mode.label, mode.name) for mode in CONTROL_MODES.values()],
+                value=defaults.control_mode,
+                info="Balanced adds control to both CFG branches. 'ControlNet is more important' "
+                "is the paper's CFG resolution weighting: control on the prompt branch only.",
+            ),
+            "resolution_weighting": gr.Slider(
+                label="Resolution weighting (gamma)",
+                minimum=0.0,
+                maximum=limits.max_resolution_weighting,
+                value=defaults.resolution_weighting,
+                step=0.05,
+                info="Connection i gets weight (h_min / h_i) ** gamma: 0 = uniform, 1 = the "
+                "paper's 64 / h_i. Used by the two non-balanced modes.",
+            ),
+            "scheduler": gr.Dropdown(
+                label="Sampler", choices=list(SCHEDULERS), value=defaults.scheduler
+            ),
+            "steps": gr.Slider(
+                label="Steps", minimum=1, maximum=limits.max_steps, value=defaults.steps, step=1
+            ),
+            "guidance_scale": gr.Slider(
+                label="Guidance scale",
+                minimum=0.1,
+                maximum=limits.max_guidance,
+                value=defaults.guidance_scale,
+                step=0.1,
+            ),
+            "seed": gr.Number(
+                label="Seed (-1 = random; image i uses seed + i)",
+                value=defaults.seed,
+                precision=0,
+                minimum=-1,
+                maximum=MAX_SEED,
+            ),
+            "eta": gr.Number(label="eta (DDIM)", value=defaults.eta, minimum=0.0, maximum=1.0),
+            "added_prompt": gr.Textbox(label="Added prompt", value=defaults.added_prompt),
+            "negative_prompt": gr.Textbox(label="Negative prompt", value=defaults.negative_prompt),
+        }
+    )
+    return controls
+
+
+def restore_file() -> gr.File:
+    return gr.File(
+        label="Restore settings: drop a PNG made here",
+        file_types=[".png"],
+        type="filepath",
+        height=90,
+    )
 
 
 def user_errors(handler: Callable) -> Callable:

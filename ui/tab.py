@@ -24,9 +24,11 @@ from ui.controls import (
     generation_controls,
     param_control,
     resolution_slider,
+    restore_file,
     upload_image,
     user_errors,
 )
+from ui.results import PngStore, gallery_items, restored_settings
 
 CANVAS_SIZE = (512, 512)  # the reference interactive scribble canvas
 
@@ -53,7 +55,15 @@ def input_component(condition: Condition) -> gr.components.Component:
     return upload_image(label="Input image", sources=["upload", "clipboard"])
 
 
-def build_condition_tab(condition: Condition, engine, limits: Limits, defaults: Defaults) -> None:
+def build_condition_tab(
+    condition: Condition,
+    engine,
+    limits: Limits,
+    defaults: Defaults,
+    models: dict[str, gr.components.Component],
+    store: PngStore,
+) -> None:
+    """`models`: the page-wide base model and ControlNet version; `store` writes result PNGs."""
     with gr.Tab(condition.label, id=condition.name):
         if condition.description:
             gr.Markdown(condition.description)
@@ -98,6 +108,7 @@ def build_condition_tab(condition: Condition, engine, limits: Limits, defaults: 
                 seed_used = gr.Number(
                     label="Seed used", precision=0, interactive=False, placeholder="after a run"
                 )
+                restore = restore_file()
 
     @user_errors
     def generate(image, prompt, progress=gr.Progress(), **kwargs):
@@ -109,9 +120,7 @@ def build_condition_tab(condition: Condition, engine, limits: Limits, defaults: 
         )
         for warning in result.warnings:
             gr.Warning(warning)
-        captions = [f"Image {index + 1}" for index in range(len(result.images))]
-        images = list(zip(result.images, captions, strict=True))
-        return [(result.control_map, "Control map"), *images], result.seed
+        return gallery_items(result, store), result.seed
 
     @user_errors
     def preview_map(image, **kwargs):
@@ -124,18 +133,26 @@ def build_condition_tab(condition: Condition, engine, limits: Limits, defaults: 
         triggers=[run.click, prompt.submit],
         fn=generate,
         inputs=[image, prompt],
-        inputs_kwargs={**options, **map_controls},
+        inputs_kwargs={**options, **models, **map_controls},
         outputs=[gallery, seed_used],
         api_name=condition.name,
         concurrency_id=GPU_QUEUE,
     )
+    geometry = {name: options[name] for name in ("image_resolution", "aspect_ratio", "resize_mode")}
     preview.click(
         fn=preview_map,
         inputs=[image],
-        inputs_kwargs={"image_resolution": options["image_resolution"], **map_controls},
+        inputs_kwargs={**geometry, **map_controls},
         outputs=[gallery],
         api_visibility="private",
         concurrency_id=GPU_QUEUE,  # annotator networks run on the GPU too
+    )
+    restorable = {"prompt": prompt, **options, **models, **map_controls}
+    restore.upload(
+        fn=lambda file: restored_settings(file, condition.name, restorable),
+        inputs=restore,
+        outputs=list(restorable.values()),
+        api_visibility="private",
     )
     _show_params_of_chosen_annotator(map_controls)
 

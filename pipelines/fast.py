@@ -1,0 +1,283 @@
+"""The fast path (issue 7): what makes a dedicated GPU generate in a fraction of a second.
+
+Each step is a separate switch, so each can be tested (on CPU, without compiling) and measured:
+
+- channels_last weights: fp16 convolutions on tensor cores prefer NHWC;
+- fused QKV projections: one matmul for q, k and v (self-attention) or k and v (cross-attention);
+- `torch.compile(fullgraph=True, mode="reduce-overhead")`: Inductor kernels replayed as CUDA graphs.
+  Eager SD1.5 at batch 1 is launch-bound (DESIGN.md §6), so the graphs are where the time goes.
+  Each input shape (batch, height, width, CFG, units) compiles once, then is reused; `ShapeTracker`
+  tells the page which request pays that compile.
+
+`low_memory` is the opposite trade for 8 GB cards: model CPU offload and VAE slicing, no compile.
+Nothing here knows about the engine; the engine calls these on the modules it loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+FAST_PATH_MODES = ("auto", "on", "off")
+# Every new shape is a recompile; torch's default limit (8) would silently fall back to eager.
+RECOMPILE_LIMIT = 64
+# Set on a module once `speed_up` has run on it: the steps applied, in order.
+APPLIED_ATTRIBUTE = "_fast_path_applied"
+
+
+def fast_path_enabled(
+    mode: str, device: torch.device | str, zero_gpu: bool, *, low_memory: bool = False
+) -> bool:
+    """Whether the engine takes the fast path.
+
+    auto: only on a dedicated CUDA device (never on CPU, never on ZeroGPU, where a compile would
+    eat each request's short GPU slice). on: always (on CPU that means channels_last, fused QKV and
+    an Inductor compile without CUDA graphs). off: never. Low-memory mode (CPU offload) excludes it.
+    """
+    if mode not in FAST_PATH_MODES:
+        raise ValueError(
+            f"fast path mode must be one of {', '.join(FAST_PATH_MODES)}, got {mode!r}"
+        )
+    if mode == "off" or low_memory:
+        return False
+    if mode == "on":
+        return True
+    return torch.device(device).type == "cuda" and not zero_gpu
+
+
+def configure_torch(recompile_limit: int = RECOMPILE_LIMIT) -> None:
+    """Process-wide settings the fast path wants; call once when it is on.
+
+    cuDNN picks the fastest convolution per shape; Inductor turns 1x1 convolutions into matmuls
+    (diffusers' advice for UNets); the recompile limit is raised so each request shape gets its
+    own graph instead of silently running eagerly after the 8th.
+    """
+    from torch._dynamo import config as dynamo_config
+    from torch._inductor import config as inductor_config
+
+    torch.backends.cudnn.benchmark = True
+    inductor_config.conv_1x1_as_mm = True
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, recompile_limit)
+
+
+def applied(module: torch.nn.Module) -> tuple[str, ...]:
+    """The fast-path steps already applied to `module` (empty when none)."""
+    return getattr(module, APPLIED_ATTRIBUTE, ())
+
+
+def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    """4-D weights (the convolutions) in NHWC memory format; everything else is unchanged."""
+    return module.to(memory_format=torch.channels_last)
+
+
+def fuse_qkv(module: torch.nn.Module) -> bool:
+    """Fuse the attention projections of every diffusers `Attention` in `module`; True if done.
+
+    diffusers 0.42 has `fuse_qkv_projections()` on UNet2DConditionModel and AutoencoderKL, but the
+    one ControlNetModel inherits (from AttentionMixin) only visits the new attention classes, so on
+    SD1.5's ControlNet it silently does nothing. This does what the UNet's does, for any of them.
+    It is skipped (False) when another backend (xformers, a custom processor) is in place, so a
+    backend chosen by measurement is never overridden, and it is a no-op on a fused module.
+    """
+    from diffusers.models.attention_processor import (
+        Attention,
+        AttnProcessor2_0,
+        FusedAttnProcessor2_0,
+    )
+
+    processors = getattr(module, "attn_processors", None)
+    if not processors or not hasattr(module, "set_attn_processor"):
+        return False
+    kinds = {type(processor) for processor in processors.values()}
+    if kinds == {FusedAttnProcessor2_0}:
+        return True
+    if kinds != {AttnProcessor2_0}:
+        logger.info("Not fusing QKV in %s: attention processors %s", type(module).__name__, kinds)
+        return False
+    for child in module.modules():
+        if isinstance(child, Attention):
+            child.fuse_projections(fuse=True)
+    module.set_attn_processor(FusedAttnProcessor2_0())
+    return True
+
+
+def compile_in_place(
+    module: torch.nn.Module, *, mode: str | None = "reduce-overhead", fullgraph: bool = True
+) -> torch.nn.Module:
+    """`module.compile(...)`: the module keeps its type, config and identity (caches holding it
+    stay valid), and its calls go through Dynamo. Shapes are static (`dynamic=False`): one graph
+    per shape, which CUDA graphs need anyway."""
+    module.compile(fullgraph=fullgraph, mode=mode, dynamic=False)
+    return module
+
+
+def speed_up(
+    module: torch.nn.Module,
+    *,
+    channels_last: bool = True,
+    fuse: bool = True,
+    compile: bool = True,
+    mode: str | None = "reduce-overhead",
+    fullgraph: bool = True,
+    compile_target: torch.nn.Module | None = None,
+) -> torch.nn.Module:
+    """Apply the chosen steps to `module` in place and return it. Idempotent.
+
+    `compile_target` is the submodule to compile (default: `module` itself), e.g. the VAE's
+    decoder. Compiling happens lazily: the first call of each shape pays it.
+    """
+    done = list(applied(module))
+    if channels_last and "channels_last" not in done:
+        to_channels_last(module)
+        done.append("channels_last")
+    if fuse and "fused_qkv" not in done and fuse_qkv(module):
+        done.append("fused_qkv")
+    if compile and not any(step.startswith("compile") for step in done):
+        compile_in_place(compile_target or module, mode=mode, fullgraph=fullgraph)
+        done.append(f"compile:{mode or 'default'}")
+    setattr(module, APPLIED_ATTRIBUTE, tuple(done))
+    return module
+
+
+def speed_up_unet(unet: torch.nn.Module, *, compile: bool = True, **options) -> torch.nn.Module:
+    """The UNet: channels_last, fused QKV, compiled with CUDA graphs (it runs every step)."""
+    return speed_up(unet, compile=compile, **options)
+
+
+def speed_up_controlnet(
+    controlnet: torch.nn.Module, *, compile: bool = True, **options
+) -> torch.nn.Module:
+    """A ControlNet: as the UNet (it runs every step inside the control window)."""
+    return speed_up(controlnet, compile=compile, **options)
+
+
+def speed_up_vae(
+    vae: torch.nn.Module, *, compile: bool = False, mode: str | None = None, **options
+) -> torch.nn.Module:
+    """The VAE: channels_last and fused QKV; its decoder compiled only on request.
+
+    Decoding runs once per request and is compute-bound (2.5 TFLOP per 512 px image), so CUDA
+    graphs gain little there while each new batch size would cost another compile; when asked,
+    the decoder is compiled without CUDA graphs (`mode=None`) to spare graph-pool memory.
+    """
+    target = getattr(vae, "decoder", vae)
+    return speed_up(vae, compile=compile, mode=mode, compile_target=target, **options)
+
+
+def low_memory(pipe, device: torch.device | str) -> list[str]:
+    """Low-memory mode for 8 GB cards: model CPU offload (one model on the GPU at a time) and VAE
+    slicing (one image decoded at a time). Returns what was applied.
+
+    On a CPU there is nothing to offload to, so only slicing applies. Offload moves each model to
+    the device when its forward runs (hooks), so code that calls `pipe.unet(...)` directly still
+    works; ControlNets passed in per request are not in the pipeline and stay where they are.
+    """
+    device = torch.device(device)
+    done = []
+    if device.type != "cpu":
+        pipe.enable_model_cpu_offload(device=device)
+        done.append("model_cpu_offload")
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and hasattr(vae, "enable_slicing"):
+        vae.enable_slicing()
+        done.append("vae_slicing")
+    return done
+
+
+@dataclass(frozen=True)
+class ShapeKey:
+    """What fixes the compiled graphs' shapes: a new value means a new compile."""
+
+    batch: int  # images per call
+    height: int
+    width: int
+    cfg: bool  # classifier-free guidance doubles the UNet's batch
+    units: int = 1  # ControlNets run
+    conditional_only: bool = False  # CFG-RW: the ControlNets see only the conditional half
+
+    def describe(self) -> str:
+        images = f"{self.batch} image{'s' if self.batch != 1 else ''}"
+        return f"{self.width}x{self.height}, {images}"
+
+
+class ShapeTracker:
+    """Remembers the request shapes already compiled in this process (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._seen: set[ShapeKey] = set()
+        self._lock = threading.Lock()
+
+    def first_time(self, key: ShapeKey) -> bool:
+        """True exactly once per key: the first request of that shape (which pays the compile)."""
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen.add(key)
+            return True
+
+    def seen(self, key: ShapeKey) -> bool:
+        with self._lock:
+            return key in self._seen
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seen)
+
+    def clear(self) -> None:
+        """Forget everything (after `torch._dynamo.reset()` or a model switch)."""
+        with self._lock:
+            self._seen.clear()
+
+    def notice(self, key: ShapeKey) -> str | None:
+        """The page's message for the first request of a shape; None afterwards."""
+        if not self.first_time(key):
+            return None
+        return (
+            f"First request at {key.describe()}: the fast path compiled itself for this size "
+            "(about a minute, once). Later requests of this size reuse it."
+        )
+
+
+def pick_fastest(
+    candidates: Mapping[str, Callable[[], object]],
+    *,
+    repeats: int = 3,
+    synchronize: Callable[[], None] | None = None,
+) -> tuple[str, dict[str, float]]:
+    """Run each candidate once to warm up, then `repeats` times; the name of the fastest by
+    median, and every candidate's median seconds (inf for one that raised).
+
+    For choosing an attention backend by measurement: each candidate switches the backend and
+    runs the same small forward pass.
+    """
+    if not candidates:
+        raise ValueError("pick_fastest needs at least one candidate")
+    timings: dict[str, float] = {}
+    for name, run in candidates.items():
+        try:
+            run()
+            if synchronize:
+                synchronize()
+            times = []
+            for _ in range(max(1, repeats)):
+                started = time.perf_counter()
+                run()
+                if synchronize:
+                    synchronize()
+                times.append(time.perf_counter() - started)
+            timings[name] = statistics.median(times)
+        except Exception as error:  # noqa: BLE001 (a backend that fails is just not chosen)
+            logger.warning("Candidate %s failed: %s", name, error)
+            timings[name] = float("inf")
+    best = min(timings, key=timings.__getitem__)
+    if timings[best] == float("inf"):
+        raise RuntimeError(f"Every candidate failed: {', '.join(candidates)}")
+    return best, timings

@@ -1,0 +1,219 @@
+"""Generation parameters in PNG text chunks: write them with each image, read them back.
+
+Each PNG carries two chunks before the pixel data:
+
+- ``controlnet-demo`` (iTXt, UTF-8): the engine's ``parameters`` dict as JSON; exact round trip.
+- ``parameters``: the same settings in AUTOMATIC1111's infotext format (prompt, ``Negative prompt:``
+  line, then one ``Key: value, ...`` line with a ``ControlNet N`` entry per unit in
+  sd-webui-controlnet's format), so A1111's PNG Info tab and civitai can read them.
+
+Reading only walks the chunks up to the first IDAT: no pixel is decoded, whatever size the header
+claims, and bad files give None instead of an exception.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+PARAMETERS_KEY = "controlnet-demo"
+APP = "controlnet-demo"
+A1111_KEY = "parameters"
+COMPRESS_LEVEL = 4
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_MAX_TEXT_BYTES = (
+    16 * 1024 * 1024
+)  # a text chunk (or its inflated text) larger than this is skipped
+
+# Our option values -> sd-webui-controlnet's ResizeMode / ControlMode enum values.
+_RESIZE_MODES = {
+    "just_resize": "Just Resize",
+    "crop_and_resize": "Crop and Resize",
+    "resize_and_fill": "Resize and Fill",
+}
+_CONTROL_MODES = {
+    "balanced": "Balanced",
+    "prompt": "My prompt is more important",
+    "controlnet": "ControlNet is more important",
+}
+_SHARED_KEYS = (
+    "prompt", "added_prompt", "negative_prompt", "seed", "steps", "guidance_scale", "scheduler",
+    "eta", "control_mode", "resolution_weighting", "image_resolution", "aspect_ratio",
+    "resize_mode", "base_model", "controlnet_version",
+)  # fmt: skip
+_UNIT_KEYS = ("condition", "annotator", "strength", "control_start", "control_end")
+
+
+def _quote(value: Any) -> str:
+    """A1111's infotext quoting: JSON-quote values holding a comma, colon or newline."""
+    text = str(value)
+    if "," in text or ":" in text or "\n" in text:
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _plain(value: Any) -> str:
+    """sd-webui-controlnet rejects a unit whose values hold ',' or ':'; replace them."""
+    return str(value).replace(",", " ").replace(":", " ")
+
+
+def _unit_text(unit: dict, parameters: dict) -> str:
+    """One unit in sd-webui-controlnet's field order (ControlNetUnit.infotext_fields())."""
+    resize = parameters.get("resize_mode")
+    control = parameters.get("control_mode")
+    fields = {
+        "Module": unit.get("annotator") or "none",
+        "Model": unit.get("model_id") or unit.get("condition"),
+        "Weight": unit.get("strength"),
+        "Resize Mode": _RESIZE_MODES.get(resize, resize),
+        "Processor Res": unit.get("detect_resolution"),
+        "Guidance Start": unit.get("control_start"),
+        "Guidance End": unit.get("control_end"),
+        "Control Mode": _CONTROL_MODES.get(control, control),
+    }
+    return ", ".join(f"{k}: {_plain(v)}" for k, v in fields.items() if v is not None)
+
+
+def a1111_infotext(parameters: dict) -> str:
+    """The parameters as A1111's ``parameters`` text (what its create_infotext() writes)."""
+    get = parameters.get
+    prompt = ", ".join(part for part in (get("prompt"), get("added_prompt")) if part)
+    width, height = get("width"), get("height")
+    params: dict[str, Any] = {
+        "Steps": get("steps"),
+        "Sampler": get("scheduler"),
+        "CFG scale": get("guidance_scale"),
+        "Seed": get("seed"),
+        "Size": f"{width}x{height}" if width and height else None,
+        "Model": get("base_model_id") or get("base_model"),
+    }
+    for index, unit in enumerate(get("units") or []):
+        if isinstance(unit, dict):
+            params[f"ControlNet {index}"] = _unit_text(unit, parameters)
+    line = ", ".join(f"{k}: {_quote(v)}" for k, v in params.items() if v is not None)
+    negative = f"\nNegative prompt: {get('negative_prompt')}" if get("negative_prompt") else ""
+    return f"{prompt}{negative}\n{line}".strip()
+
+
+def _to_image(image: np.ndarray) -> Image.Image:
+    if not (
+        isinstance(image, np.ndarray)
+        and image.dtype == np.uint8
+        and image.ndim == 3
+        and image.shape[2] == 3
+    ):
+        shape = getattr(image, "shape", None)
+        raise ValueError(
+            f"Expected an RGB uint8 HxWx3 array, got {shape} {getattr(image, 'dtype', '')}"
+        )
+    return Image.fromarray(np.ascontiguousarray(image))
+
+
+def png_bytes_with_parameters(image: np.ndarray, parameters: dict | None) -> bytes:
+    """Encode an RGB uint8 HxWx3 image as PNG, with the parameters chunks when given."""
+    info = None
+    if parameters is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt(PARAMETERS_KEY, json.dumps(parameters, ensure_ascii=False))
+        info.add_text(A1111_KEY, a1111_infotext(parameters))  # tEXt, or iTXt if not latin-1
+    buffer = io.BytesIO()
+    _to_image(image).save(buffer, format="PNG", pnginfo=info, compress_level=COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def save_png(image: np.ndarray, path: Path, parameters: dict | None = None) -> Path:
+    path = Path(path)
+    path.write_bytes(png_bytes_with_parameters(image, parameters))
+    return path
+
+
+def _inflate(data: bytes) -> str | None:
+    inflater = zlib.decompressobj()
+    text = inflater.decompress(data, _MAX_TEXT_BYTES)
+    return None if inflater.unconsumed_tail else text.decode("utf-8", "replace")
+
+
+def _text_chunk(kind: bytes, data: bytes) -> tuple[str, str | None]:
+    """(keyword, text) of a tEXt, zTXt or iTXt chunk; text None when unreadable."""
+    keyword, _, rest = data.partition(b"\0")
+    key = keyword.decode("latin-1")
+    if kind == b"tEXt":
+        return key, rest.decode("latin-1")
+    if kind == b"zTXt":
+        return key, _inflate(rest[1:])
+    compressed = rest[:1] == b"\1"  # iTXt: flag, method, language\0, translated keyword\0, text
+    _, _, rest = rest[2:].partition(b"\0")
+    _, _, text = rest.partition(b"\0")
+    return key, _inflate(text) if compressed else text.decode("utf-8", "replace")
+
+
+def _png_texts(stream) -> dict[str, str]:
+    """Text chunks before the first IDAT; reads nothing past it."""
+    if stream.read(8) != _PNG_SIGNATURE:
+        return {}
+    texts: dict[str, str] = {}
+    while True:
+        header = stream.read(8)
+        if len(header) < 8:
+            return texts
+        length, kind = struct.unpack(">I4s", header)
+        if kind in (b"IDAT", b"IEND"):
+            return texts
+        if kind in (b"tEXt", b"zTXt", b"iTXt") and length <= _MAX_TEXT_BYTES:
+            data = stream.read(length)
+            if len(data) < length:
+                return texts
+            key, text = _text_chunk(kind, data)
+            if text is not None:
+                texts.setdefault(key, text)
+            stream.seek(4, io.SEEK_CUR)  # CRC
+        else:
+            stream.seek(length + 4, io.SEEK_CUR)
+
+
+def _ours(text: Any) -> dict | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and value.get("app") == APP else None
+
+
+def read_parameters(source: str | Path | bytes | Image.Image) -> dict | None:
+    """Our parameters dict from a PNG (path, bytes or PIL image), or None; never raises."""
+    try:
+        if isinstance(source, Image.Image):
+            return _ours(source.info.get(PARAMETERS_KEY))  # .info, not .text: that decodes pixels
+        if isinstance(source, bytes | bytearray | memoryview):
+            return _ours(_png_texts(io.BytesIO(source)).get(PARAMETERS_KEY))
+        with open(source, "rb") as stream:
+            return _ours(_png_texts(stream).get(PARAMETERS_KEY))
+    except (OSError, ValueError, TypeError, struct.error, zlib.error):
+        return None
+
+
+def restore_values(parameters: dict) -> dict:
+    """Flat UI/API values for a single-condition tab: shared options plus unit 0's settings and
+    annotator params. Keys missing from the file (older versions) are left out."""
+    values = {key: parameters[key] for key in _SHARED_KEYS if key in parameters}
+    units = parameters.get("units")
+    unit = units[0] if isinstance(units, list) and units else None
+    if isinstance(unit, dict):
+        values.update({key: unit[key] for key in _UNIT_KEYS if key in unit})
+        if unit.get("detect_resolution") is not None:
+            values["detect_resolution"] = unit["detect_resolution"]
+        params = unit.get("params")
+        if isinstance(params, dict):
+            for key, value in params.items():
+                values.setdefault(key, value)
+    return values

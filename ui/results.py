@@ -1,0 +1,101 @@
+"""What a generation shows: the gallery (control maps, then PNGs carrying their parameters) and
+restoring a tab's settings from such a PNG.
+
+Gradio's gallery would re-encode arrays (as webp by default), dropping any text chunk, so each
+image is written here as a PNG with its parameters (png_info) and handed to the gallery as a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from png_info import read_parameters, restore_values, save_png
+
+logger = logging.getLogger(__name__)
+
+
+class PngStore:
+    """Writes result PNGs to one temp folder and keeps only the newest `keep` of them (Gradio
+    copies each into its own cache when it serves it, so older ones are no longer needed)."""
+
+    def __init__(self, keep: int = 256, folder: Path | None = None):
+        self.folder = folder or Path(tempfile.mkdtemp(prefix="controlnet-demo-"))
+        self.keep = keep
+        self._written: deque[Path] = deque()
+        self._lock = threading.Lock()
+
+    def write(self, image, parameters: dict[str, Any]) -> str:
+        path = save_png(image, self.folder / f"{uuid.uuid4().hex}.png", parameters)
+        with self._lock:
+            self._written.append(path)
+            while len(self._written) > self.keep:
+                self._written.popleft().unlink(missing_ok=True)
+        return str(path)
+
+
+def gallery_items(result, store: PngStore) -> list[tuple[Any, str]]:
+    """Control maps first (captioned with their condition when several), then the images."""
+    several = len(result.control_maps) > 1
+    maps = [
+        (control_map, f"Control map: {label}" if several else "Control map")
+        for control_map, label in zip(result.control_maps, result.map_labels, strict=True)
+    ]
+    images = [
+        (store.write(image, parameters), f"Image {index + 1} · seed {parameters['seed']}")
+        for index, (image, parameters) in enumerate(
+            zip(result.images, result.parameters, strict=True)
+        )
+    ]
+    return maps + images
+
+
+def restored_settings(
+    file: Any, condition_name: str, controls: dict[str, gr.components.Component]
+) -> dict[gr.components.Component, Any]:
+    """Values for `controls` (by API keyword name) from a PNG made by this app, with a message."""
+    if file is None:
+        return {}
+    parameters = read_parameters(file)
+    if parameters is None:
+        raise gr.Error(
+            "This PNG carries no settings from this app. Drop an image generated here (the "
+            "files in the gallery, saved as PNG).",
+            print_exception=False,
+        )
+    values = restore_values(parameters)
+    made_on = values.pop("condition", None)
+    if made_on != condition_name:
+        # Another tab's annotator and its parameters mean nothing here: restore the rest.
+        for name in ("annotator", "detect_resolution", *_unit_param_names(parameters)):
+            values.pop(name, None)
+        gr.Warning(f"This PNG was made on the {made_on!r} tab: its shared settings were restored.")
+    base = values.get("base_model")
+    base_choices = _choice_values(controls.get("base_model"))
+    if base is not None and base_choices is not None and base not in base_choices:
+        values.pop("base_model")
+        gr.Warning(f"The base model {base!r} is not offered here; the current one was kept.")
+    restored = {controls[name]: value for name, value in values.items() if name in controls}
+    logger.info("Restored %d settings from a PNG", len(restored))
+    gr.Info(f"Restored {len(restored)} settings (seed {parameters.get('seed')}).")
+    return restored
+
+
+def _unit_param_names(parameters: dict) -> list[str]:
+    units = parameters.get("units") or [{}]
+    params = units[0].get("params") if isinstance(units[0], dict) else None
+    return list(params) if isinstance(params, dict) else []
+
+
+def _choice_values(component) -> list[Any] | None:
+    choices = getattr(component, "choices", None)
+    if choices is None:
+        return None
+    return [choice[1] if isinstance(choice, tuple | list) else choice for choice in choices]
