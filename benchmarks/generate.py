@@ -721,6 +721,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
+    if args.tiny:
+        # One thread: on a shared CI box an oversubscribed OpenMP pool makes tiny timings swing
+        # by up to 100x (spin-waiting threads); the smoke test needs numbers, not speed.
+        torch.set_num_threads(1)
     device = torch.device(
         args.device or ("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     )

@@ -22,8 +22,14 @@ ASSETS = PROJECT_ROOT / "assets"
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmarks.load import build_tiny_models, start_app, stop_app  # noqa: E402
-from settings import Settings  # noqa: E402
+from benchmarks.load import (  # noqa: E402
+    COMMUNITY_BASE,
+    COMMUNITY_BASE_MODELS,
+    build_tiny_models,
+    start_app,
+    stop_app,
+)
+from settings import Settings, parse_base_models  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +41,10 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def settings(models_dir) -> Settings:
-    return Settings(models_dir=models_dir)
+    """The default base, plus a community single-file checkpoint named "Tiny community"."""
+    base_models = parse_base_models(COMMUNITY_BASE_MODELS, Settings().model_ids["base"])
+    assert base_models["Tiny community"] == COMMUNITY_BASE
+    return Settings(models_dir=models_dir, base_models=base_models)
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +79,11 @@ def server(models_dir, tmp_path_factory) -> Server:
     """`python app.py` in its own process, on tiny models, with small defaults so runs are quick."""
     log = tmp_path_factory.mktemp("server") / "server.log"
     try:
-        url, process = start_app(models_dir, log, extra_env={"DEFAULT_IMAGE_RESOLUTION": "256"})
+        url, process = start_app(
+            models_dir,
+            log,
+            extra_env={"DEFAULT_IMAGE_RESOLUTION": "256", "BASE_MODELS": COMMUNITY_BASE_MODELS},
+        )
     except RuntimeError as error:
         pytest.fail(str(error))
     yield Server(url, log)
