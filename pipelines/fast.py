@@ -110,12 +110,20 @@ def fuse_qkv(module: torch.nn.Module) -> bool:
 
 
 def compile_in_place(
-    module: torch.nn.Module, *, mode: str | None = "reduce-overhead", fullgraph: bool = True
+    module: torch.nn.Module,
+    *,
+    mode: str | None = "reduce-overhead",
+    fullgraph: bool = True,
+    backend: str = "inductor",
 ) -> torch.nn.Module:
     """`module.compile(...)`: the module keeps its type, config and identity (caches holding it
     stay valid), and its calls go through Dynamo. Shapes are static (`dynamic=False`): one graph
-    per shape, which CUDA graphs need anyway."""
-    module.compile(fullgraph=fullgraph, mode=mode, dynamic=False)
+    per shape, which CUDA graphs need anyway. `backend="eager"` only checks the capture (no graph
+    break with fullgraph) without Inductor's minutes of compiling: what the CPU tests use."""
+    if backend == "inductor":
+        module.compile(fullgraph=fullgraph, mode=mode, dynamic=False)
+    else:
+        module.compile(fullgraph=fullgraph, backend=backend, dynamic=False)
     return module
 
 
@@ -127,6 +135,7 @@ def speed_up(
     compile: bool = True,
     mode: str | None = "reduce-overhead",
     fullgraph: bool = True,
+    backend: str = "inductor",
     compile_target: torch.nn.Module | None = None,
 ) -> torch.nn.Module:
     """Apply the chosen steps to `module` in place and return it. Idempotent.
@@ -141,8 +150,8 @@ def speed_up(
     if fuse and "fused_qkv" not in done and fuse_qkv(module):
         done.append("fused_qkv")
     if compile and not any(step.startswith("compile") for step in done):
-        compile_in_place(compile_target or module, mode=mode, fullgraph=fullgraph)
-        done.append(f"compile:{mode or 'default'}")
+        compile_in_place(compile_target or module, mode=mode, fullgraph=fullgraph, backend=backend)
+        done.append(f"compile:{(mode or 'default') if backend == 'inductor' else backend}")
     setattr(module, APPLIED_ATTRIBUTE, tuple(done))
     return module
 

@@ -14,12 +14,17 @@ from PIL import Image
 from annotators import ANNOTATORS
 from conditions import CONDITIONS
 from conftest import ASSETS, PROJECT_ROOT
+from png_info import read_parameters
 
 FAST = {"steps": 2, "image_resolution": 256}
-SHARED_KEYWORDS = [
+GEOMETRY = ["aspect_ratio", "resize_mode"]
+OPTIONS = [
     "num_images",
     "image_resolution",
+    *GEOMETRY,
     "strength",
+    "control_start",
+    "control_end",
     "control_mode",
     "resolution_weighting",
     "scheduler",
@@ -29,8 +34,10 @@ SHARED_KEYWORDS = [
     "eta",
     "added_prompt",
     "negative_prompt",
-    "annotator",
 ]
+MODELS = ["base_model", "controlnet_version"]
+SHARED_KEYWORDS = [*OPTIONS, *MODELS, "annotator"]
+UNIT_KEYWORDS = ["enabled", "condition", "annotator", "image", "strength", "control_start"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +63,7 @@ def test_help_lists_the_launch_flags():
 
 def test_api_names_and_keywords_follow_the_contract(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert {f"/{name}" for name in CONDITIONS} | {"/annotate"} == set(endpoints)
+    assert {f"/{name}" for name in CONDITIONS} | {"/compose", "/annotate"} == set(endpoints)
     for name, condition in CONDITIONS.items():
         parameters = endpoints[f"/{name}"]["parameters"]
         names = [parameter["parameter_name"] for parameter in parameters]
@@ -66,9 +73,23 @@ def test_api_names_and_keywords_follow_the_contract(client):
         assert all(parameter["parameter_has_default"] for parameter in parameters[2:])
     annotate = [p["parameter_name"] for p in endpoints["/annotate"]["parameters"]]
     every_param = {param.name for annotator in ANNOTATORS.values() for param in annotator.params}
-    assert set(annotate) == {"image", "annotator", "image_resolution", "detect_resolution"} | (
-        every_param
-    )
+    geometry = {"image_resolution", "detect_resolution", *GEOMETRY}
+    assert set(annotate) == {"image", "annotator", *geometry} | every_param
+    compose = [p["parameter_name"] for p in endpoints["/compose"]["parameters"]]
+    units = [
+        f"{name}_{number}"
+        for number in (1, 2, 3)
+        for name in [*UNIT_KEYWORDS, "control_end"]
+        if (name, number) != ("image", 1)
+    ]
+    unit_options = ("strength", "control_start", "control_end")
+    assert compose == [
+        "image",
+        "prompt",
+        *units,
+        *(name for name in OPTIONS if name not in unit_options),
+        *MODELS,
+    ]
 
 
 def test_canny_endpoint_returns_map_first_then_images_and_the_seed(client):
@@ -85,8 +106,14 @@ def test_canny_endpoint_returns_map_first_then_images_and_the_seed(client):
 
     gallery, seed = canny()
     assert seed == 42
-    assert [item["caption"] for item in gallery] == ["Control map", "Image 1", "Image 2"]
+    captions = ["Control map", "Image 1 · seed 42", "Image 2 · seed 43"]
+    assert [item["caption"] for item in gallery] == captions
     assert all(item["image"].endswith(".png") for item in gallery)
+    # Each image's PNG, as served, carries its parameters.
+    parameters = [read_parameters(item["image"]) for item in gallery[1:]]
+    assert [p["seed"] for p in parameters] == [42, 43]
+    assert parameters[0]["prompt"] == "a cup of coffee"
+    assert parameters[0]["units"][0]["params"]["low_threshold"] == 50
     control_map, *images = (read(item) for item in gallery)
     assert control_map.shape == (256, 384, 3) and set(np.unique(control_map)) <= {0, 255}
     assert all(image.shape == (256, 384, 3) for image in images)
@@ -184,3 +211,48 @@ def test_huge_images_are_refused_by_size_before_decoding(client, tmp_path):
     Image.new("1", (14000, 14000)).save(bomb)  # over PIL's decompression-bomb bound at open
     with pytest.raises(AppError, match="Could not read the file as an image"):
         client.predict(image=handle_file(bomb), annotator="canny", api_name="/annotate")
+
+
+def test_compose_endpoint_sums_units_on_the_chosen_base(client):
+    gallery, seed = client.predict(
+        image=handle_file(ASSETS / "astronaut.png"),
+        prompt="a chef",
+        condition_1="canny",
+        condition_2="depth",
+        strength_2=0.5,
+        control_start_2=0.5,
+        seed=5,
+        base_model="Tiny community",
+        api_name="/compose",
+        **FAST,
+    )
+    captions = [item["caption"] for item in gallery]
+    assert captions == ["Control map: Canny", "Control map: Depth", "Image 1 · seed 5"]
+    parameters = read_parameters(gallery[2]["image"])
+    assert parameters["base_model"] == "Tiny community"
+    assert [(u["condition"], u["strength"], u["control_start"]) for u in parameters["units"]] == [
+        ("canny", 1.0, 0.0),
+        ("depth", 0.5, 0.5),
+    ]
+    depth_map = read(gallery[1])
+    assert depth_map.shape == (256, 256, 3) and depth_map.max() > 200  # MiDaS: near is bright
+
+
+def test_models_outside_the_list_are_refused(client):
+    for name in ("stable-diffusion-v1-5/stable-diffusion-v1-5", "/etc/passwd", "x.ckpt"):
+        with pytest.raises(AppError, match="not in the list of choices|Unknown base model"):
+            client.predict(
+                image=handle_file(ASSETS / "coffee.jpg"),
+                prompt="x",
+                base_model=name,
+                api_name="/canny",
+                **FAST,
+            )
+    with pytest.raises(AppError, match="not in the list of choices|Unknown ControlNet version"):
+        client.predict(
+            image=handle_file(ASSETS / "coffee.jpg"),
+            prompt="x",
+            controlnet_version="v3",
+            api_name="/canny",
+            **FAST,
+        )

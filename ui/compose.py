@@ -25,14 +25,18 @@ from ui.results import PngStore, gallery_items
 from ui.tab import CANVAS_SIZE, canvas_image
 
 # (condition, switched on) for each unit slot: the paper's pose + depth, then edges, off.
-UNIT_PRESETS = (("openpose", True), ("depth", True), ("canny", False))
+UNIT_PRESETS = (("openpose", True), ("depth", True), ("canny", False))  # at most 3 units
 UNIT_OPTIONS = ("enabled", "condition", "annotator", "strength", "control_start", "control_end")
 
 
 def _annotator_choices(condition_name: str) -> list[tuple[str, str]]:
+    """ "" (the condition's own default, so API callers can change only the condition) first."""
     from annotators import ANNOTATORS
 
-    return [(ANNOTATORS[name].label, name) for name in CONDITIONS[condition_name].annotators]
+    names = CONDITIONS[condition_name].annotators
+    return [(f"Default ({ANNOTATORS[names[0]].label})", "")] + [
+        (ANNOTATORS[name].label, name) for name in names
+    ]
 
 
 def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defaults):
@@ -42,10 +46,12 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
         controls = {
             "enabled": gr.Checkbox(label=f"Unit {number} on", value=enabled),
             "condition": gr.Dropdown(label="Condition", choices=uploads, value=condition_name),
+            # The choices follow the condition; any name is accepted and the engine checks it.
             "annotator": gr.Dropdown(
                 label="Annotator",
                 choices=_annotator_choices(condition_name),
-                value=CONDITIONS[condition_name].annotators[0],
+                value="",
+                allow_custom_value=True,
             ),
             "image": upload_image(
                 label="Image" if number == 1 else "Image (empty: uses unit 1's)",
@@ -130,15 +136,17 @@ def build_compose_tab(
         for name, component in controls.items()
     }
 
+    # image_2 / image_3 default to None so API callers may leave them out (unit 1's is used).
     @user_errors
-    def compose(image, prompt, progress=gr.Progress(), **kwargs):
+    def compose(image, prompt, image_2=None, image_3=None, progress=gr.Progress(), **kwargs):
         def report(step: int, total: int) -> None:
             progress((step, total), desc="Denoising", unit="steps")
 
+        images = (image, image_2, image_3)
         raw_units = []
         for number in range(1, len(units) + 1):
             unit = {name: kwargs.pop(f"{name}_{number}") for name in UNIT_OPTIONS}
-            unit["image"] = image if number == 1 else kwargs.pop(f"image_{number}")
+            unit["image"] = images[number - 1]
             raw_units.append(unit)
         result = engine.compose(raw_units, prompt, on_progress=report, **kwargs)
         for warning in result.warnings:

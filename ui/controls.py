@@ -147,18 +147,9 @@ def model_controls(
     }
 
 
-def generation_controls(
-    limits: Limits, defaults: Defaults, per_unit: bool = True
-) -> dict[str, gr.components.Component]:
-    """The options every generate endpoint shares, keyed by their API keyword names.
-
-    `per_unit`: include the control strength and window (a composition sets them per unit).
-    """
-    controls: dict[str, gr.components.Component] = {
-        "num_images": gr.Slider(
-            label="Images", minimum=1, maximum=limits.max_images, value=defaults.num_images, step=1
-        ),
-        "image_resolution": resolution_slider(limits, defaults),
+def geometry_controls(defaults: Defaults) -> dict[str, gr.components.Component]:
+    """The output's aspect ratio, and how a control image of another aspect is fitted."""
+    return {
         "aspect_ratio": gr.Dropdown(
             label="Aspect ratio (width:height)",
             choices=[("Same as the image", "image")]
@@ -172,6 +163,22 @@ def generation_controls(
             info="When the control image's aspect differs from the output's: stretch it, crop "
             "it to cover, or fit it inside and fill the border.",
         ),
+    }
+
+
+def generation_controls(
+    limits: Limits, defaults: Defaults, per_unit: bool = True
+) -> dict[str, gr.components.Component]:
+    """The options every generate endpoint shares, keyed by their API keyword names.
+
+    `per_unit`: include the control strength and window (a composition sets them per unit).
+    """
+    controls: dict[str, gr.components.Component] = {
+        "num_images": gr.Slider(
+            label="Images", minimum=1, maximum=limits.max_images, value=defaults.num_images, step=1
+        ),
+        "image_resolution": resolution_slider(limits, defaults),
+        **geometry_controls(defaults),
     }
     if per_unit:
         controls["strength"] = strength_slider(limits, defaults)

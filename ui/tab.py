@@ -22,6 +22,7 @@ from ui.controls import (
     annotator_choice,
     detect_resolution_slider,
     generation_controls,
+    geometry_controls,
     param_control,
     resolution_slider,
     restore_file,
@@ -197,6 +198,7 @@ def build_annotate_tab(engine, limits: Limits, defaults: Defaults) -> None:
                     "detect_resolution": detect_resolution_slider(
                         limits, defaults.detect_resolution
                     ),
+                    **geometry_controls(defaults),
                 }
                 for annotator in ANNOTATORS.values():
                     for param in annotator.params:

@@ -1,0 +1,288 @@
+"""The fast path's logic on CPU (pipelines/fast.py) and the generation benchmark's smoke run.
+
+What needs a GPU (fp16, Inductor kernels, CUDA graphs, model CPU offload, the speed targets) is
+measured by `benchmarks/generate.py` on one; here: the switch, that channels_last and fused QKV
+leave outputs unchanged, that the models trace as one graph (Dynamo with the eager backend:
+Inductor itself takes ~100 s per tiny model on this CPU), the shape tracker, and the benchmark's
+JSON lines.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines import fast
+from settings import DEFAULT_MODEL_IDS, Limits, Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CANNY_ID = DEFAULT_MODEL_IDS["canny"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    from tiny_models import build_models_dir
+
+    return build_models_dir(tmp_path_factory.mktemp("fast_models"), [CANNY_ID])
+
+
+@pytest.fixture(scope="module")
+def unet(tiny_dir):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(tiny_dir / DEFAULT_MODEL_IDS["base"] / "unet")
+
+
+@pytest.fixture(scope="module")
+def controlnet(tiny_dir):
+    from diffusers import ControlNetModel
+
+    return ControlNetModel.from_pretrained(tiny_dir / CANNY_ID)
+
+
+def _inputs(batch: int = 2, size: int = 16):
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(batch, 4, size, size, generator=generator)
+    text = torch.randn(batch, 77, 32, generator=generator)
+    image = torch.rand(batch, 3, size * 8, size * 8, generator=generator)
+    return latents, torch.tensor(500), text, image
+
+
+# ---- the switch ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("mode", "device", "zero_gpu", "expected"),
+    [
+        ("auto", "cuda", False, True),
+        ("auto", "cuda:0", False, True),
+        ("auto", "cuda", True, False),  # ZeroGPU: a compile would eat each request's GPU slice
+        ("auto", "cpu", False, False),
+        ("auto", "mps", False, False),
+        ("on", "cpu", False, True),
+        ("on", "cuda", True, True),
+        ("off", "cuda", False, False),
+        ("off", "cpu", False, False),
+    ],
+)
+def test_fast_path_enabled(mode, device, zero_gpu, expected):
+    assert fast.fast_path_enabled(mode, torch.device(device), zero_gpu) is expected
+
+
+def test_fast_path_off_in_low_memory_mode_and_bad_modes_refused():
+    assert not fast.fast_path_enabled("on", torch.device("cuda"), False, low_memory=True)
+    assert fast.FAST_PATH_MODES == ("auto", "on", "off")
+    with pytest.raises(ValueError, match="auto, on, off"):
+        fast.fast_path_enabled("fast", torch.device("cuda"), False)
+
+
+def test_configure_torch_raises_the_recompile_limit():
+    from torch._dynamo import config as dynamo_config
+    from torch._inductor import config as inductor_config
+
+    saved = (
+        dynamo_config.recompile_limit,
+        inductor_config.conv_1x1_as_mm,
+        torch.backends.cudnn.benchmark,
+    )
+    try:
+        dynamo_config.recompile_limit = 8
+        fast.configure_torch()
+        assert dynamo_config.recompile_limit == fast.RECOMPILE_LIMIT
+        assert inductor_config.conv_1x1_as_mm and torch.backends.cudnn.benchmark
+    finally:
+        (
+            dynamo_config.recompile_limit,
+            inductor_config.conv_1x1_as_mm,
+            torch.backends.cudnn.benchmark,
+        ) = saved
+
+
+# ---- channels_last and fused QKV leave outputs unchanged -----------------------------------------
+def test_unet_speed_up_without_compile_keeps_outputs(unet):
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+    latents, timestep, text, _ = _inputs()
+    fast_unet = fast.speed_up_unet(copy.deepcopy(unet), compile=False)
+    assert fast.applied(fast_unet) == ("channels_last", "fused_qkv")
+    assert {type(p) for p in fast_unet.attn_processors.values()} == {FusedAttnProcessor2_0}
+    assert fast_unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = unet(latents, timestep, encoder_hidden_states=text).sample
+        got = fast_unet(latents, timestep, encoder_hidden_states=text).sample
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_controlnet_qkv_is_really_fused_and_outputs_unchanged(controlnet):
+    # diffusers' ControlNetModel.fuse_qkv_projections() is a silent no-op on SD1.5's attention
+    # classes; ours fuses them.
+    fast_controlnet = fast.speed_up_controlnet(copy.deepcopy(controlnet), compile=False)
+    fused = [m for m in fast_controlnet.modules() if getattr(m, "fused_projections", False)]
+    assert fused and all(hasattr(m, "to_qkv") or hasattr(m, "to_kv") for m in fused)
+    latents, timestep, text, image = _inputs()
+    with torch.inference_mode():
+        expected = controlnet(latents, timestep, text, controlnet_cond=image, return_dict=False)
+        got = fast_controlnet(latents, timestep, text, controlnet_cond=image, return_dict=False)
+    for a, b in zip([*got[0], got[1]], [*expected[0], expected[1]], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_vae_speed_up_keeps_decoding(tiny_dir):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tiny_dir / DEFAULT_MODEL_IDS["base"] / "vae")
+    fast_vae = fast.speed_up_vae(copy.deepcopy(vae))  # no compile by default for the VAE
+    assert fast.applied(fast_vae) == ("channels_last", "fused_qkv")
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            fast_vae.decode(latents).sample, vae.decode(latents).sample, atol=1e-5, rtol=1e-4
+        )
+
+
+def test_speed_up_is_idempotent_and_respects_other_attention_backends(unet):
+    from diffusers.models.attention_processor import AttnProcessor
+
+    module = fast.speed_up(copy.deepcopy(unet), compile=False)
+    assert fast.speed_up(module, compile=False) is module
+    assert fast.applied(module) == ("channels_last", "fused_qkv")
+    assert fast.fuse_qkv(module)  # already fused: nothing to do
+    other = copy.deepcopy(unet)
+    other.set_attn_processor(AttnProcessor())  # e.g. a backend chosen by measurement
+    assert not fast.fuse_qkv(other)
+    assert {type(p) for p in other.attn_processors.values()} == {AttnProcessor}
+    assert not fast.fuse_qkv(torch.nn.Linear(2, 2))
+
+
+# ---- one graph each: Dynamo fullgraph capture through the engine's real calls --------------------
+def test_unet_and_controlnet_trace_as_one_graph_through_the_engine(tiny_dir):
+    from pipelines.engine import Engine
+
+    engine = Engine(Settings(models_dir=tiny_dir, limits=Limits(min_resolution=64)), device="cpu")
+    image = np.zeros((128, 128, 3), np.uint8)
+    image[::16] = 255
+
+    def generate(**options):
+        result = engine.generate(
+            "canny", image, "a house", annotator="none", image_resolution=128, steps=2, **options
+        )
+        return np.stack(result.images)
+
+    try:
+        expected = {mode: generate(seed=3, control_mode=mode) for mode in ("balanced", "controlnet")}
+        pipe, model = engine.base_pipeline(), engine.controlnet("canny")
+        torch._dynamo.reset()
+        # fullgraph=True raises on any graph break; the eager backend skips Inductor's codegen.
+        fast.speed_up_unet(pipe.unet, backend="eager")
+        fast.speed_up_controlnet(model, backend="eager")
+        assert fast.applied(model)[-1] == "compile:eager"
+        for mode, images in expected.items():
+            got = generate(seed=3, control_mode=mode)
+            assert np.abs(got.astype(int) - images).max() <= 1, mode
+    finally:
+        torch._dynamo.reset()
+
+
+# ---- shapes, measurement, low memory -------------------------------------------------------------
+def test_shape_tracker_says_compiling_once_per_shape():
+    tracker = fast.ShapeTracker()
+    key = fast.ShapeKey(batch=1, height=512, width=512, cfg=True)
+    message = tracker.notice(key)
+    assert message and "512x512, 1 image" in message and "compil" in message
+    assert tracker.notice(key) is None and tracker.seen(key)
+    assert tracker.notice(fast.ShapeKey(4, 512, 512, True)).count("4 images") == 1
+    assert tracker.first_time(fast.ShapeKey(1, 512, 512, True, conditional_only=True))
+    assert tracker.first_time(fast.ShapeKey(1, 512, 768, True))
+    assert len(tracker) == 4
+    tracker.clear()
+    assert not tracker.seen(key)
+
+    # Many threads, one shape: exactly one of them is told it compiles.
+    firsts = []
+    threads = [
+        threading.Thread(target=lambda: firsts.append(tracker.first_time(key))) for _ in range(16)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert firsts.count(True) == 1
+
+
+def test_pick_fastest_measures_and_skips_failures():
+    import time
+
+    def broken():
+        raise RuntimeError("kernels do not load")
+
+    best, timings = fast.pick_fastest(
+        {"slow": lambda: time.sleep(0.02), "quick": lambda: None, "broken": broken}, repeats=2
+    )
+    assert best == "quick"
+    assert timings["broken"] == float("inf") and timings["slow"] > timings["quick"]
+    with pytest.raises(RuntimeError, match="Every candidate failed"):
+        fast.pick_fastest({"broken": broken})
+
+
+def test_low_memory_on_cpu_slices_the_vae(tiny_dir):
+    from diffusers import StableDiffusionControlNetPipeline
+
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        tiny_dir / DEFAULT_MODEL_IDS["base"],
+        controlnet=None,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    assert fast.low_memory(pipe, "cpu") == ["vae_slicing"]  # nothing to offload to on a CPU
+    assert pipe.vae.use_slicing
+
+
+# ---- the benchmark's smoke run -------------------------------------------------------------------
+def test_generate_benchmark_tiny_prints_json_lines():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "benchmarks" / "generate.py"), "--tiny"]
+        + ["--repeats", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PROJECT_ROOT,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    records = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+    by_phase = {record["phase"]: record for record in records}
+    assert records[0]["phase"] == "setup" and records[-1]["phase"] == "summary"
+    measured = [
+        "engine_eager",
+        "engine_fast",
+        "engine_fast_batch4",
+        "guess_mode",
+        "stock_eager",
+        "stock_eager_batch4",
+        "stock_compiled",
+        "stock_compiled_batch4",
+        "low_memory",
+    ]
+    assert [r["phase"] for r in records[1:-1]] == measured
+    for phase in measured:
+        record = by_phase[phase]
+        assert "error" not in record, record
+        assert record["seconds_per_image"] > 0 and record["min"] > 0 and record["warmup_s"] > 0
+        assert record["batch"] == (4 if phase.endswith("batch4") else 1)
+        assert record["repeats"] == 2 and "peak_gib" in record and "compile_s" in record
+    for phase in ("engine_fast", "engine_fast_batch4", "guess_mode"):
+        assert by_phase[phase]["matches_eager"] is True, by_phase[phase]
+        assert by_phase[phase]["fast_path"]["controlnet"] == ["channels_last", "fused_qkv"]
+    summary = by_phase["summary"]
+    assert summary["outputs_match"] and not summary["errors"]
+    assert summary["ratio"]["stock_compiled/engine_fast"] > 0
+    assert summary["targets"]["applies"] is False  # tiny CPU numbers are not the GPU targets
