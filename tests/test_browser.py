@@ -101,11 +101,26 @@ def check_canny_tab(page: Page, server, tmp_path: Path) -> Path:
     assert not errors.count(), errors.all_inner_texts()
     expect(thumbnails).to_have_count(2)
     alts = [thumbnail.get_by_role("img").get_attribute("alt") for thumbnail in thumbnails.all()]
-    assert alts == ["Control map", "Image 1"]
     seed = panel.get_by_role("spinbutton", name="Seed used").input_value()
     assert re.fullmatch(r"\d+", seed) and 0 <= int(seed) <= MAX_SEED, f"seed used: {seed!r}"
+    assert alts == ["Control map", f"Image 1 · seed {seed}"]
     run_s = time.monotonic() - started
     print(f"preview map: {preview_s:.1f} s, run ({STEPS} steps): {run_s:.1f} s")
+
+    # The image as the page serves it carries its settings: change some, drop it, get them back.
+    source = thumbnails.nth(1).get_by_role("img").get_attribute("src")
+    made_here = tmp_path / "made_here.png"
+    made_here.write_bytes(page.request.get(source).body())
+    prompt = panel.get_by_role("textbox", name="Prompt", exact=True)
+    prompt.fill("something else")
+    steps.fill("9")
+    steps.press("Enter")
+    expect(panel.get_by_role("slider", name="Steps")).to_have_value("9")
+    panel.locator(".restore-settings input[type=file]").set_input_files(made_here)
+    expect(prompt).to_have_value("an astronaut on the moon", timeout=30_000)
+    expect(panel.get_by_role("slider", name="Steps")).to_have_value(str(STEPS))
+    seed_box = panel.get_by_role("spinbutton", name=re.compile(r"^Seed \(-1"))
+    expect(seed_box).to_have_value(seed)
 
     screenshot = tmp_path / "canny.png"
     page.screenshot(path=screenshot, full_page=True)

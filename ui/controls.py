@@ -235,6 +235,7 @@ def restore_file() -> gr.File:
         file_types=[".png"],
         type="filepath",
         height=90,
+        elem_classes=["restore-settings"],
     )
 
 
