@@ -109,6 +109,24 @@ def fuse_qkv(module: torch.nn.Module) -> bool:
     return True
 
 
+def use_sdpa(module: torch.nn.Module) -> bool:
+    """Switch every attention layer of `module` back to PyTorch SDPA; True if any changed.
+
+    Before compiling: xformers' kernels are opaque to Dynamo (a graph break, which fullgraph turns
+    into an error), while Inductor handles SDPA (flash / memory-efficient kernels) itself.
+    """
+    from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProcessor2_0
+
+    processors = getattr(module, "attn_processors", None)
+    if not processors or not hasattr(module, "set_attn_processor"):
+        return False
+    kinds = {type(processor) for processor in processors.values()}
+    if kinds <= {AttnProcessor2_0, FusedAttnProcessor2_0}:
+        return False
+    module.set_attn_processor(AttnProcessor2_0())
+    return True
+
+
 def compile_in_place(
     module: torch.nn.Module,
     *,
@@ -137,13 +155,18 @@ def speed_up(
     fullgraph: bool = True,
     backend: str = "inductor",
     compile_target: torch.nn.Module | None = None,
+    sdpa: bool | None = None,
 ) -> torch.nn.Module:
     """Apply the chosen steps to `module` in place and return it. Idempotent.
 
     `compile_target` is the submodule to compile (default: `module` itself), e.g. the VAE's
-    decoder. Compiling happens lazily: the first call of each shape pays it.
+    decoder. Compiling happens lazily: the first call of each shape pays it. `sdpa` switches
+    attention back to PyTorch SDPA first (default: when compiling, see `use_sdpa`), so fused QKV
+    and fullgraph apply even where xformers was chosen for the eager path.
     """
     done = list(applied(module))
+    if (compile if sdpa is None else sdpa) and use_sdpa(module):
+        done.append("sdpa")
     if channels_last and "channels_last" not in done:
         to_channels_last(module)
         done.append("channels_last")

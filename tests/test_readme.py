@@ -22,7 +22,7 @@ from settings import DEFAULT_MODEL_IDS
 
 README = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
 DOCUMENTED_URL = "http://127.0.0.1:7860"  # what the examples call; the tests swap in the server's
-ENDPOINTS = [f"/{name}" for name in CONDITIONS] + ["/annotate"]
+ENDPOINTS = [f"/{name}" for name in CONDITIONS] + ["/compose", "/annotate"]
 REQUIRED_KEYS = {
     "title",
     "emoji",
@@ -125,7 +125,7 @@ def test_python_example_runs_against_the_server(server, monkeypatch):
     exec(compile(code, "README.md (### Python, first block)", "exec"), namespace)
     gallery, seed = namespace["gallery"], namespace["seed"]
     assert seed == 42
-    assert [item["caption"] for item in gallery] == ["Control map", "Image 1"]
+    assert [item["caption"] for item in gallery] == ["Control map", "Image 1 · seed 42"]
     for item in gallery:
         with Image.open(item["image"]) as image:
             assert image.format == "PNG" and image.size == (384, 256)  # coffee.jpg is 600 x 400
@@ -179,7 +179,9 @@ def test_python_examples_for_every_endpoint_run(server, tmp_path, monkeypatch):
             assert Image.open(result).size[0] > 0
         else:
             gallery, seed = result
-            assert gallery[0]["caption"] == "Control map" and len(gallery) == 2, api_name
+            maps = 2 if api_name == "/compose" else 1
+            assert gallery[0]["caption"].startswith("Control map"), api_name
+            assert len(gallery) == maps + 1, api_name
             assert 0 <= seed < 2**31
 
 
@@ -198,6 +200,12 @@ def test_keyword_table_matches_the_api(endpoints):
         names = {parameter["parameter_name"] for parameter in endpoints[endpoint]["parameters"]}
         if endpoint == "/annotate":
             assert listed == names
+        elif endpoint == "/compose":
+            units = {f"{name}_k" for name in ("enabled", "condition", "annotator", "strength")}
+            units |= {"control_start_k", "control_end_k", "image_2", "image_3"}
+            assert listed - {"image"} == units
+            expanded = {name.replace("_k", f"_{k}") for name in units for k in (1, 2, 3)}
+            assert names - shared - {"image", "prompt"} == expanded - {"image_1"}
         else:
             assert shared <= names, endpoint
             assert listed - {"image"} == names - shared - {"image", "prompt"}, endpoint
@@ -221,7 +229,7 @@ def test_curl_examples_run_against_the_server(server):
     for _, data in outcomes:
         gallery, seed = json.loads(data)
         assert seed == 42
-        assert [item["caption"] for item in gallery] == ["Control map", "Image 1"]
+        assert [item["caption"] for item in gallery] == ["Control map", "Image 1 · seed 42"]
         assert all(item["image"]["url"].startswith(server.url) for item in gallery)
 
 
