@@ -75,9 +75,7 @@ def check_base_source(source: str) -> str:
             "loaded. Only .safetensors single files (or diffusers folders / Hub ids) are loaded."
         )
     if suffix and suffix != ".safetensors" and Path(source).is_file():
-        raise ValueError(
-            f"Base model {source!r}: a single file must be a .safetensors checkpoint."
-        )
+        raise ValueError(f"Base model {source!r}: a single file must be a .safetensors checkpoint.")
     return source
 
 

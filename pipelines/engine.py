@@ -290,9 +290,7 @@ class Engine:
         self, annotator: str, image: np.ndarray, options: GenerationOptions, params: dict
     ) -> ControlMap:
         size = self._output_size(image, options)
-        return self._control_map(
-            annotator, image, options, options.detect_resolution, params, size
-        )
+        return self._control_map(annotator, image, options, options.detect_resolution, params, size)
 
     @staticmethod
     def _output_size(image: np.ndarray, options: GenerationOptions) -> tuple[int, int]:
@@ -644,6 +642,7 @@ class Engine:
             on_progress=on_progress,
         )
         return self._decode(pipe.vae, latents, warnings), warnings
+
     def _decode(self, vae, latents: torch.Tensor, warnings: list[str]) -> list[np.ndarray]:
         """Decode; NaN or black images are decoded again with the VAE in fp32, then reported."""
         images = decode_latents(vae, latents)

@@ -41,9 +41,7 @@ def _whole(name: str, value: Any, minimum: int, maximum: int) -> int:
 
 def _choice(name: str, value: Any, choices) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise InvalidRequestError(
-            f"Unknown {name} {value!r}; choose one of: {', '.join(choices)}."
-        )
+        raise InvalidRequestError(f"Unknown {name} {value!r}; choose one of: {', '.join(choices)}.")
     return value
 
 
@@ -176,8 +174,6 @@ class UnitOptions:
     @classmethod
     def checked(cls, limits: Limits, number: int, strength, start, end) -> UnitOptions:
         suffix = f"_{number}"
-        start, end = _window(
-            0.0 if start is None else start, 1.0 if end is None else end, suffix
-        )
+        start, end = _window(0.0 if start is None else start, 1.0 if end is None else end, suffix)
         strength = 1.0 if strength is None else strength
         return cls(_number(f"strength{suffix}", strength, 0.0, limits.max_strength), start, end)
