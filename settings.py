@@ -204,6 +204,8 @@ class Settings:
     safety_checker: bool = False
     # fp16 + channels_last + fused QKV + torch.compile with CUDA graphs: auto = on dedicated GPUs.
     fast_path: str = "auto"
+    # For 8 GB cards: model CPU offload and VAE slicing (slower; turns the fast path off).
+    low_memory: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -252,4 +254,5 @@ class Settings:
             v10_model_ids=v10_model_ids,
             safety_checker=_env_flag(env, "SAFETY_CHECKER"),
             fast_path=fast_path,
+            low_memory=_env_flag(env, "LOW_MEMORY"),
         )

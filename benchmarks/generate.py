@@ -757,6 +757,8 @@ def main(argv: list[str] | None = None) -> int:
         tolerance=args.tolerance,
     )
     selected = [phase for phase in PHASES if phase in args.phases.split(",")]
+    if cfg.cuda:
+        fast.configure_torch()  # cuDNN autotuning for every phase alike, stock ones included
     run = Run()
     setup = {
         "phase": "setup",
@@ -768,6 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": cfg.steps,
         "guidance_scale": cfg.guidance,
         "compile": cfg.compile and cfg.backend,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "phases": selected,
     }
     try:

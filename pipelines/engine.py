@@ -23,6 +23,7 @@ from annotators import ANNOTATORS, Detector, LoadContext, get_annotator, make_co
 from annotators.util import load_image, target_size
 from conditions import Condition, get_condition
 from errors import GpuOutOfMemoryError, InvalidRequestError
+from pipelines import fast
 from pipelines.attention import (
     SDPA,
     AttentionBackend,
@@ -115,6 +116,15 @@ class Engine:
             self.attention = AttentionBackend(SDPA, "ZeroGPU: the GPU is attached per request")
         else:
             self.attention = probe_attention_backend(self.device)
+        # The fast path (fp16, channels_last, fused QKV, torch.compile + CUDA graphs) or, for
+        # small cards, model CPU offload; compiled graphs are kept per shape (ShapeTracker).
+        self.low_memory = settings.low_memory
+        self.fast_path = fast.fast_path_enabled(
+            settings.fast_path, self.device, on_zero_gpu(), low_memory=self.low_memory
+        )
+        self.shapes = fast.ShapeTracker()
+        if self.fast_path:
+            fast.configure_torch()
         # One base at a time (about 2 GB in fp16): switching frees the old one before loading.
         self._bases: ModelCache[Any] = ModelCache(1, self._free_memory)
         self._controlnets: ModelCache[torch.nn.Module] = ModelCache(
@@ -139,6 +149,8 @@ class Engine:
         return (
             f"Device: {self.device} ({str(self.dtype).removeprefix('torch.')}) · "
             f"Attention: {self.attention} · Base models: {len(self.settings.base_models)}"
+            + f" · Fast path: {'on' if self.fast_path else 'off'}"
+            + (" · Low-memory mode" if self.low_memory else "")
             + (" · NSFW filter on" if self.settings.safety_checker else "")
         )
 
@@ -181,9 +193,16 @@ class Engine:
             config_source=self.settings.model_ids["base"],
             dtype=self.dtype,
         )
-        pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         apply_attention_backend(self.attention, pipe.unet)
+        if self.low_memory:
+            fast.low_memory(pipe, self.device)  # each model visits the GPU only while it runs
+        else:
+            pipe.to(self.device)
+            if self.fast_path:
+                fast.speed_up_unet(pipe.unet)
+                fast.speed_up_vae(pipe.vae)
+                self.shapes.clear()  # a new base: its graphs are compiled anew
         logger.info("Base model %r ready", name)
         return pipe
 
@@ -219,6 +238,8 @@ class Engine:
         )
         model.to(self.device)
         apply_attention_backend(self.attention, model)
+        if self.fast_path:
+            fast.speed_up_controlnet(model)
         return model
 
     def detector(self, annotator: str) -> Detector:
@@ -626,6 +647,18 @@ class Engine:
         )
         noise = [torch.randn(shape, generator=generator) for generator in generators]
         latents = torch.cat(noise).to(self.device, self.dtype)
+        if self.fast_path:
+            shape = fast.ShapeKey(
+                options.num_images,
+                height,
+                width,
+                use_cfg,
+                len(units),
+                get_control_mode(options.control_mode).conditional_only,
+            )
+            notice = self.shapes.notice(shape)
+            if notice:
+                warnings.append(notice)  # "first request at this size: compiling, ..."
         latents = denoise(
             unet=pipe.unet,
             scheduler=make_scheduler(options.scheduler, pipe.scheduler.config),

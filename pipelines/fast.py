@@ -65,7 +65,9 @@ def configure_torch(recompile_limit: int = RECOMPILE_LIMIT) -> None:
 
     torch.backends.cudnn.benchmark = True
     inductor_config.conv_1x1_as_mm = True
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, recompile_limit)
+    # `recompile_limit` was `cache_size_limit` before torch 2.6.
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, name, max(getattr(dynamo_config, name), recompile_limit))
 
 
 def applied(module: torch.nn.Module) -> tuple[str, ...]:

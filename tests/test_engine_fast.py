@@ -1,0 +1,49 @@
+"""The engine with the fast path on (compile checked with Dynamo's eager backend: Inductor's
+compile takes minutes on a CPU) and in low-memory mode, against the plain engine."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pipelines import fast
+from pipelines.engine import Engine
+
+REQUEST = {"steps": 3, "image_resolution": 256, "seed": 4}
+
+
+@pytest.fixture
+def eager_compile(monkeypatch):
+    """Capture the graphs (fullgraph: any graph break fails) without Inductor's compile."""
+    real = fast.compile_in_place
+
+    def capture_only(module, **options):
+        return real(module, **{**options, "backend": "eager"})
+
+    monkeypatch.setattr(fast, "compile_in_place", capture_only)
+
+
+def test_fast_path_engine_matches_the_plain_engine(settings, engine, astronaut, eager_compile):
+    fast_engine = Engine(dataclasses.replace(settings, fast_path="on"), device="cpu")
+    assert fast_engine.fast_path and "Fast path: on" in fast_engine.describe()
+    first = fast_engine.generate("canny", astronaut, "a robot", **REQUEST)
+    assert any("First request at 256x256" in warning for warning in first.warnings)
+    steps = fast.applied(fast_engine.base_pipeline().unet)
+    assert steps[:2] == ("channels_last", "fused_qkv") and steps[2].startswith("compile")
+    assert fast.applied(fast_engine.controlnet("canny"))[-1].startswith("compile")
+    again = fast_engine.generate("canny", astronaut, "a robot", **REQUEST)
+    assert not any("First request" in warning for warning in again.warnings)  # compiled once
+    plain = engine.generate("canny", astronaut, "a robot", **REQUEST)
+    difference = np.abs(first.images[0].astype(int) - plain.images[0].astype(int))
+    assert difference.max() <= 2, difference.max()
+
+
+def test_low_memory_engine_generates_the_same_images(settings, engine, astronaut):
+    small = Engine(dataclasses.replace(settings, low_memory=True), device="cpu")
+    assert not small.fast_path and "Low-memory mode" in small.describe()
+    result = small.generate("canny", astronaut, "a robot", **REQUEST)
+    plain = engine.generate("canny", astronaut, "a robot", **REQUEST)
+    difference = np.abs(result.images[0].astype(int) - plain.images[0].astype(int))
+    assert difference.max() <= 1
