@@ -47,3 +47,24 @@ def test_low_memory_engine_generates_the_same_images(settings, engine, astronaut
     plain = engine.generate("canny", astronaut, "a robot", **REQUEST)
     difference = np.abs(result.images[0].astype(int) - plain.images[0].astype(int))
     assert difference.max() <= 1
+
+
+@pytest.mark.parametrize("always_flag", [True, False])
+def test_safety_checker_setting_blackens_flagged_images(settings, astronaut, tmp_path, always_flag):
+    from tiny_safety import build_tiny_safety_checker
+
+    checker_dir = build_tiny_safety_checker(tmp_path / "checker", always_flag=always_flag)
+    checked = dataclasses.replace(
+        settings,
+        safety_checker=True,
+        model_ids={**settings.model_ids, "safety_checker": str(checker_dir)},
+    )
+    engine = Engine(checked, device="cpu")
+    assert "NSFW filter on" in engine.describe()
+    result = engine.generate("canny", astronaut, "a robot", num_images=2, **REQUEST)
+    blackened = [int(image.max()) == 0 for image in result.images]
+    assert blackened == [always_flag, always_flag]
+    flagged_message = [w for w in result.warnings if "safety checker" in w]
+    assert bool(flagged_message) == always_flag
+    if always_flag:
+        assert "Image 1, 2 may contain NSFW content" in flagged_message[0]

@@ -16,6 +16,7 @@ from settings import PROJECT_ROOT, Defaults, Limits
 from ui.controls import (
     GPU_QUEUE,
     generation_controls,
+    name_input_errors,
     strength_slider,
     upload_image,
     user_errors,
@@ -153,6 +154,7 @@ def build_compose_tab(
             gr.Warning(warning)
         return gallery_items(result, store), result.seed
 
+    name_input_errors({**unit_inputs, **options, **models})
     gr.on(
         triggers=[run.click, prompt.submit],
         fn=compose,

@@ -239,6 +239,40 @@ def restore_file() -> gr.File:
     )
 
 
+def name_input_errors(controls: dict[str, gr.components.Component]) -> None:
+    """Make Gradio's own input checks (slider bounds, dropdown choices) name the API keyword.
+
+    Gradio refuses an out-of-range slider value or an unknown choice before our handler runs,
+    with "Value 1000000 is greater than maximum value 100." and no hint of which input; each
+    component's `preprocess` is wrapped (as in `upload_image`) to prefix the keyword and label.
+    """
+    for name, component in controls.items():
+        if isinstance(component, gr.Image | gr.ImageEditor | gr.File):
+            continue  # their own messages already say what is wrong with the file
+        if getattr(component, "_names_its_errors", False):
+            continue  # shared by several tabs (the model choice): wrapped once
+        component.preprocess = _named_preprocess(name, component)
+        component._names_its_errors = True
+
+
+def _named_preprocess(name: str, component: gr.components.Component) -> Callable:
+    gradio_preprocess = component.preprocess
+    label = getattr(component, "label", None) or name
+
+    def preprocess(payload):
+        try:
+            return gradio_preprocess(payload)
+        except gr.Error as error:
+            raise gr.Error(f"`{name}` ({label}): {error.message}", print_exception=False) from error
+        except (TypeError, ValueError) as error:  # e.g. text where a slider wants a number
+            raise gr.Error(
+                f"`{name}` ({label}): {payload!r} is not a valid value ({error}).",
+                print_exception=False,
+            ) from error
+
+    return preprocess
+
+
 def user_errors(handler: Callable) -> Callable:
     """Show engine errors as messages (UI toast, API error text) instead of tracebacks."""
 

@@ -23,6 +23,7 @@ from ui.controls import (
     detect_resolution_slider,
     generation_controls,
     geometry_controls,
+    name_input_errors,
     param_control,
     resolution_slider,
     restore_file,
@@ -130,6 +131,7 @@ def build_condition_tab(
             gr.Warning(warning)
         return [(control.image, "Control map")]
 
+    name_input_errors({**options, **models, **map_controls})
     gr.on(
         triggers=[run.click, prompt.submit],
         fn=generate,
@@ -214,6 +216,7 @@ def build_annotate_tab(engine, limits: Limits, defaults: Defaults) -> None:
             gr.Warning(warning)
         return control.image
 
+    name_input_errors(controls)
     make.click(
         fn=annotate,
         inputs=[image],
