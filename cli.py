@@ -110,11 +110,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def save_png(array: np.ndarray, path: Path) -> Path:
-    from PIL import Image
+def save_png(array: np.ndarray, path: Path, parameters: dict | None = None) -> Path:
+    from png_info import save_png as save_with_parameters
 
-    Image.fromarray(array).save(path, format="PNG")
-    return path
+    return save_with_parameters(array, path, parameters)
 
 
 def quiet_libraries() -> None:
@@ -165,8 +164,10 @@ def run_generate(args: argparse.Namespace) -> int:
             **params,
         )
         written = [save_png(result.control_map, args.out / f"{stem}_map.png")]
-        for index, picture in enumerate(result.images):
-            written.append(save_png(picture, args.out / f"{stem}_{index}.png"))
+        for index, (picture, parameters) in enumerate(
+            zip(result.images, result.parameters, strict=True)
+        ):  # each PNG carries its parameters, like the page's
+            written.append(save_png(picture, args.out / f"{stem}_{index}.png", parameters))
         names = ", ".join(path.name for path in written)
         return [f"{image.name}: seed {result.seed} -> {names}", *result.warnings]
 
@@ -184,7 +185,13 @@ def run_annotate(args: argparse.Namespace) -> int:
 
     def run(engine, image: Path, stem: str, progress) -> list[str]:
         result = engine.annotate(
-            image, annotator, args.image_resolution, args.detect_resolution, **params
+            image,
+            annotator,
+            args.image_resolution,
+            args.detect_resolution,
+            args.aspect_ratio,
+            args.resize_mode,
+            **params,
         )
         path = save_png(result.image, args.out / f"{stem}_map.png")
         return [f"{image.name} -> {path.name}", *result.warnings]
@@ -267,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     engine_common.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
     engine_common.add_argument("--image-resolution", type=int, help="output short side")
     engine_common.add_argument("--detect-resolution", type=int, help="annotator network input")
+    engine_common.add_argument("--aspect-ratio", help="image (default), 1:1, 4:3, 16:9, ...")
+    engine_common.add_argument(
+        "--resize-mode", help="just_resize, crop_and_resize (default) or resize_and_fill"
+    )
     engine_common.add_argument(
         "--param",
         type=parse_param,
@@ -288,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, help="-1 or absent: random per input")
     generate.add_argument("--guidance-scale", type=float)
     generate.add_argument("--strength", type=float, help="control strength, 0-2")
+    generate.add_argument("--control-start", type=float, help="fraction of the steps, 0-1")
+    generate.add_argument("--control-end", type=float, help="fraction of the steps, 0-1")
+    generate.add_argument("--base-model", help="a name from BASE_MODELS (default: the first)")
+    generate.add_argument("--controlnet-version", help="v1.1 (default) or v1.0")
     generate.add_argument("--control-mode", help="balanced, prompt or controlnet")
     generate.add_argument("--resolution-weighting", type=float)
     generate.add_argument("--scheduler", help="UniPC, DDIM, 'Euler a', 'DPM++ 2M Karras'")

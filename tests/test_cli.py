@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from png_info import read_parameters
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ASSETS = PROJECT_ROOT / "assets"
 FAST = ["--steps", "2", "--image-resolution", "256", "--seed", "7"]
@@ -71,6 +73,10 @@ def test_generate_on_a_folder_writes_the_map_then_the_images(folder_run):
             with Image.open(out / f"{stem}_{suffix}.png") as picture:
                 assert (picture.format, picture.size, picture.mode) == ("PNG", size, "RGB")
     assert not np.array_equal(pixels(out / "astronaut_0.png"), pixels(out / "astronaut_1.png"))
+    # Image i used seed + i, and its PNG says so (with the rest of its parameters).
+    saved = [read_parameters(out / f"coffee_{index}.png") for index in (0, 1)]
+    assert [parameters["seed"] for parameters in saved] == [7, 8]
+    assert saved[0]["prompt"] == "a cat" and saved[0]["units"][0]["condition"] == "canny"
     assert "4/4" in result.stderr  # one progress bar over 2 images x 2 steps
     assert "Traceback" not in result.stderr
 
@@ -169,3 +175,15 @@ def test_help_lists_the_subcommands(models_dir):
     )
     assert script.returncode == 0
     assert "--condition" in script.stdout and "NAME=VALUE" in script.stdout
+
+
+def test_generate_takes_the_geometry_window_and_model_options(models_dir, photos, tmp_path):
+    args = ["generate", "--condition", "canny", "--image", photos / "coffee.jpg", "--out", tmp_path]
+    options = ["--aspect-ratio", "1:1", "--resize-mode", "resize_and_fill", "--control-end", "0.5"]
+    result = run_cli(models_dir, *args, *options, "--controlnet-version", "v1.0", *FAST)
+    assert result.returncode == 0, result.stderr
+    saved = read_parameters(tmp_path / "coffee_0.png")
+    assert (saved["width"], saved["height"], saved["resize_mode"]) == (256, 256, "resize_and_fill")
+    assert saved["units"][0]["control_end"] == 0.5
+    assert saved["units"][0]["model_id"] == "lllyasviel/sd-controlnet-canny"
+    assert pixels(tmp_path / "coffee_map.png")[:40].max() == 0  # the filled border
