@@ -38,6 +38,8 @@ DEFAULT_MODEL_IDS: dict[str, str] = {
 # Models loaded only when a setting asks for them (not fetched by `download --all`).
 OPTIONAL_MODEL_IDS: dict[str, str] = {
     "safety_checker": "CompVis/stable-diffusion-safety-checker",  # with SAFETY_CHECKER=1
+    # TAESD, a tiny VAE decoder for previews while denoising: used when found in MODELS_DIR.
+    "preview_decoder": "madebyollin/taesd",
 }
 
 # The paper's own v1.0 ControlNets (DESIGN.md §4), for the family switch.
@@ -118,9 +120,11 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"Environment variable {name} must be an integer, got {raw!r}.") from error
 
 
-def _env_flag(env: Mapping[str, str], name: str) -> bool:
+def _env_flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raw = (env.get(name) or "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
+    if raw == "":
+        return default
+    if raw in ("0", "false", "no", "off"):
         return False
     if raw in ("1", "true", "yes", "on"):
         return True
@@ -206,6 +210,8 @@ class Settings:
     fast_path: str = "auto"
     # For 8 GB cards: model CPU offload and VAE slicing (slower; turns the fast path off).
     low_memory: bool = False
+    # Preview images during denoising with TAESD, when its weights are in MODELS_DIR.
+    previews: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -255,4 +261,5 @@ class Settings:
             safety_checker=_env_flag(env, "SAFETY_CHECKER"),
             fast_path=fast_path,
             low_memory=_env_flag(env, "LOW_MEMORY"),
+            previews=_env_flag(env, "PREVIEWS", default=True),
         )

@@ -37,7 +37,8 @@ class ControlUnit:
         return self.start <= index / total and (index + 1) / total <= self.end
 
 
-ProgressCallback = Callable[[int, int], None]
+ProgressCallback = Callable[[int, int], None]  # (steps done, total)
+StepCallback = Callable[[int, int, torch.Tensor], None]  # (steps done, total, latents)
 
 
 def control_image_tensor(control_map: np.ndarray, device, dtype) -> torch.Tensor:
@@ -96,6 +97,7 @@ def denoise(
     generator: torch.Generator,
     eta: float = 0.0,
     on_progress: ProgressCallback | None = None,
+    on_step: StepCallback | None = None,
 ) -> torch.Tensor:
     # 1. Timesteps and the sampler's extra arguments (eta only exists for DDIM).
     scheduler.set_timesteps(steps, device=latents.device)
@@ -146,6 +148,8 @@ def denoise(
         ]
         if on_progress is not None:
             on_progress(index + 1, len(timesteps))
+        if on_step is not None:
+            on_step(index + 1, len(timesteps), latents)
     return latents
 
 

@@ -11,7 +11,7 @@ import gc
 import logging
 import secrets
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import torch
 from annotators import ANNOTATORS, Detector, LoadContext, get_annotator, make_control_map
 from annotators.util import load_image, target_size
 from conditions import Condition, get_condition
-from errors import GpuOutOfMemoryError, InvalidRequestError
+from errors import GpuOutOfMemoryError, InvalidRequestError, ModelUnavailableError
 from pipelines import fast
 from pipelines.attention import (
     SDPA,
@@ -40,7 +40,7 @@ from pipelines.denoise import (
     denoise,
     to_uint8,
 )
-from pipelines.loading import load_model
+from pipelines.loading import load_model, resolve_source
 from pipelines.request import GenerationOptions, UnitOptions
 from pipelines.schedulers import make_scheduler
 from pipelines.zerogpu import gpu_seconds, gpu_task, on_zero_gpu
@@ -48,6 +48,9 @@ from settings import MAX_SEED, Settings
 
 logger = logging.getLogger(__name__)
 OVERHEAD_ANNOTATE_SECONDS = 30  # ZeroGPU slice for a control map alone
+PREVIEWS_PER_RUN = 4  # TAESD previews shown while denoising (about every quarter of the steps)
+PreviewCallback = Callable[[list[np.ndarray], int, int], None]  # (images, steps done, total)
+_NOT_LOADED = object()
 
 
 @dataclass
@@ -134,6 +137,7 @@ class Engine:
             settings.annotator_cache_size, self._free_memory
         )
         self._safety_checker = None
+        self._preview_decoder: Any = _NOT_LOADED
         self.annotator_context = LoadContext(
             settings.models_dir, settings.model_ids, str(self.device)
         )
@@ -264,6 +268,33 @@ class Engine:
                 )
             return self._safety_checker
 
+    def preview_decoder(self):
+        """TAESD (a tiny VAE decoder) for previews, or None: it is used only when its weights are
+        in MODELS_DIR (a preview is not worth a download) and previews are on in settings."""
+        with self._lock:
+            if self._preview_decoder is _NOT_LOADED:
+                self._preview_decoder = self._load_preview_decoder()
+            return self._preview_decoder
+
+    def _load_preview_decoder(self):
+        model_id = self.settings.model_ids["preview_decoder"]
+        if not self.settings.previews or not resolve_source(model_id, self.settings.models_dir)[1]:
+            return None
+        from diffusers import AutoencoderTiny
+
+        try:
+            decoder = load_model(
+                AutoencoderTiny.from_pretrained,
+                "preview_decoder",
+                model_id,
+                self.settings.models_dir,
+                dtype=self.dtype,
+            )
+        except ModelUnavailableError as error:
+            logger.warning("No previews: %s", error)
+            return None
+        return decoder.to(self.device)
+
     @property
     def cached_controlnets(self) -> list[str]:
         return self._controlnets.keys()
@@ -386,9 +417,14 @@ class Engine:
         *,
         annotator: str | None = None,
         on_progress=None,
+        on_preview: PreviewCallback | None = None,
         **raw_options: Any,
     ) -> GenerationResult:
-        """One condition: its annotator's map steers one ControlNet."""
+        """One condition: its annotator's map steers one ControlNet.
+
+        `on_progress(step, total)` follows the denoising; `on_preview(images, step, total)` gets
+        TAESD previews a few times per run when the preview decoder is present.
+        """
         # 1. Check inputs: condition, annotator, every option, the image.
         chosen_condition = get_condition(condition)
         annotator = self._check_annotator(chosen_condition, annotator)
@@ -407,7 +443,7 @@ class Engine:
             options.detect_resolution,
             options.annotator_params,
         )
-        return self._generate_on_gpu([unit], options, on_progress)
+        return self._generate_on_gpu([unit], options, on_progress, on_preview)
 
     def compose(
         self,
@@ -415,6 +451,7 @@ class Engine:
         prompt: str = "",
         *,
         on_progress=None,
+        on_preview: PreviewCallback | None = None,
         **raw_options: Any,
     ) -> GenerationResult:
         """Several conditions at once (paper Fig. 6): each unit's ControlNet residuals are summed.
@@ -442,7 +479,7 @@ class Engine:
                 prepared.append(unit)
         if not prepared:
             raise InvalidRequestError("Every control unit is switched off: switch one on.")
-        return self._generate_on_gpu(prepared, options, on_progress)
+        return self._generate_on_gpu(prepared, options, on_progress, on_preview)
 
     def _prepare_unit(self, number: int, raw: Any, shared_image: Any) -> PreparedUnit | None:
         if not isinstance(raw, Mapping):
@@ -485,7 +522,7 @@ class Engine:
         self._check_map_inputs(annotator, source, params)
         return PreparedUnit(condition, annotator, source, options, detect, params)
 
-    def _generate_seconds(self, units, options, on_progress) -> int:
+    def _generate_seconds(self, units, options, on_progress, on_preview) -> int:
         height, width = self._output_size(units[0].image, options)
         return gpu_seconds(options.steps, options.num_images, height, width, len(units))
 
@@ -494,6 +531,7 @@ class Engine:
         units: list[PreparedUnit],
         options: GenerationOptions,
         on_progress,
+        on_preview: PreviewCallback | None = None,
     ) -> GenerationResult:
         # 2. The control maps, all at the output size set by the first unit's image.
         size = self._output_size(units[0].image, options)
@@ -529,7 +567,7 @@ class Engine:
                 )
             try:
                 images, run_warnings = self._run(
-                    pipe, control_units, size, options, seeds, on_progress
+                    pipe, control_units, size, options, seeds, on_progress, on_preview
                 )
             except torch.OutOfMemoryError as error:
                 self._free_memory()  # the next request starts with the memory given back
@@ -618,7 +656,9 @@ class Engine:
             ],
         }
 
-    def _run(self, pipe, units: list[ControlUnit], size, options, seeds, on_progress):
+    def _run(
+        self, pipe, units: list[ControlUnit], size, options, seeds, on_progress, on_preview=None
+    ):
         warnings = []
         prompt = options.full_prompt
         max_tokens = pipe.tokenizer.model_max_length
@@ -673,8 +713,22 @@ class Engine:
             generator=generators,
             eta=options.eta,
             on_progress=on_progress,
+            on_step=self._previewer(on_preview, options.steps),
         )
         return self._decode(pipe.vae, latents, warnings), warnings
+
+    def _previewer(self, on_preview: PreviewCallback | None, steps: int):
+        """A denoise step callback that decodes the latents with TAESD every few steps."""
+        decoder = self.preview_decoder() if on_preview is not None else None
+        if decoder is None:
+            return None
+        every = max(1, steps // PREVIEWS_PER_RUN)
+
+        def preview(step: int, total: int, latents: torch.Tensor) -> None:
+            if step % every == 0 and step < total:  # the last step gets the real VAE
+                on_preview(to_uint8(decode_latents(decoder, latents)), step, total)
+
+        return preview
 
     def _decode(self, vae, latents: torch.Tensor, warnings: list[str]) -> list[np.ndarray]:
         """Decode; NaN or black images are decoded again with the VAE in fp32, then reported."""

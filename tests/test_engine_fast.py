@@ -68,3 +68,28 @@ def test_safety_checker_setting_blackens_flagged_images(settings, astronaut, tmp
     assert bool(flagged_message) == always_flag
     if always_flag:
         assert "Image 1, 2 may contain NSFW content" in flagged_message[0]
+
+
+def test_previews_come_from_taesd_while_denoising(engine, astronaut):
+    seen = []
+    result = engine.generate(
+        "canny",
+        astronaut,
+        "a robot",
+        num_images=2,
+        on_preview=lambda images, step, total: seen.append(
+            (step, total, [image.shape for image in images])
+        ),
+        **{**REQUEST, "steps": 8},
+    )
+    assert engine.preview_decoder() is not None  # the tiny TAESD is in the tests' MODELS_DIR
+    assert seen == [(step, 8, [(256, 256, 3)] * 2) for step in (2, 4, 6)]  # not the last step
+    assert len(result.images) == 2
+
+
+def test_no_previews_without_the_taesd_weights(settings, astronaut):
+    missing = {**settings.model_ids, "preview_decoder": "nobody/no-taesd"}
+    engine = Engine(dataclasses.replace(settings, model_ids=missing), device="cpu")
+    seen = []
+    engine.generate("canny", astronaut, "x", on_preview=lambda *preview: seen.append(1), **REQUEST)
+    assert engine.preview_decoder() is None and seen == []

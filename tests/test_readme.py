@@ -224,7 +224,11 @@ def test_curl_examples_run_against_the_server(server):
     )
     assert result.returncode == 0, result.stderr
     events = re.findall(r"^event: (\w+)\ndata: (.*)$", result.stdout, re.MULTILINE)
-    outcomes = [(event, data) for event, data in events if event != "heartbeat"]
+    # "generating" events carry TAESD previews; the last event of each job is its result.
+    outcomes = [(event, data) for event, data in events if event not in ("heartbeat", "generating")]
+    previews = [json.loads(data) for event, data in events if event == "generating"]
+    captions = [gallery[0]["caption"] for gallery, _ in previews]
+    assert captions.count("Preview 1, step 2 of 10") == len(CURL_BLOCKS), captions
     assert [event for event, _ in outcomes] == ["complete"] * len(CURL_BLOCKS), result.stdout
     for _, data in outcomes:
         gallery, seed = json.loads(data)

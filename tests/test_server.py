@@ -258,3 +258,17 @@ def test_models_outside_the_list_are_refused(client):
             api_name="/canny",
             **FAST,
         )
+
+
+def test_generation_streams_taesd_previews_then_the_result(client):
+    job = client.submit(
+        image=handle_file(ASSETS / "astronaut.png"),
+        prompt="a robot",
+        seed=3,
+        api_name="/canny",
+        **{**FAST, "steps": 8},
+    )
+    gallery, seed = job.result(timeout=120)
+    assert seed == 3 and [item["caption"] for item in gallery][0] == "Control map"
+    streamed = [[item["caption"] for item in output[0]] for output in job.outputs()[:-1]]
+    assert streamed == [[f"Preview 1, step {step} of 8"] for step in (2, 4, 6)]

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderTiny,
     ControlNetModel,
     PNDMScheduler,
     StableDiffusionPipeline,
@@ -157,6 +158,20 @@ def build_tiny_controlnet(target: Path, seed: int = 0) -> Path:
             if isinstance(conv, torch.nn.Conv2d):
                 torch.nn.init.kaiming_normal_(conv.weight)
     controlnet.save_pretrained(target, safe_serialization=True)
+    return target
+
+
+def build_tiny_taesd(target: Path, seed: int = 0) -> Path:
+    """Save a tiny AutoencoderTiny (TAESD's architecture: x8 up from 4 latent channels) into
+    ``target``: the preview decoder."""
+    torch.manual_seed(seed)
+    taesd = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+    )
+    taesd.save_pretrained(target, safe_serialization=True)
     return target
 
 

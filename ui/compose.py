@@ -22,7 +22,7 @@ from ui.controls import (
     user_errors,
     window_sliders,
 )
-from ui.results import PngStore, gallery_items
+from ui.results import PngStore, gallery_items, preview_items, with_previews
 from ui.tab import CANVAS_SIZE, canvas_image
 
 # (condition, switched on) for each unit slot: the paper's pose + depth, then edges, off.
@@ -149,10 +149,19 @@ def build_compose_tab(
             unit = {name: kwargs.pop(f"{name}_{number}") for name in UNIT_OPTIONS}
             unit["image"] = images[number - 1]
             raw_units.append(unit)
-        result = engine.compose(raw_units, prompt, on_progress=report, **kwargs)
+
+        def run(on_preview):
+            return engine.compose(
+                raw_units, prompt, on_progress=report, on_preview=on_preview, **kwargs
+            )
+
+        def show(images, step, total):
+            return preview_items(images, step, total), gr.update()
+
+        result = yield from with_previews(run, show)
         for warning in result.warnings:
             gr.Warning(warning)
-        return gallery_items(result, store), result.seed
+        yield gallery_items(result, store), result.seed
 
     name_input_errors({**unit_inputs, **options, **models})
     gr.on(

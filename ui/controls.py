@@ -3,7 +3,9 @@ handler wrapper that turns engine errors into messages for the page and the API.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Iterable
 
@@ -234,7 +236,7 @@ def restore_file() -> gr.File:
         label="Restore settings: drop a PNG made here",
         file_types=[".png"],
         type="filepath",
-        height=90,
+        height=120,
         elem_classes=["restore-settings"],
     )
 
@@ -274,23 +276,40 @@ def _named_preprocess(name: str, component: gr.components.Component) -> Callable
 
 
 def user_errors(handler: Callable) -> Callable:
-    """Show engine errors as messages (UI toast, API error text) instead of tracebacks."""
+    """Show engine errors as messages (UI toast, API error text) instead of tracebacks.
+
+    Works for plain handlers and for generator handlers (those that stream previews).
+    """
+    if inspect.isgeneratorfunction(handler):
+
+        @functools.wraps(handler)
+        def streamed(*args, **kwargs):
+            with _as_messages(handler.__name__):
+                return (yield from handler(*args, **kwargs))
+
+        return streamed
 
     @functools.wraps(handler)
     def wrapped(*args, **kwargs):
-        try:
+        with _as_messages(handler.__name__):
             return handler(*args, **kwargs)
-        except UserFacingError as error:
-            # Expected: the person can fix it. One log line, no traceback.
-            logger.info("Refused %s: %s", handler.__name__, error)
-            raise gr.Error(str(error), print_exception=False) from error
-        except gr.Error:
-            raise
-        except Exception as error:
-            logger.exception("Unexpected failure in %s", handler.__name__)
-            raise gr.Error(
-                f"Something went wrong ({type(error).__name__}); the server logged the details. "
-                "Try again, or lower the resolution or the number of images."
-            ) from error
 
     return wrapped
+
+
+@contextlib.contextmanager
+def _as_messages(name: str):
+    try:
+        yield
+    except UserFacingError as error:
+        # Expected: the person can fix it. One log line, no traceback.
+        logger.info("Refused %s: %s", name, error)
+        raise gr.Error(str(error), print_exception=False) from error
+    except gr.Error:
+        raise
+    except Exception as error:
+        logger.exception("Unexpected failure in %s", name)
+        raise gr.Error(
+            f"Something went wrong ({type(error).__name__}); the server logged the details. "
+            "Try again, or lower the resolution or the number of images."
+        ) from error

@@ -7,11 +7,14 @@ image is written here as a PNG with its parameters (png_info) and handed to the 
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import queue
 import tempfile
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,45 @@ def gallery_items(result, store: PngStore) -> list[tuple[Any, str]]:
         )
     ]
     return maps + images
+
+
+def with_previews(
+    run: Callable[[Callable], Any], show: Callable[[list, int, int], Any]
+) -> Generator[Any, None, Any]:
+    """Run `run(on_preview)` in a worker thread; yield `show(images, step, total)` for each
+    preview it sends, then return its result (or raise its error).
+
+    The worker runs in a copy of this context, so Gradio's progress bar (which finds its event
+    through context variables) still follows the denoising steps.
+    """
+    updates: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = run(lambda *preview: updates.put(preview))
+        except BaseException as error:  # noqa: BLE001 (re-raised in the caller's thread)
+            outcome["error"] = error
+        finally:
+            updates.put(None)
+
+    context = contextvars.copy_context()
+    worker = threading.Thread(target=context.run, args=(work,), daemon=True)
+    worker.start()
+    while (preview := updates.get()) is not None:
+        yield show(*preview)
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def preview_items(images: list, step: int, total: int) -> list[tuple[Any, str]]:
+    """The gallery while denoising: TAESD's rough decode of each image so far."""
+    return [
+        (image, f"Preview {number}, step {step} of {total}")
+        for number, image in enumerate(images, start=1)
+    ]
 
 
 def restored_settings(

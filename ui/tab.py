@@ -30,7 +30,13 @@ from ui.controls import (
     upload_image,
     user_errors,
 )
-from ui.results import PngStore, gallery_items, restored_settings
+from ui.results import (
+    PngStore,
+    gallery_items,
+    preview_items,
+    restored_settings,
+    with_previews,
+)
 
 CANVAS_SIZE = (512, 512)  # the reference interactive scribble canvas
 
@@ -117,12 +123,23 @@ def build_condition_tab(
         def report(step: int, total: int) -> None:
             progress((step, total), desc="Denoising", unit="steps")
 
-        result = engine.generate(
-            condition.name, canvas_image(image), prompt, on_progress=report, **kwargs
-        )
+        def run(on_preview):
+            return engine.generate(
+                condition.name,
+                canvas_image(image),
+                prompt,
+                on_progress=report,
+                on_preview=on_preview,
+                **kwargs,
+            )
+
+        def show(images, step, total):
+            return preview_items(images, step, total), gr.update()
+
+        result = yield from with_previews(run, show)
         for warning in result.warnings:
             gr.Warning(warning)
-        return gallery_items(result, store), result.seed
+        yield gallery_items(result, store), result.seed
 
     @user_errors
     def preview_map(image, **kwargs):
