@@ -22,7 +22,7 @@ from ui.controls import (
     user_errors,
     window_sliders,
 )
-from ui.results import PngStore, gallery_items, preview_items, with_previews
+from ui.results import PngStore, stream_generation
 from ui.tab import CANVAS_SIZE, canvas_image
 
 # (condition, switched on) for each unit slot: the paper's pose + depth, then edges, off.
@@ -140,9 +140,6 @@ def build_compose_tab(
     # image_2 / image_3 default to None so API callers may leave them out (unit 1's is used).
     @user_errors
     def compose(image, prompt, image_2=None, image_3=None, progress=gr.Progress(), **kwargs):
-        def report(step: int, total: int) -> None:
-            progress((step, total), desc="Denoising", unit="steps")
-
         images = (image, image_2, image_3)
         raw_units = []
         for number in range(1, len(units) + 1):
@@ -150,18 +147,12 @@ def build_compose_tab(
             unit["image"] = images[number - 1]
             raw_units.append(unit)
 
-        def run(on_preview):
+        def call(on_progress, on_preview):
             return engine.compose(
-                raw_units, prompt, on_progress=report, on_preview=on_preview, **kwargs
+                raw_units, prompt, on_progress=on_progress, on_preview=on_preview, **kwargs
             )
 
-        def show(images, step, total):
-            return preview_items(images, step, total), gr.update()
-
-        result = yield from with_previews(run, show)
-        for warning in result.warnings:
-            gr.Warning(warning)
-        yield gallery_items(result, store), result.seed
+        yield from stream_generation(call, progress, store)
 
     name_input_errors({**unit_inputs, **options, **models})
     gr.on(

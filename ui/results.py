@@ -91,6 +91,24 @@ def with_previews(
     return outcome["result"]
 
 
+def stream_generation(
+    call: Callable[[Callable, Callable], Any], progress, store: PngStore
+) -> Generator[tuple[Any, Any], None, None]:
+    """A generate handler's outputs, (gallery, seed used): TAESD previews while denoising, then
+    the result. `call(on_progress, on_preview)` runs the engine."""
+
+    def report(step: int, total: int) -> None:
+        progress((step, total), desc="Denoising", unit="steps")
+
+    def show(images, step, total):
+        return preview_items(images, step, total), gr.update()
+
+    result = yield from with_previews(lambda on_preview: call(report, on_preview), show)
+    for warning in result.warnings:
+        gr.Warning(warning)
+    yield gallery_items(result, store), result.seed
+
+
 def preview_items(images: list, step: int, total: int) -> list[tuple[Any, str]]:
     """The gallery while denoising: TAESD's rough decode of each image so far."""
     return [

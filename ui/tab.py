@@ -30,13 +30,7 @@ from ui.controls import (
     upload_image,
     user_errors,
 )
-from ui.results import (
-    PngStore,
-    gallery_items,
-    preview_items,
-    restored_settings,
-    with_previews,
-)
+from ui.results import PngStore, restored_settings, stream_generation
 
 CANVAS_SIZE = (512, 512)  # the reference interactive scribble canvas
 
@@ -120,26 +114,17 @@ def build_condition_tab(
 
     @user_errors
     def generate(image, prompt, progress=gr.Progress(), **kwargs):
-        def report(step: int, total: int) -> None:
-            progress((step, total), desc="Denoising", unit="steps")
-
-        def run(on_preview):
+        def call(on_progress, on_preview):
             return engine.generate(
                 condition.name,
                 canvas_image(image),
                 prompt,
-                on_progress=report,
+                on_progress=on_progress,
                 on_preview=on_preview,
                 **kwargs,
             )
 
-        def show(images, step, total):
-            return preview_items(images, step, total), gr.update()
-
-        result = yield from with_previews(run, show)
-        for warning in result.warnings:
-            gr.Warning(warning)
-        yield gallery_items(result, store), result.seed
+        yield from stream_generation(call, progress, store)
 
     @user_errors
     def preview_map(image, **kwargs):
