@@ -63,21 +63,36 @@ MAX_SEED = 2**31 - 1  # the reference UI's seed range
 CONTROLNET_VERSIONS = ("v1.1", "v1.0")
 DEFAULT_BASE_NAME = "Stable Diffusion 1.5"
 # Single files that are pickles can run code when loaded: only .safetensors single files load.
+SINGLE_FILE_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+OTHER_WEIGHT_SUFFIXES = (".gguf", ".onnx", ".h5", ".msgpack", ".npz")  # formats never loaded
 FAST_PATH_MODES = ("auto", "on", "off")
 
 
-def check_base_source(source: str) -> str:
-    """A base model source from the operator's list: a Hub id, a diffusers folder or a
-    .safetensors single file. Pickle checkpoints are refused here, at start."""
+def unsupported_file_message(source: str) -> str:
     suffix = Path(source).suffix.lower()
     if suffix in PICKLE_SUFFIXES:
-        raise ValueError(
-            f"Base model {source!r}: {suffix} checkpoints are pickles, which can run code when "
-            "loaded. Only .safetensors single files (or diffusers folders / Hub ids) are loaded."
+        return (
+            f"The base model `{source}` is a pickle file ({suffix}). Only .safetensors single "
+            "files are loaded, because pickle files (.ckpt, .pt, .pth, .bin) can run code when "
+            "loaded. Use the model's .safetensors download instead."
         )
-    if suffix and suffix != ".safetensors" and Path(source).is_file():
-        raise ValueError(f"Base model {source!r}: a single file must be a .safetensors checkpoint.")
+    return (
+        f"The base model `{source}` is a {suffix or 'extensionless'} file, which cannot be loaded. "
+        "A base model is a Hub id, a diffusers folder, or a single-file .safetensors checkpoint."
+    )
+
+
+def check_base_source(source: str) -> str:
+    """A base model source from the operator's list (a Hub id, a diffusers folder or a
+    .safetensors single file), returned as is; ValueError for a file type that is never loaded,
+    so the operator reads it at start."""
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES or suffix in OTHER_WEIGHT_SUFFIXES:
+        raise ValueError(unsupported_file_message(source))
+    if path.is_absolute() and path.is_file() and suffix != SINGLE_FILE_SUFFIX:
+        raise ValueError(unsupported_file_message(source))
     return source
 
 

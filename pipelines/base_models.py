@@ -22,15 +22,15 @@ import torch
 
 from errors import ModelUnavailableError
 from pipelines.loading import hub_offline, load_model, missing_model_message, resolve_source
+from settings import (
+    SINGLE_FILE_SUFFIX,
+    check_base_source,
+    unsupported_file_message,
+)
 
 logger = logging.getLogger(__name__)
 
 SourceKind = Literal["hub", "folder", "single_file"]
-SINGLE_FILE_SUFFIX = ".safetensors"
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
-# Weight files in formats this app does not load (as a base model source).
-OTHER_WEIGHT_SUFFIXES = (".gguf", ".onnx", ".h5", ".msgpack", ".npz")
-
 _PIPELINE_KWARGS = dict(
     controlnet=None,  # ControlNets are passed to our loop per request
     safety_checker=None,
@@ -39,38 +39,13 @@ _PIPELINE_KWARGS = dict(
 )
 
 
-def _unsupported_file_message(source: str) -> str:
-    suffix = Path(source).suffix.lower()
-    if suffix in PICKLE_SUFFIXES:
-        return (
-            f"The base model `{source}` is a pickle file ({suffix}). Only .safetensors single "
-            "files are loaded, because pickle files (.ckpt, .pt, .pth, .bin) can run code when "
-            "loaded. "
-            "Use the model's .safetensors download instead."
-        )
-    return (
-        f"The base model `{source}` is a {suffix or 'extensionless'} file, which cannot be loaded. "
-        "A base model is a Hub id, a diffusers folder, or a single-file .safetensors checkpoint."
-    )
-
-
-def check_base_source(source: str) -> None:
-    """Raise ValueError, with a message for the operator, for a file type that is never loaded."""
-    path = Path(source)
-    suffix = path.suffix.lower()
-    if suffix in PICKLE_SUFFIXES or suffix in OTHER_WEIGHT_SUFFIXES:
-        raise ValueError(_unsupported_file_message(source))
-    if path.is_absolute() and path.is_file() and suffix != SINGLE_FILE_SUFFIX:
-        raise ValueError(_unsupported_file_message(source))
-
-
 def base_source_kind(source: str, models_dir: Path) -> SourceKind:
     """Which of the three kinds of base model `source` is; ValueError for a refused file."""
     check_base_source(source)
     if Path(source).suffix.lower() == SINGLE_FILE_SUFFIX:
         return "single_file"
     if (models_dir / source).is_file():  # e.g. MODELS_DIR/model (no suffix) or model.yaml
-        raise ValueError(_unsupported_file_message(source))
+        raise ValueError(unsupported_file_message(source))
     return "folder" if Path(source).is_absolute() else "hub"
 
 

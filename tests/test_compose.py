@@ -216,7 +216,7 @@ def test_a_base_not_in_the_list_is_refused(engine, astronaut, name):
 
 
 def test_pickle_checkpoints_are_refused_in_settings():
-    with pytest.raises(ValueError, match="pickles"):
+    with pytest.raises(ValueError, match="pickle file .* can run code"):
         parse_base_models("Old=/models/old.ckpt", DEFAULT_MODEL_IDS["base"])
     listed = parse_base_models("A=org/a; /models/b.safetensors", DEFAULT_MODEL_IDS["base"])
     assert list(listed) == ["Stable Diffusion 1.5", "A", "b"]
