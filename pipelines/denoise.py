@@ -30,11 +30,14 @@ class ControlUnit:
     end: float = 1.0  # ... to this one
 
     def active(self, index: int, total: int) -> bool:
-        """Whether step `index` of `total` lies in the control window (diffusers' rule: the
-        step's span [index / total, (index + 1) / total] must be inside [start, end])."""
-        if self.strength == 0:
-            return False  # the output cannot depend on it, so don't pay for it
-        return self.start <= index / total and (index + 1) / total <= self.end
+        return runs_at(self.strength, self.start, self.end, index, total)
+
+
+def runs_at(strength: float, start: float, end: float, index: int, total: int) -> bool:
+    """Whether a ControlNet runs at step `index` of `total`: not at strength 0 (the output cannot
+    depend on it), and only inside its control window (diffusers' rule: the step's span
+    [index / total, (index + 1) / total] must lie inside [start, end])."""
+    return strength != 0 and start <= index / total and (index + 1) / total <= end
 
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, total)

@@ -38,6 +38,7 @@ from pipelines.denoise import (
     control_image_tensor,
     decode_latents,
     denoise,
+    runs_at,
     to_uint8,
 )
 from pipelines.loading import load_model, resolve_source
@@ -554,7 +555,12 @@ class Engine:
             for unit, control in zip(units, maps, strict=True):
                 role = unit.condition.controlnet_role_for(unit.annotator)
                 model_ids.append(self.controlnet_id(role, options.controlnet_version))
-                if unit.options.strength == 0 or unit.options.control_end == 0:
+                window = (
+                    unit.options.strength,
+                    unit.options.control_start,
+                    unit.options.control_end,
+                )
+                if not any(runs_at(*window, step, options.steps) for step in range(options.steps)):
                     continue  # it would never run: don't even load it
                 control_units.append(
                     ControlUnit(
@@ -578,9 +584,8 @@ class Engine:
                 ) from error
             if self.settings.safety_checker:
                 images, run_warnings = self._censor(images, run_warnings)
-        parameters = [
-            self._parameters(options, units, model_ids, base_name, seed, size) for seed in seeds
-        ]
+        shared = self._parameters(options, units, model_ids, base_name, size)
+        parameters = [{**shared, "seed": seed} for seed in seeds]
         return GenerationResult(
             control_maps=[control.image for control in maps],
             images=images,
@@ -614,10 +619,9 @@ class Engine:
             ]
         return censor(images, flags), warnings
 
-    def _parameters(
-        self, options, units, model_ids, base_name: str, seed: int, size
-    ) -> dict[str, Any]:
-        """Everything needed to make this image again (it goes into the PNG's text chunk)."""
+    def _parameters(self, options, units, model_ids, base_name: str, size) -> dict[str, Any]:
+        """Everything needed to make the images again but each one's seed (it goes into the
+        PNG's text chunk)."""
         base_source = self.settings.base_models[base_name]
         if Path(base_source).is_absolute() or base_source.endswith(".safetensors"):
             base_source = Path(base_source).name  # a server path is not the visitor's business
@@ -626,7 +630,6 @@ class Engine:
             "prompt": options.prompt,
             "added_prompt": options.added_prompt,
             "negative_prompt": options.negative_prompt,
-            "seed": seed,
             "steps": options.steps,
             "guidance_scale": options.guidance_scale,
             "scheduler": options.scheduler,

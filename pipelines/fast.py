@@ -16,17 +16,15 @@ Nothing here knows about the engine; the engine calls these on the modules it lo
 from __future__ import annotations
 
 import logging
-import statistics
 import threading
-import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
+from settings import FAST_PATH_MODES
+
 logger = logging.getLogger(__name__)
 
-FAST_PATH_MODES = ("auto", "on", "off")
 # Every new shape is a recompile; torch's default limit (8) would silently fall back to eager.
 RECOMPILE_LIMIT = 64
 # Set on a module once `speed_up` has run on it: the steps applied, in order.
@@ -278,40 +276,3 @@ class ShapeTracker:
             f"First request at {key.describe()}: the fast path compiled itself for this size "
             "(about a minute, once). Later requests of this size reuse it."
         )
-
-
-def pick_fastest(
-    candidates: Mapping[str, Callable[[], object]],
-    *,
-    repeats: int = 3,
-    synchronize: Callable[[], None] | None = None,
-) -> tuple[str, dict[str, float]]:
-    """Run each candidate once to warm up, then `repeats` times; the name of the fastest by
-    median, and every candidate's median seconds (inf for one that raised).
-
-    For choosing an attention backend by measurement: each candidate switches the backend and
-    runs the same small forward pass.
-    """
-    if not candidates:
-        raise ValueError("pick_fastest needs at least one candidate")
-    timings: dict[str, float] = {}
-    for name, run in candidates.items():
-        try:
-            run()
-            if synchronize:
-                synchronize()
-            times = []
-            for _ in range(max(1, repeats)):
-                started = time.perf_counter()
-                run()
-                if synchronize:
-                    synchronize()
-                times.append(time.perf_counter() - started)
-            timings[name] = statistics.median(times)
-        except Exception as error:  # noqa: BLE001 (a backend that fails is just not chosen)
-            logger.warning("Candidate %s failed: %s", name, error)
-            timings[name] = float("inf")
-    best = min(timings, key=timings.__getitem__)
-    if timings[best] == float("inf"):
-        raise RuntimeError(f"Every candidate failed: {', '.join(candidates)}")
-    return best, timings

@@ -94,7 +94,8 @@ def test_start_equals_end_equals_zero_is_strength_zero(engine, astronaut):
 
 
 @pytest.mark.parametrize(
-    ("start", "end", "runs"), [(0.0, 1.0, 4), (0.5, 1.0, 2), (0.0, 0.5, 2), (0.25, 0.5, 1)]
+    ("start", "end", "runs"),
+    [(0.0, 1.0, 4), (0.5, 1.0, 2), (0.0, 0.5, 2), (0.25, 0.5, 1), (0.3, 0.45, 0)],
 )
 def test_the_controlnet_runs_only_inside_its_window(engine, astronaut, start, end, runs):
     controlnet = engine.controlnet("canny")
@@ -111,6 +112,22 @@ def test_the_controlnet_runs_only_inside_its_window(engine, astronaut, start, en
     finally:
         handle.remove()
     assert len(calls) == runs
+
+
+def test_a_unit_that_never_runs_is_not_even_loaded(settings, astronaut):
+    from pipelines.engine import Engine
+
+    fresh = Engine(settings, device="cpu")
+    fresh.compose(
+        [
+            {"condition": "canny", "image": astronaut},
+            {"condition": "depth", "control_start": 0.3, "control_end": 0.45},  # no whole step
+            {"condition": "seg", "strength": 0.0},
+        ],
+        "a robot",
+        **{**FAST, "steps": 4},
+    )
+    assert fresh.cached_controlnets == [DEFAULT_MODEL_IDS["canny"]]
 
 
 def test_the_window_is_checked(engine, astronaut):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import download
-from settings import DEFAULT_MODEL_IDS, V10_MODEL_IDS, Settings
+from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS, V10_MODEL_IDS, Settings
 from tiny_models import BASE_ID, build_tiny_base, build_tiny_controlnet
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -264,3 +264,25 @@ def test_rules_keep_the_needed_files_of_real_repo_listings():
     midas = ["config.json", "preprocessor_config.json", "pytorch_model.bin", "README.md"]
     kept = download.select(dict.fromkeys(midas, 1), download.rule_for("depth_estimator"))
     assert list(kept) == ["config.json", "preprocessor_config.json", "pytorch_model.bin"]
+
+
+def test_optional_models_are_fetched_when_named_not_with_all(tmp_path):
+    from tiny_models import build_tiny_taesd
+    from tiny_safety import build_tiny_safety_checker
+
+    mirror = tmp_path / "hub"
+    build_tiny_safety_checker(mirror / OPTIONAL_MODEL_IDS["safety_checker"])
+    build_tiny_taesd(mirror / OPTIONAL_MODEL_IDS["preview_decoder"])
+    assert not set(OPTIONAL_MODEL_IDS) & set(download.ROLES)  # --all leaves them out
+    out = tmp_path / "models"
+    result = run_download(
+        "safety_checker", "preview_decoder", "--source", mirror, "--models-dir", out
+    )
+    assert result.returncode == 0, result.stderr
+    assert files_under(out) == [
+        "CompVis/stable-diffusion-safety-checker/config.json",
+        "CompVis/stable-diffusion-safety-checker/model.safetensors",
+        "CompVis/stable-diffusion-safety-checker/preprocessor_config.json",
+        "madebyollin/taesd/config.json",
+        "madebyollin/taesd/diffusion_pytorch_model.safetensors",
+    ]
