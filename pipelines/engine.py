@@ -116,10 +116,6 @@ class Engine:
         self.device = pick_device(device or settings.device)
         # fp16 on CUDA; CPU kernels for fp16 are slow or missing, so fp32 there.
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        if on_zero_gpu():  # no CUDA outside spaces.GPU functions: no probe at start
-            self.attention = AttentionBackend(SDPA, "ZeroGPU: the GPU is attached per request")
-        else:
-            self.attention = probe_attention_backend(self.device)
         # The fast path (fp16, channels_last, fused QKV, torch.compile + CUDA graphs) or, for
         # small cards, model CPU offload; compiled graphs are kept per shape (ShapeTracker).
         self.low_memory = settings.low_memory
@@ -129,6 +125,10 @@ class Engine:
         self.shapes = fast.ShapeTracker()
         if self.fast_path:
             fast.configure_torch()
+        if on_zero_gpu():  # no CUDA outside spaces.GPU functions: no probe at start
+            self.attention = AttentionBackend(SDPA, "ZeroGPU: the GPU is attached per request")
+        else:  # xformers where it runs and is measured faster; compiled models use SDPA
+            self.attention = probe_attention_backend(self.device, compiled=self.fast_path)
         # One base at a time (about 2 GB in fp16): switching frees the old one before loading.
         self._bases: ModelCache[Any] = ModelCache(1, self._free_memory)
         self._controlnets: ModelCache[torch.nn.Module] = ModelCache(

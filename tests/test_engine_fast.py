@@ -28,6 +28,7 @@ def eager_compile(monkeypatch):
 def test_fast_path_engine_matches_the_plain_engine(settings, engine, astronaut, eager_compile):
     fast_engine = Engine(dataclasses.replace(settings, fast_path="on"), device="cpu")
     assert fast_engine.fast_path and "Fast path: on" in fast_engine.describe()
+    assert "SDPA (compiled by the fast path)" in fast_engine.describe()
     first = fast_engine.generate("canny", astronaut, "a robot", **REQUEST)
     assert any("First request at 256x256" in warning for warning in first.warnings)
     steps = fast.applied(fast_engine.base_pipeline().unet)
