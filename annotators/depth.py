@@ -11,7 +11,8 @@ detect resolution, 384 by default as in the reference) and the prediction is res
 transformers' own `post_process_depth_estimation` does.
 
 `load_depth_estimator` returns the raw float prediction, so the v1.0 normal annotator
-(annotators/normal.py) derives its normals from the very same depth.
+(annotators/normal.py) derives its normals from the very same depth, with the very same loaded
+model while both are in use.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from annotators.base import Annotator, Detector, LoadContext
-from annotators.weights import load_pretrained
+from annotators.shared import shared
+from annotators.weights import load_pretrained, pretrained_source
 
 # image RGB uint8 (H, W, 3) -> float32 (H, W) relative inverse depth, larger = nearer.
 DepthEstimator = Callable[[np.ndarray], np.ndarray]
@@ -59,7 +61,16 @@ def depth_to_map(depth: np.ndarray) -> np.ndarray:
 
 
 def load_depth_estimator(context: LoadContext, role: str = "depth_estimator") -> DepthEstimator:
-    """The `role` DPT model on `context.device`, as a function image -> raw depth (H, W)."""
+    """The `role` DPT model on `context.device`, as a function image -> raw depth (H, W).
+
+    One estimator (model and processor) per model source and device while anything holds it:
+    depth_midas and normal_midas run the same loaded model (annotators/shared.py).
+    """
+    source, _ = pretrained_source(context, role)
+    return shared(("dpt", source, context.device), lambda: _load_estimator(context, role))
+
+
+def _load_estimator(context: LoadContext, role: str) -> DepthEstimator:
     import torch
     from transformers import DPTForDepthEstimation, DPTImageProcessor
 

@@ -4,16 +4,21 @@ Adapted from controlnet_aux 0.0.10 `controlnet_aux/hed/__init__.py` (`HEDdetecto
 itself lllyasviel/ControlNet v1.1 `annotator/hed` (Apache-2.0). The network is controlnet_aux's
 `ControlNetHED_Apache2` (RGB in, 0-255, no normalisation) with the weights `ControlNetHED.pth` of
 lllyasviel/Annotators: its five side outputs are resized to the image, averaged and squashed by a
-sigmoid. Fake scribbles follow the reference scribble app (DESIGN.md §3), reusing controlnet_aux's
-`nms` and `safe_step`. torch and controlnet_aux are imported in `load`, never at import.
+sigmoid. The three annotators share one loaded network (annotators/shared.py). Fake scribbles
+follow the reference scribble app (DESIGN.md §3), reusing controlnet_aux's `nms` and `safe_step`.
+torch and controlnet_aux are imported in `load`, never at import.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from annotators.base import Annotator, Detector, LoadContext
+from annotators.shared import shared
 from annotators.weights import load_state_dict, weights_file
 
 HED_WEIGHTS = "ControlNetHED.pth"
@@ -29,12 +34,10 @@ def load_hed(context: LoadContext, safe: bool = False) -> Detector:
     """The HED detector: RGB uint8 (H, W, 3) -> soft edges uint8 (H, W); `safe` quantises."""
     path = weights_file(context, HED_WEIGHTS)  # a clear error before the slow imports
     import torch
-    from controlnet_aux.hed import ControlNetHED_Apache2
     from controlnet_aux.util import safe_step
 
-    network = ControlNetHED_Apache2()
-    network.load_state_dict(load_state_dict(path))
-    network = network.float().to(context.device).eval()
+    # One network for hed, hed_safe and fake_scribble while any of their detectors lives.
+    network = shared(("hed", path, context.device), lambda: _load_network(path, context.device))
 
     def detect(image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
@@ -52,6 +55,14 @@ def load_hed(context: LoadContext, safe: bool = False) -> Detector:
         return (edge * 255.0).clip(0, 255).astype(np.uint8)
 
     return detect
+
+
+def _load_network(path: Path, device: str) -> Any:
+    from controlnet_aux.hed import ControlNetHED_Apache2
+
+    network = ControlNetHED_Apache2()
+    network.load_state_dict(load_state_dict(path))
+    return network.float().to(device).eval()
 
 
 def fake_scribble_from_edges(edges: np.ndarray) -> np.ndarray:

@@ -1,7 +1,12 @@
-"""Control maps: Canny, scribble, passthrough, and the shared resize / HWC3 path."""
+"""Control maps: Canny, scribble, passthrough, the shared resize / HWC3 path, shared networks."""
 
 from __future__ import annotations
 
+import gc
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -10,6 +15,7 @@ import pytest
 from PIL import Image
 
 from annotators import ANNOTATORS, LoadContext, get_annotator, make_control_map
+from annotators.shared import shared
 from annotators.util import HWC3, load_image, output_size, resize_image
 from errors import InvalidImageError, InvalidRequestError
 
@@ -192,3 +198,87 @@ def test_load_image_checks_the_pixels_of_arrays_too():
     assert load_image(canvas, **LIMITS).shape == (600, 600, 3)
     with pytest.raises(InvalidImageError, match="megapixels"):
         load_image(canvas, max_bytes=LIMITS["max_bytes"], max_pixels=100_000)
+
+
+# ---------------------------------------------------------------------------------------------
+# annotators.shared: one loaded network per key, held weakly, loaded once under concurrency
+# ---------------------------------------------------------------------------------------------
+
+
+class FakeNetwork:
+    """Weak-referenceable, like a torch module."""
+
+
+def test_shared_returns_the_live_network_and_reloads_after_it_is_freed():
+    loads = []
+
+    def load():
+        loads.append(FakeNetwork())
+        return loads[-1]
+
+    key = ("test-reuse", object())
+    first = shared(key, load)
+    assert shared(key, load) is first and len(loads) == 1  # held: the same object, no reload
+    assert shared(("test-other", object()), load) is not first  # another key loads its own
+    released = weakref.ref(first)
+    loads.clear()
+    del first
+    gc.collect()
+    assert released() is None  # only a weak reference was kept: the network is gone
+    again = shared(key, load)
+    assert len(loads) == 1 and again is loads[0]  # a fresh load, not a stale one
+
+
+def test_shared_failed_load_leaves_nothing_and_the_next_call_retries():
+    key = ("test-failure", object())
+
+    def broken():
+        raise RuntimeError("broken weights")
+
+    with pytest.raises(RuntimeError, match="broken weights"):
+        shared(key, broken)
+    network = FakeNetwork()
+    assert shared(key, lambda: network) is network
+
+
+def test_shared_loads_a_key_once_when_threads_ask_together():
+    threads_count = 4
+    barrier = threading.Barrier(threads_count)
+    loads = []
+
+    def slow_load():
+        loads.append(FakeNetwork())
+        time.sleep(0.2)  # every other thread asks meanwhile
+        return loads[-1]
+
+    key = ("test-threads", object())
+
+    def ask(_):
+        barrier.wait()  # all threads ask at once
+        return shared(key, slow_load)
+
+    with ThreadPoolExecutor(threads_count) as pool:
+        results = list(pool.map(ask, range(threads_count)))
+    assert len(loads) == 1
+    assert all(result is loads[0] for result in results)
+
+
+def test_shared_loads_different_keys_in_parallel():
+    # One slow load must not hold up another key's load (per-key locks).
+    started = threading.Event()
+    release = threading.Event()
+
+    def blocking_load():
+        started.set()
+        release.wait(5)
+        return FakeNetwork()
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(shared, ("test-slow", object()), blocking_load)
+        assert started.wait(5)
+        try:
+            quick = shared(("test-quick", object()), FakeNetwork)  # would wait 5 s if serialised
+            assert isinstance(quick, FakeNetwork) and not pending.done()
+        finally:
+            release.set()
+        assert isinstance(pending.result(5), FakeNetwork)

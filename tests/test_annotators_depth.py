@@ -5,17 +5,23 @@ random weights, saved like the Hub repo `Intel/dpt-hybrid-midas` (config.json, m
 preprocessor_config.json) under MODELS_DIR, so it loads through the app's `pretrained_source`.
 NormalBAE's architecture is fixed by controlnet_aux, so its test weights are the full-size NNET's
 (random, 72 M parameters, a 291 MB `scannet.pt` like the real one): built once per module.
+depth_midas and normal_midas share one loaded DPT model, freed with the last detector holding it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import inspect
+import shutil
 import socket
+import weakref
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+from transformers import DPTForDepthEstimation
 
 from annotator_weights import save_random_normal_bae, save_tiny_dpt_hybrid
 from annotators import LoadContext, make_control_map
@@ -211,10 +217,12 @@ def test_dpt_hybrid_runs_at_the_detect_resolution_as_a_square(dpt_context, coffe
 
 
 def test_without_position_interpolation_the_net_runs_at_its_config_size(
-    dpt_context, coffee, monkeypatch
+    dpt_context, coffee, monkeypatch, tmp_path
 ):
     monkeypatch.setattr("annotators.depth._accept_any_square", lambda model: False)
-    estimate = load_depth_estimator(dpt_context)
+    # A copy of the model: its own load, whatever estimator of the module's folder still lives.
+    shutil.copytree(dpt_context.models_dir, tmp_path, dirs_exist_ok=True)
+    estimate = load_depth_estimator(LoadContext(tmp_path, dict(DEFAULT_MODEL_IDS), "cpu"))
     image = resize_image(coffee, 512)
     assert net_input_sizes(estimate, image) == [(384, 384)]  # config.image_size
     assert estimate(image).shape == (512, 768)
@@ -254,6 +262,34 @@ def test_midas_normals_come_from_the_same_depth(dpt_context, coffee):
 
     control_map = make_control_map(annotator, detector, coffee, 512, 384, params)
     assert control_map.shape == (512, 768, 3) and control_map.dtype == np.uint8
+
+
+def held(function, name: str):
+    """What a detector's or estimator's closure holds under `name`."""
+    return inspect.getclosurevars(function).nonlocals[name]
+
+
+def test_midas_depth_and_normals_share_one_model_until_both_are_dropped(dpt_context, tmp_path):
+    shutil.copytree(dpt_context.models_dir, tmp_path, dirs_exist_ok=True)  # a model of its own
+    context = LoadContext(tmp_path, dict(DEFAULT_MODEL_IDS), "cpu")
+    depth = MidasDepthAnnotator().load(context)
+    normals = MidasNormalAnnotator().load(context)
+    estimate = held(depth, "estimate")
+    assert held(normals, "estimate") is estimate
+    assert isinstance(held(estimate, "model"), DPTForDepthEstimation)
+    assert load_depth_estimator(context) is estimate
+    assert load_depth_estimator(dpt_context) is not estimate  # another folder, another model
+
+    model = weakref.ref(held(estimate, "model"))
+    del estimate, depth
+    gc.collect()
+    assert model() is not None  # the normal detector still holds it
+    del normals
+    gc.collect()
+    assert model() is None  # the last holder is gone: so is the model
+
+    again = held(held(MidasNormalAnnotator().load(context), "estimate"), "model")
+    assert isinstance(again, DPTForDepthEstimation)  # loads afresh after the free
 
 
 def test_bg_threshold_is_checked_like_the_reference_slider():

@@ -3,13 +3,16 @@
 The weights are the real controlnet_aux networks, seeded and saved as `MODELS_DIR/lllyasviel/
 Annotators/<file>.pth`; the annotators load them through `load(LoadContext(...))` like the engine.
 Maps are compared pixel for pixel with controlnet_aux's own detectors on the same weights, and the
-fake-scribble post-processing is checked on hand-made edge maps.
+fake-scribble post-processing is checked on hand-made edge maps. The three HED annotators share
+one loaded network, freed with the last detector that holds it.
 """
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import cv2
@@ -30,8 +33,10 @@ from annotators.hed import (
     fake_scribble_from_edges,
 )
 from annotators.mlsd import MLSD_WEIGHTS, MlsdAnnotator
+from annotators.scribble import ScribbleAnnotator
 from annotators.util import HWC3, output_size
 from errors import ModelUnavailableError
+from pipelines.cache import ModelCache
 from settings import DEFAULT_MODEL_IDS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -149,6 +154,46 @@ def test_missing_weights_name_the_file(tmp_path, name, filename):
     elsewhere = LoadContext(tmp_path, {"annotators": "no-such-org/no-such-annotators"}, "cpu")
     with pytest.raises(ModelUnavailableError, match=filename):
         ANNOTATORS[name].load(elsewhere)
+
+
+def hed_network(detector) -> torch.nn.Module:
+    """The HED network a detector runs (the `network` its closure holds)."""
+    return inspect.getclosurevars(detector).nonlocals["network"]
+
+
+def test_hed_annotators_share_one_network(models_dir, detectors):
+    hed = hed_network(detectors["hed"])
+    assert isinstance(hed, ControlNetHED_Apache2)
+    assert hed_network(detectors["fake_scribble"]) is hed
+    assert hed_network(detectors["hed_safe"]) is hed
+    # Loaded again while the module's detectors hold it: still the same object.
+    context = LoadContext(models_dir, dict(DEFAULT_MODEL_IDS), "cpu")
+    assert hed_network(HedSafeAnnotator().load(context)) is hed
+
+
+def test_hed_network_is_freed_when_the_cache_evicts_its_last_detector(tmp_path, detectors):
+    """Through the engine's ModelCache (2 slots): the network lives while any HED detector is
+    cached and is garbage-collected with the last one; other weights get their own network."""
+    save_hed_and_mlsd(tmp_path)  # another file than the module's: its own network
+    context = LoadContext(tmp_path, dict(DEFAULT_MODEL_IDS), "cpu")
+    cache = ModelCache(2)  # frees with gc.collect() on eviction, like the engine's
+
+    def cached(name: str):
+        return cache.get_or_load(name, lambda: ANNOTATORS[name].load(context))
+
+    network = weakref.ref(hed_network(cached("hed")))
+    assert network() is not hed_network(detectors["hed"])  # keyed by the weights file
+    assert hed_network(cached("fake_scribble")) is network()
+    cached("mlsd")  # evicts hed; fake_scribble still holds the network
+    assert network() is not None
+    assert hed_network(cached("hed_safe")) is network()  # evicts fake_scribble; reused
+    cached("mlsd")
+    cache.get_or_load("scribble", lambda: ScribbleAnnotator().detect)  # evicts hed_safe
+    assert cache.keys() == ["mlsd", "scribble"]
+    assert network() is None  # the last HED detector is gone: so is the network
+
+    reloaded = hed_network(cached("hed"))  # a fresh load works after the free
+    assert isinstance(reloaded, ControlNetHED_Apache2)
 
 
 def test_annotator_modules_do_not_import_torch():
