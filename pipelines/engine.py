@@ -572,9 +572,10 @@ class Engine:
                     )
                 )
             try:
-                images, run_warnings = self._run(
-                    pipe, control_units, size, options, seeds, on_progress, on_preview
-                )
+                with self.attention.kernels():  # the SDPA kernel measured fastest, first
+                    images, run_warnings = self._run(
+                        pipe, control_units, size, options, seeds, on_progress, on_preview
+                    )
             except torch.OutOfMemoryError as error:
                 self._free_memory()  # the next request starts with the memory given back
                 raise GpuOutOfMemoryError(
