@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipelines import fast
 from pipelines.control import ControlMode, mode_weights
 
 
@@ -116,7 +117,10 @@ def denoise(
 
     # 3. Denoising loop.
     timesteps = scheduler.timesteps
+    compiled = fast.is_compiled(unet) or any(fast.is_compiled(unit.model) for unit in units)
     for index, timestep in enumerate(timesteps):
+        if compiled:
+            fast.mark_step_begin()  # CUDA graphs: last step's outputs are consumed
         model_input = torch.cat([latents] * 2) if use_cfg else latents
         model_input = scheduler.scale_model_input(model_input, timestep)
         active = [unit for unit in units if unit.active(index, len(timesteps))]

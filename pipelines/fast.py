@@ -68,6 +68,18 @@ def configure_torch(recompile_limit: int = RECOMPILE_LIMIT) -> None:
     setattr(dynamo_config, name, max(getattr(dynamo_config, name), recompile_limit))
 
 
+def is_compiled(module: torch.nn.Module) -> bool:
+    """Whether `module.compile()` ran on it (in place: its type stays, its calls go to Dynamo)."""
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def mark_step_begin() -> None:
+    """Tell CUDA graphs a new denoising step begins: the outputs the last replay gave (the UNet's
+    noise, the ControlNets' residuals) are done with, so the next replay may reuse their memory.
+    diffusers' pipelines do the same each step when their models are compiled."""
+    torch.compiler.cudagraph_mark_step_begin()
+
+
 def applied(module: torch.nn.Module) -> tuple[str, ...]:
     """The fast-path steps already applied to `module` (empty when none)."""
     return getattr(module, APPLIED_ATTRIBUTE, ())

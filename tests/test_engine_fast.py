@@ -25,18 +25,25 @@ def eager_compile(monkeypatch):
     monkeypatch.setattr(fast, "compile_in_place", capture_only)
 
 
-def test_fast_path_engine_matches_the_plain_engine(settings, engine, astronaut, eager_compile):
+def test_fast_path_engine_matches_the_plain_engine(
+    settings, engine, astronaut, eager_compile, monkeypatch
+):
     fast_engine = Engine(dataclasses.replace(settings, fast_path="on"), device="cpu")
     assert fast_engine.fast_path and "Fast path: on" in fast_engine.describe()
-    assert "SDPA (compiled by the fast path)" in fast_engine.describe()
+    assert "Attention: PyTorch SDPA" in fast_engine.describe()
+    steps_begun = []
+    monkeypatch.setattr(fast, "mark_step_begin", lambda: steps_begun.append(1))
     first = fast_engine.generate("canny", astronaut, "a robot", **REQUEST)
+    assert len(steps_begun) == REQUEST["steps"]  # CUDA graphs told at each step
     assert any("First request at 256x256" in warning for warning in first.warnings)
     steps = fast.applied(fast_engine.base_pipeline().unet)
     assert steps[:2] == ("channels_last", "fused_qkv") and steps[2].startswith("compile")
     assert fast.applied(fast_engine.controlnet("canny"))[-1].startswith("compile")
     again = fast_engine.generate("canny", astronaut, "a robot", **REQUEST)
     assert not any("First request" in warning for warning in again.warnings)  # compiled once
+    steps_begun.clear()
     plain = engine.generate("canny", astronaut, "a robot", **REQUEST)
+    assert not steps_begun  # nothing compiled, nothing to tell
     difference = np.abs(first.images[0].astype(int) - plain.images[0].astype(int))
     assert difference.max() <= 2, difference.max()
 
