@@ -29,6 +29,7 @@ class ControlUnit:
     strength: float
     start: float = 0.0  # control applies from this fraction of the steps ...
     end: float = 1.0  # ... to this one
+    label: str = "ControlNet"  # named on the page (e.g. when it compiles)
 
     def active(self, index: int, total: int) -> bool:
         return runs_at(self.strength, self.start, self.end, index, total)
@@ -85,6 +86,28 @@ def control_residuals(
     return total[:-1], total[-1]
 
 
+def zero_residuals(unet_config, sample: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Zeros shaped like a ControlNet's residuals for `sample` (B, 4, h, w): the UNet encoder's
+    skip outputs (conv_in, each resnet, each downsampler) and its middle block's output.
+
+    Compiled models take them when no ControlNet runs at a step (outside every control window):
+    adding zeros changes nothing, and the UNet keeps the one graph it compiled with residuals
+    instead of compiling a second one without them in the middle of a request.
+    """
+    batch, _, height, width = sample.shape
+    channels = list(unet_config.block_out_channels)
+    layers = unet_config.layers_per_block
+    layers = [layers] * len(channels) if isinstance(layers, int) else list(layers)
+    shapes = [(channels[0], height, width)]  # conv_in
+    for index, out_channels in enumerate(channels):
+        shapes += [(out_channels, height, width)] * layers[index]
+        if index < len(channels) - 1:  # a stride-2 convolution, padding 1: ceil(h / 2)
+            height, width = (height + 1) // 2, (width + 1) // 2
+            shapes.append((out_channels, height, width))
+    down = [sample.new_zeros(batch, *shape) for shape in shapes]
+    return down, sample.new_zeros(batch, channels[-1], height, width)
+
+
 @torch.inference_mode()
 def denoise(
     *,
@@ -118,6 +141,7 @@ def denoise(
     # 3. Denoising loop.
     timesteps = scheduler.timesteps
     compiled = fast.is_compiled(unet) or any(fast.is_compiled(unit.model) for unit in units)
+    zeros = None  # residuals for steps where no ControlNet runs, made once (compiled only)
     for index, timestep in enumerate(timesteps):
         if compiled:
             fast.mark_step_begin()  # CUDA graphs: last step's outputs are consumed
@@ -138,6 +162,10 @@ def denoise(
         else:
             residuals = control_residuals(active, model_input, timestep, embeds, mode, gamma)
 
+        if compiled:  # one UNet graph: residuals always given, in one memory format
+            if residuals is None:  # no ControlNet at this step: add zeros
+                residuals = zeros = zeros or zero_residuals(unet.config, model_input)
+            residuals = [r.contiguous() for r in residuals[0]], residuals[1].contiguous()
         down, middle = residuals if residuals is not None else (None, None)
         noise = unet(
             model_input,

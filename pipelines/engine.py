@@ -12,7 +12,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +117,11 @@ class Engine:
         # fp16 on CUDA; CPU kernels for fp16 are slow or missing, so fp32 there.
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         # The fast path (fp16, channels_last, fused QKV, torch.compile + CUDA graphs) or, for
-        # small cards, model CPU offload; compiled graphs are kept per shape (ShapeTracker).
+        # small cards, model CPU offload; each compiled model keeps its graphs per shape.
         self.low_memory = settings.low_memory
         self.fast_path = fast.fast_path_enabled(
             settings.fast_path, self.device, on_zero_gpu(), low_memory=self.low_memory
         )
-        self.shapes = fast.ShapeTracker()
         if self.fast_path:
             fast.configure_torch()
         if on_zero_gpu():  # no CUDA outside spaces.GPU functions: no probe at start
@@ -207,7 +206,6 @@ class Engine:
             if self.fast_path:
                 fast.speed_up_unet(pipe.unet)
                 fast.speed_up_vae(pipe.vae)
-                self.shapes.clear()  # a new base: its graphs are compiled anew
         logger.info("Base model %r ready", name)
         return pipe
 
@@ -569,6 +567,7 @@ class Engine:
                         unit.options.strength,
                         unit.options.control_start,
                         unit.options.control_end,
+                        label=f"{unit.condition.label} ControlNet",
                     )
                 )
             try:
@@ -691,18 +690,17 @@ class Engine:
         )
         noise = [torch.randn(shape, generator=generator) for generator in generators]
         latents = torch.cat(noise).to(self.device, self.dtype)
-        if self.fast_path:
-            shape = fast.ShapeKey(
-                options.num_images,
-                height,
-                width,
-                use_cfg,
-                len(units),
-                get_control_mode(options.control_mode).conditional_only,
+        if self.fast_path:  # "first request at this size: compiling, ..." where it does
+            shape = fast.ShapeKey(options.num_images, height, width, use_cfg)
+            controlnet_shape = replace(
+                shape, conditional_only=get_control_mode(options.control_mode).conditional_only
             )
-            notice = self.shapes.notice(shape)
+            compiling = fast.first_runs({"UNet": pipe.unet}, shape) + fast.first_runs(
+                {unit.label: unit.model for unit in units}, controlnet_shape
+            )
+            notice = fast.compile_notice(compiling, shape)
             if notice:
-                warnings.append(notice)  # "first request at this size: compiling, ..."
+                warnings.append(notice)
         latents = denoise(
             unet=pipe.unet,
             scheduler=make_scheduler(options.scheduler, pipe.scheduler.config),

@@ -6,8 +6,8 @@ Each step is a separate switch, so each can be tested (on CPU, without compiling
 - fused QKV projections: one matmul for q, k and v (self-attention) or k and v (cross-attention);
 - `torch.compile(fullgraph=True, mode="reduce-overhead")`: Inductor kernels replayed as CUDA graphs.
   Eager SD1.5 at batch 1 is launch-bound (DESIGN.md §6), so the graphs are where the time goes.
-  Each input shape (batch, height, width, CFG, units) compiles once, then is reused; `ShapeTracker`
-  tells the page which request pays that compile.
+  Each model compiles once per input shape (batch, height, width, CFG), then reuses it;
+  `first_runs` tells the page which request pays that compile.
 
 `low_memory` is the opposite trade for 8 GB cards: model CPU offload and VAE slicing, no compile.
 Nothing here knows about the engine; the engine calls these on the modules it loads.
@@ -238,13 +238,12 @@ def low_memory(pipe, device: torch.device | str) -> list[str]:
 
 @dataclass(frozen=True)
 class ShapeKey:
-    """What fixes the compiled graphs' shapes: a new value means a new compile."""
+    """What fixes a compiled model's input shapes: a new value means a new compile."""
 
     batch: int  # images per call
     height: int
     width: int
-    cfg: bool  # classifier-free guidance doubles the UNet's batch
-    units: int = 1  # ControlNets run
+    cfg: bool  # classifier-free guidance doubles the batch
     conditional_only: bool = False  # CFG-RW: the ControlNets see only the conditional half
 
     def describe(self) -> str:
@@ -252,39 +251,33 @@ class ShapeKey:
         return f"{self.width}x{self.height}, {images}"
 
 
-class ShapeTracker:
-    """Remembers the request shapes already compiled in this process (thread-safe)."""
+# The shapes each compiled module has run at are kept on the module itself: a model evicted from
+# the cache and loaded again, or a new base, is a new object that compiles anew, and is told so.
+SHAPES_ATTRIBUTE = "_fast_path_shapes"
+_shapes_lock = threading.Lock()
 
-    def __init__(self) -> None:
-        self._seen: set[ShapeKey] = set()
-        self._lock = threading.Lock()
 
-    def first_time(self, key: ShapeKey) -> bool:
-        """True exactly once per key: the first request of that shape (which pays the compile)."""
-        with self._lock:
-            if key in self._seen:
-                return False
-            self._seen.add(key)
-            return True
+def first_runs(modules: dict[str, torch.nn.Module], key: ShapeKey) -> list[str]:
+    """The names of the compiled `modules` that have not run at `key` yet (they compile now, in
+    this request), marking them as run; uncompiled modules are skipped. Thread-safe: of several
+    requests of one new shape, exactly one is told."""
+    with _shapes_lock:
+        first = []
+        for name, module in modules.items():
+            if not is_compiled(module):
+                continue
+            seen = module.__dict__.setdefault(SHAPES_ATTRIBUTE, set())
+            if key not in seen:
+                seen.add(key)
+                first.append(name)
+        return first
 
-    def seen(self, key: ShapeKey) -> bool:
-        with self._lock:
-            return key in self._seen
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._seen)
-
-    def clear(self) -> None:
-        """Forget everything (after `torch._dynamo.reset()` or a model switch)."""
-        with self._lock:
-            self._seen.clear()
-
-    def notice(self, key: ShapeKey) -> str | None:
-        """The page's message for the first request of a shape; None afterwards."""
-        if not self.first_time(key):
-            return None
-        return (
-            f"First request at {key.describe()}: the fast path compiled itself for this size "
-            "(about a minute, once). Later requests of this size reuse it."
-        )
+def compile_notice(names: list[str], key: ShapeKey) -> str | None:
+    """The page's message when `names` (models) compile for `key`; None when nothing does."""
+    if not names:
+        return None
+    return (
+        f"First request at {key.describe()} for the {' and the '.join(names)}: the fast path "
+        "compiled them for this size (about a minute, once). Later requests of this size reuse it."
+    )

@@ -195,6 +195,55 @@ def test_unet_and_controlnet_trace_as_one_graph_through_the_engine(tiny_dir):
         torch._dynamo.reset()
 
 
+def test_control_windows_and_guess_mode_keep_one_unet_graph(tiny_dir):
+    """Steps outside every control window give the compiled UNet zero residuals, so it never
+    compiles a second graph (without residuals) in the middle of a request."""
+    from pipelines.denoise import zero_residuals
+    from pipelines.engine import Engine
+
+    engine = Engine(Settings(models_dir=tiny_dir, limits=Limits(min_resolution=64)), device="cpu")
+    image = np.zeros((128, 128, 3), np.uint8)
+    image[::16] = 255
+    requests = [
+        {"control_end": 0.5},
+        {"control_start": 0.5},
+        {"control_start": 0.25, "control_end": 0.5},
+        {"strength": 0.0},
+    ]
+
+    def generate(**options):
+        result = engine.generate(
+            "canny", image, "a house", annotator="none", image_resolution=128, steps=4, **options
+        )
+        return np.stack(result.images)
+
+    try:
+        expected = [generate(seed=5, **request) for request in requests]
+        pipe, model = engine.base_pipeline(), engine.controlnet("canny")
+        real = model(
+            torch.zeros(2, 4, 16, 24),
+            torch.tensor(10),
+            encoder_hidden_states=torch.zeros(2, 77, pipe.unet.config.cross_attention_dim),
+            controlnet_cond=torch.zeros(2, 3, 128, 192),
+            return_dict=False,
+        )
+        down, middle = zero_residuals(pipe.unet.config, torch.zeros(2, 4, 16, 24))
+        assert [r.shape for r in down] == [r.shape for r in real[0]]
+        assert middle.shape == real[1].shape and not any(r.any() for r in (*down, middle))
+
+        torch._dynamo.reset()
+        counters = torch._dynamo.utils.counters
+        counters.clear()
+        fast.speed_up_unet(pipe.unet, backend="eager")
+        fast.speed_up_controlnet(model, backend="eager")
+        for request, eager in zip(requests, expected, strict=True):
+            got = generate(seed=5, **request)
+            assert np.abs(got.astype(int) - eager).max() <= 1, request
+        assert counters["stats"]["unique_graphs"] == 2  # the UNet once, the ControlNet once
+    finally:
+        torch._dynamo.reset()
+
+
 # ---- shapes, measurement, low memory -------------------------------------------------------------
 def test_shape_tracker_says_compiling_once_per_shape():
     tracker = fast.ShapeTracker()
