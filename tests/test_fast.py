@@ -245,29 +245,38 @@ def test_control_windows_and_guess_mode_keep_one_unet_graph(tiny_dir):
 
 
 # ---- shapes, measurement, low memory -------------------------------------------------------------
-def test_shape_tracker_says_compiling_once_per_shape():
-    tracker = fast.ShapeTracker()
+def test_each_compiled_model_is_announced_once_per_shape():
+    unet, controlnet, plain = (torch.nn.Linear(2, 2) for _ in range(3))
+    unet.compile(backend="eager")
+    controlnet.compile(backend="eager")
     key = fast.ShapeKey(batch=1, height=512, width=512, cfg=True)
-    message = tracker.notice(key)
-    assert message and "512x512, 1 image" in message and "compil" in message
-    assert tracker.notice(key) is None and tracker.seen(key)
-    assert tracker.notice(fast.ShapeKey(4, 512, 512, True)).count("4 images") == 1
-    assert tracker.first_time(fast.ShapeKey(1, 512, 512, True, conditional_only=True))
-    assert tracker.first_time(fast.ShapeKey(1, 512, 768, True))
-    assert len(tracker) == 4
-    tracker.clear()
-    assert not tracker.seen(key)
+    models = {"UNet": unet, "Canny ControlNet": controlnet, "plain": plain}
+    assert fast.first_runs(models, key) == ["UNet", "Canny ControlNet"]  # plain never compiles
+    message = fast.compile_notice(["UNet", "Canny ControlNet"], key)
+    assert "512x512, 1 image for the UNet and the Canny ControlNet" in message
+    assert fast.first_runs(models, key) == [] and fast.compile_notice([], key) is None
+    assert "4 images" in fast.compile_notice(["UNet"], fast.ShapeKey(4, 512, 512, True))
+    guess = fast.ShapeKey(1, 512, 512, True, conditional_only=True)
+    assert fast.first_runs({"Canny ControlNet": controlnet}, guess) == ["Canny ControlNet"]
+    assert fast.first_runs(models, fast.ShapeKey(1, 512, 768, True)) == ["UNet", "Canny ControlNet"]
 
-    # Many threads, one shape: exactly one of them is told it compiles.
+    # A model loaded again (evicted, then reloaded) is a new object: it compiles and is announced.
+    reloaded = torch.nn.Linear(2, 2)
+    reloaded.compile(backend="eager")
+    assert fast.first_runs({"Canny ControlNet": reloaded}, key) == ["Canny ControlNet"]
+
+    # Many threads, one new shape: exactly one of them is told it compiles.
+    new_key = fast.ShapeKey(2, 256, 256, False)
     firsts = []
     threads = [
-        threading.Thread(target=lambda: firsts.append(tracker.first_time(key))) for _ in range(16)
+        threading.Thread(target=lambda: firsts.append(fast.first_runs({"UNet": unet}, new_key)))
+        for _ in range(16)
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert firsts.count(True) == 1
+    assert firsts.count(["UNet"]) == 1 and firsts.count([]) == 15
 
 
 def test_low_memory_on_cpu_slices_the_vae(tiny_dir):
