@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import threading
 
 from settings import PROJECT_ROOT, Settings
 
@@ -30,6 +31,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def warm_up(engine) -> None:
+    """Compile the fast path for the default request while the page already serves; a request
+    arriving meanwhile waits for it (one generation at a time) instead of compiling again."""
+    try:
+        engine.warm_up()
+    except Exception as error:  # noqa: BLE001 (e.g. models not downloaded yet: requests say so)
+        logging.getLogger(__name__).warning("Fast-path warm-up skipped: %s", error)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(
@@ -40,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = Settings.from_env()
     engine = Engine(settings)
+    if settings.warm_up and engine.fast_path:
+        threading.Thread(target=warm_up, args=(engine,), daemon=True).start()
     demo = build_demo(engine, settings)
     demo.launch(
         server_name=args.host,

@@ -227,6 +227,9 @@ class Settings:
     low_memory: bool = False
     # Preview images during denoising with TAESD, when its weights are in MODELS_DIR.
     previews: bool = True
+    # With the fast path on: compile the default request's shape at start (in the background),
+    # so the first visitor does not wait for it.
+    warm_up: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -277,4 +280,5 @@ class Settings:
             fast_path=fast_path,
             low_memory=_env_flag(env, "LOW_MEMORY"),
             previews=_env_flag(env, "PREVIEWS", default=True),
+            warm_up=_env_flag(env, "WARM_UP", default=True),
         )

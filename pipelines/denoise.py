@@ -48,7 +48,7 @@ StepCallback = Callable[[int, int, torch.Tensor], None]  # (steps done, total, l
 
 def control_image_tensor(control_map: np.ndarray, device, dtype) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H, W) in [0, 1]; ControlNets take maps unnormalised."""
-    tensor = torch.from_numpy(np.ascontiguousarray(control_map)).permute(2, 0, 1)[None]
+    tensor = torch.from_numpy(np.array(control_map, dtype=np.uint8)).permute(2, 0, 1)[None]
     return tensor.to(device=device, dtype=dtype) / 255.0
 
 

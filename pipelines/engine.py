@@ -11,6 +11,7 @@ import gc
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -157,6 +158,23 @@ class Engine:
             + (" · Low-memory mode" if self.low_memory else "")
             + (" · NSFW filter on" if self.settings.safety_checker else "")
         )
+
+    def warm_up(self, condition: str = "canny") -> str | None:
+        """With the fast path on, compile the default request's shape now (the default base, the
+        ControlNet of `condition`, a square image at the default resolution, the default number
+        of images, CFG on): the first visitor then does not wait for it. Returns the compile
+        notice (None if nothing compiled or the fast path is off). Raises what a request would
+        (models missing, ...)."""
+        if not self.fast_path:
+            return None
+        started = time.perf_counter()
+        size = self.settings.defaults.image_resolution
+        result = self.generate(
+            condition, np.zeros((size, size, 3), np.uint8), "", annotator="none", steps=2
+        )
+        notice = next((w for w in result.warnings if w.startswith("First request at")), None)
+        logger.info("Fast path warmed up in %.1f s: %s", time.perf_counter() - started, notice)
+        return notice
 
     @property
     def base_model_names(self) -> list[str]:

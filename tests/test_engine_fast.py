@@ -101,3 +101,23 @@ def test_no_previews_without_the_taesd_weights(settings, astronaut):
     seen = []
     engine.generate("canny", astronaut, "x", on_preview=lambda *preview: seen.append(1), **REQUEST)
     assert engine.preview_decoder() is None and seen == []
+
+
+def test_warm_up_compiles_the_default_request_so_the_first_visitor_does_not(
+    settings, astronaut, eager_compile
+):
+    plain = Engine(settings, device="cpu")  # FAST_PATH=auto: off on a CPU
+    assert plain.warm_up() is None and plain.cached_base_models == []  # nothing loaded
+
+    fast_engine = Engine(dataclasses.replace(settings, fast_path="on"), device="cpu")
+    notice = fast_engine.warm_up()
+    size = settings.defaults.image_resolution
+    assert f"First request at {size}x{size}, 1 image for the UNet and the Canny ControlNet" in (
+        notice or ""
+    )
+    assert fast_engine.warm_up() is None  # compiled once
+    first_visitor = fast_engine.generate("canny", astronaut, "a robot", steps=2, seed=1)
+    assert astronaut.shape[:2] == (size, size)
+    assert not any("First request" in warning for warning in first_visitor.warnings)
+    other = fast_engine.generate("depth", astronaut, "a robot", steps=2, annotator="none")
+    assert any("for the Depth ControlNet" in warning for warning in other.warnings)
