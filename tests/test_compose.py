@@ -3,11 +3,19 @@ per-image seeds and parameters in every PNG (issue 4), on the tiny models."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+from test_browser import GENERATE_TIMEOUT_MS, THUMBNAIL
+from test_browser import page as page  # noqa: F401 (the headless Chromium fixture)
 
 from annotators import ANNOTATORS, make_control_map
 from annotators.util import fill_to, fitted_size, target_size
+from conftest import ASSETS
 from errors import InvalidRequestError
 from png_info import png_bytes_with_parameters, read_parameters
 from settings import DEFAULT_MODEL_IDS, V10_MODEL_IDS, parse_base_models
@@ -276,3 +284,251 @@ def test_parameters_round_trip_through_the_png(engine, astronaut):
     assert read["units"][0]["params"] == {"low_threshold": 50}
     assert read["units"][1]["model_id"] == DEFAULT_MODEL_IDS["depth"]
     assert (read["width"], read["height"]) == (256, 256)
+
+
+# ---- the Compose tab's annotator settings, through a real server -------------------------------
+# Per unit k, after every other keyword: `detect_resolution_k`, then each annotator parameter.
+UNIT_SETTINGS = [
+    "detect_resolution",
+    "low_threshold",
+    "high_threshold",
+    "value_threshold",
+    "distance_threshold",
+    "include_hands",
+    "include_face",
+    "bg_threshold",
+]
+QUICK = {"steps": 1, "image_resolution": 256, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def client(server) -> Client:
+    return Client(server.url, verbose=False)
+
+
+def compose(client, **keywords):
+    """/compose on the astronaut photo; (control maps as arrays, parameters of the first image)."""
+    gallery, _ = client.predict(
+        image=handle_file(ASSETS / "astronaut.png"),
+        prompt="a robot",
+        api_name="/compose",
+        **{**QUICK, **keywords},
+    )
+    maps = [np.asarray(Image.open(item["image"])) for item in gallery[:-1]]
+    return maps, read_parameters(gallery[-1]["image"])
+
+
+def test_unit_settings_come_last_with_the_reference_defaults(client):
+    endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    parameters = endpoint["/compose"]["parameters"]
+    names = [parameter["parameter_name"] for parameter in parameters]
+    added = [f"{name}_{number}" for number in (1, 2, 3) for name in UNIT_SETTINGS]
+    assert names[-len(added) :] == added  # appended: positional callers are not shifted
+    assert names.index("controlnet_version") == len(names) - len(added) - 1
+    defaults = {p["parameter_name"]: p["parameter_default"] for p in parameters}
+    assert all(p["parameter_has_default"] for p in parameters[-len(added) :])
+    # Each preset unit's annotator resolution: OpenPose 512, MiDaS depth 384, Canny (unused) 512.
+    assert [defaults[f"detect_resolution_{k}"] for k in (1, 2, 3)] == [512, 384, 512]
+    assert defaults["low_threshold_3"] == 100 and defaults["high_threshold_3"] == 200
+    assert defaults["include_hands_1"] is False and defaults["bg_threshold_2"] == 0.4
+
+
+def test_a_units_canny_thresholds_shape_its_map(client):
+    def edges(low, high):
+        maps, parameters = compose(
+            client,
+            condition_1="canny",
+            enabled_2=False,
+            low_threshold_1=low,
+            high_threshold_1=high,
+            bg_threshold_1=0.9,  # another annotator's: not sent, not refused
+        )
+        assert len(maps) == 1 and parameters["units"][0]["condition"] == "canny"
+        assert parameters["units"][0]["params"] == {"low_threshold": low, "high_threshold": high}
+        assert parameters["units"][0]["detect_resolution"] is None  # Canny runs at output size
+        return int((maps[0] > 127).any(axis=-1).sum())
+
+    many, few = edges(20, 60), edges(200, 250)
+    assert few < 0.8 * many, (few, many)  # the same map if the thresholds were lost
+
+
+def test_a_units_detect_resolution_and_flags_reach_the_engine(client):
+    keywords = {"condition_1": "openpose", "annotator_1": "mediapipe_pose", "strength_2": 0.0}
+    maps, parameters = compose(client, **keywords)  # the new keywords left out
+    assert [unit["detect_resolution"] for unit in parameters["units"]] == [512, 384]
+    assert parameters["units"][0]["params"] == {"include_hands": False, "include_face": False}
+    assert parameters["units"][1]["params"] == {}
+    coarse, parameters = compose(
+        client, **keywords, detect_resolution_2=128, include_hands_1=True, low_threshold_1=9
+    )
+    assert [unit["detect_resolution"] for unit in parameters["units"]] == [512, 128]
+    assert parameters["units"][0]["params"] == {"include_hands": True, "include_face": False}
+    assert differs(coarse[1], maps[1]) > 0.5  # MiDaS at 128 px: a blurrier depth map
+
+
+def test_a_normal_unit_takes_the_midas_background_threshold(client):
+    _, parameters = compose(
+        client,
+        condition_1="normal",
+        annotator_1="normal_midas",
+        detect_resolution_1=384,
+        bg_threshold_1=0.25,
+        low_threshold_1=7,  # Canny's: not this annotator's, left out
+        enabled_2=False,
+    )
+    unit = parameters["units"][0]
+    assert (unit["annotator"], unit["detect_resolution"]) == ("normal_midas", 384)
+    assert unit["params"] == {"bg_threshold": 0.25}
+
+
+@pytest.mark.parametrize(
+    ("keywords", "message"),
+    [
+        ({"detect_resolution_2": 50}, r"`detect_resolution_2` \(Annotator resolution\): .*50"),
+        ({"detect_resolution_3": 5000}, r"`detect_resolution_3` \(Annotator resolution\)"),
+        ({"low_threshold_1": 0}, r"`low_threshold_1` \(Canny low threshold\)"),
+        ({"bg_threshold_2": "deep"}, r"`bg_threshold_2` \(Normal background threshold\)"),
+    ],
+)
+def test_out_of_range_settings_are_refused_by_name_and_the_server_goes_on(
+    client, keywords, message
+):
+    with pytest.raises(AppError, match=message):
+        compose(client, enabled_2=False, **keywords)
+    maps, _ = compose(client, condition_1="canny", enabled_2=False)
+    assert len(maps) == 1 and maps[0].max() == 255
+
+
+# ---- the same, without a server: what the page shows and what the handler sends ----------------
+def visible(updates) -> dict[str, bool]:
+    from ui.compose import UNIT_SETTINGS as SETTINGS
+
+    names = [*SETTINGS, "note"]
+    return {name: update["visible"] for name, update in zip(names, updates, strict=True)}
+
+
+@pytest.mark.parametrize(
+    ("condition", "annotator", "shown", "resolution"),
+    [
+        ("canny", "", {"low_threshold", "high_threshold"}, None),
+        ("mlsd", "mlsd", {"detect_resolution", "value_threshold", "distance_threshold"}, 512),
+        ("openpose", "mediapipe_pose", {"detect_resolution", "include_hands", "include_face"}, 512),
+        ("depth", "", {"detect_resolution"}, 384),
+        ("normal", "", {"detect_resolution"}, 512),  # NormalBAE: no background threshold
+        ("normal", "normal_midas", {"detect_resolution", "bg_threshold"}, 384),
+        ("scribble", "", {"note"}, None),
+        ("depth", "none", {"note"}, None),
+        ("depth", "canny", {"detect_resolution"}, 384),  # not the condition's: its default
+    ],
+)
+def test_only_the_chosen_annotators_settings_are_shown(condition, annotator, shown, resolution):
+    from ui.compose import _settings_updates
+
+    updates = _settings_updates(condition, annotator, 512)
+    assert {name for name, on in visible(updates).items() if on} == shown
+    assert updates[0]["value"] == (resolution or 512)
+
+
+def test_the_handler_sends_only_the_chosen_annotators_settings():
+    from ui.compose import UNIT_PARAMS, _unit_settings
+
+    values = {"detect_resolution": 256, **{n: p.default for n, p in UNIT_PARAMS.items()}}
+    assert _unit_settings("canny", "", values) == {
+        "detect_resolution": None,
+        "params": {"low_threshold": 100, "high_threshold": 200},
+    }
+    assert _unit_settings("openpose", "mediapipe_pose", values) == {
+        "detect_resolution": 256,
+        "params": {"include_hands": False, "include_face": False},
+    }
+    assert _unit_settings("depth", "none", values) == {"detect_resolution": None, "params": {}}
+    # A pair the engine refuses gets nothing extra: the engine's message is about the pair.
+    assert _unit_settings("canny", "hed", values) == {"detect_resolution": None, "params": {}}
+    assert _unit_settings(["canny"], "", values) == {"detect_resolution": None, "params": {}}
+
+
+def test_each_unit_has_closed_annotator_settings_with_one_control_per_name():
+    from test_ui import FakeEngine
+
+    from settings import Settings
+    from ui import build_demo
+
+    demo = build_demo(FakeEngine(), Settings())
+    config = demo.get_config_file()
+    accordions = [
+        c["props"] for c in config["components"] if c["props"].get("label") == "Annotator settings"
+    ]
+    assert len(accordions) == 3 and not any(props["open"] for props in accordions)
+    parameters = demo.get_api_info()["named_endpoints"]["/compose"]["parameters"]
+    names = [parameter["parameter_name"] for parameter in parameters]
+    assert len(names) == len(set(names))
+    assert names.count("include_hands_1") == 1  # OpenPose's and MediaPipe's: one control
+
+
+@pytest.mark.browser
+def test_the_page_follows_each_units_condition_and_annotator(page, server):
+    """In Chromium: each unit's closed "Annotator settings" shows only its annotator's settings,
+    follows its dropdowns, and a Run sends them (hidden controls of other annotators included)."""
+    from playwright.sync_api import expect
+
+    page.goto(server.url)
+    page.get_by_role("tab", name="Compose").click()
+    panel = page.get_by_role("tabpanel").filter(visible=True)
+    resolution = panel.get_by_role("spinbutton", name="Annotator resolution")
+    settings = panel.get_by_role("button", name="Annotator settings")
+    expect(settings).to_have_count(3)
+    expect(resolution).to_have_count(0)  # closed by default
+    for index in range(3):
+        settings.nth(index).click()
+
+    def choose(label: str, unit: int, option: str) -> None:
+        panel.get_by_role("combobox", name=label).nth(unit).click()
+        page.get_by_role("option", name=option, exact=True).click()
+
+    def values(name: str) -> list[str]:
+        boxes = panel.get_by_role("spinbutton", name=name)
+        return [boxes.nth(index).input_value() for index in range(boxes.count())]
+
+    # Pose (OpenPose 512, hands, face), depth (MiDaS 384), Canny (thresholds, no resolution).
+    expect(resolution).to_have_count(2)
+    assert values("Annotator resolution") == ["512", "384"]
+    expect(panel.get_by_role("checkbox", name="Hands")).to_have_count(1)
+    expect(panel.get_by_role("spinbutton", name="Canny low threshold")).to_have_count(1)
+
+    choose("Condition", 2, "Lines (M-LSD)")
+    expect(panel.get_by_role("spinbutton", name="M-LSD value threshold")).to_have_count(1)
+    expect(panel.get_by_role("spinbutton", name="Canny low threshold")).to_have_count(0)
+    expect(resolution).to_have_count(3)
+    choose("Condition", 1, "Normal map")
+    expect(resolution.nth(1)).to_have_value("512")  # NormalBAE
+    choose("Annotator", 1, ANNOTATORS["normal_midas"].label)
+    expect(panel.get_by_role("spinbutton", name="Normal background threshold")).to_have_count(1)
+    expect(resolution.nth(1)).to_have_value("384")
+    choose("Annotator", 0, ANNOTATORS["none"].label)
+    expect(panel.get_by_text("This annotator has no settings.")).to_be_visible()
+    expect(panel.get_by_role("checkbox", name="Hands")).to_have_count(0)
+    choose("Annotator", 0, ANNOTATORS["mediapipe_pose"].label)
+    panel.get_by_role("checkbox", name="Hands").check()
+    resolution.nth(1).fill("256")
+    resolution.nth(1).press("Enter")
+    expect(panel.get_by_role("slider", name="Annotator resolution").nth(1)).to_have_value("256")
+
+    panel.get_by_role("button", name="Advanced options").click()
+    steps = panel.get_by_role("spinbutton", name="Steps")
+    steps.fill("1")
+    steps.press("Enter")
+    image = panel.get_by_test_id("image").first
+    image.locator("input[type=file]").set_input_files(ASSETS / "astronaut.png")
+    expect(image.locator("img")).to_have_attribute("src", re.compile(r"astronaut\.png$"))
+    panel.get_by_role("textbox", name="Prompt", exact=True).fill("a robot")
+    panel.get_by_role("button", name="Run", exact=True).click()
+    thumbnails = panel.get_by_role("button", name=THUMBNAIL)
+    errors = page.get_by_test_id("toast-body").filter(has_text="Error")
+    expect(thumbnails.nth(2).or_(errors.first)).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
+    assert not errors.count(), errors.all_inner_texts()
+    source = thumbnails.nth(2).get_by_role("img").get_attribute("src")
+    parameters = read_parameters(page.request.get(source).body())
+    assert [(u["annotator"], u["detect_resolution"], u["params"]) for u in parameters["units"]] == [
+        ("mediapipe_pose", 512, {"include_hands": True, "include_face": False}),
+        ("normal_midas", 256, {"bg_threshold": 0.4}),
+    ]

@@ -19,6 +19,7 @@ from PIL import Image
 from conditions import CONDITIONS
 from conftest import PROJECT_ROOT
 from settings import DEFAULT_MODEL_IDS
+from ui.compose import UNIT_SETTINGS
 
 README = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
 DOCUMENTED_URL = "http://127.0.0.1:7860"  # what the examples call; the tests swap in the server's
@@ -203,6 +204,7 @@ def test_keyword_table_matches_the_api(endpoints):
         elif endpoint == "/compose":
             units = {f"{name}_k" for name in ("enabled", "condition", "annotator", "strength")}
             units |= {"control_start_k", "control_end_k", "image_2", "image_3"}
+            units |= {f"{name}_k" for name in UNIT_SETTINGS}
             assert listed - {"image"} == units
             expanded = {name.replace("_k", f"_{k}") for name in units for k in (1, 2, 3)}
             assert names - shared - {"image", "prompt"} == expanded - {"image_1"}

@@ -15,6 +15,7 @@ from annotators import ANNOTATORS
 from conditions import CONDITIONS
 from conftest import ASSETS, PROJECT_ROOT
 from png_info import read_parameters
+from ui.compose import UNIT_SETTINGS
 
 FAST = {"steps": 2, "image_resolution": 256}
 GEOMETRY = ["aspect_ratio", "resize_mode"]
@@ -89,6 +90,7 @@ def test_api_names_and_keywords_follow_the_contract(client):
         *units,
         *(name for name in OPTIONS if name not in unit_options),
         *MODELS,
+        *(f"{name}_{number}" for number in (1, 2, 3) for name in UNIT_SETTINGS),
     ]
 
 

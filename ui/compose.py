@@ -1,22 +1,33 @@
 """The Compose tab and `/compose`: several conditions at once (paper Fig. 6, pose + depth).
 
 Each unit has its own switch, condition, annotator, image (or drawing), strength and control
-window; the engine sums the units' ControlNet residuals. A unit without an image of its own uses
-unit 1's, so one photo can give both its pose and its depth. API keywords: `image` and `prompt`
-(unit 1's image), then per unit k: `enabled_k`, `condition_k`, `annotator_k`, `image_k` (k > 1),
-`strength_k`, `control_start_k`, `control_end_k`, then the shared options.
+window, and in its "Annotator settings" its annotator's resolution and own parameters; the engine
+sums the units' ControlNet residuals. A unit without an image of its own uses unit 1's, so one
+photo can give both its pose and its depth. API keywords: `image` and `prompt` (unit 1's image),
+then per unit k: `enabled_k`, `condition_k`, `annotator_k`, `image_k` (k > 1), `strength_k`,
+`control_start_k`, `control_end_k`, then the shared options and models, then per unit k:
+`detect_resolution_k` and one `<param>_k` per annotator parameter (`UNIT_PARAMS`; a name shared by
+several annotators is one keyword). These last ones come after everything else so that callers
+passing arguments by position keep working; only the chosen annotator's are used.
+`detect_resolution_k` defaults to the resolution of the unit's preset annotator (e.g. 384 for the
+depth unit): set it when changing `condition_k` to an annotator with another default.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 
+from annotators import ANNOTATORS, Annotator, Param
 from conditions import CONDITIONS
 from settings import PROJECT_ROOT, Defaults, Limits
 from ui.controls import (
     GPU_QUEUE,
+    detect_resolution_slider,
     generation_controls,
     name_input_errors,
+    param_control,
     strength_slider,
     upload_image,
     user_errors,
@@ -28,21 +39,77 @@ from ui.tab import CANVAS_SIZE, canvas_image
 # (condition, switched on) for each unit slot: the paper's pose + depth, then edges, off.
 UNIT_PRESETS = (("openpose", True), ("depth", True), ("canny", False))  # at most 3 units
 UNIT_OPTIONS = ("enabled", "condition", "annotator", "strength", "control_start", "control_end")
+# The conditions a unit can take (a drawing is uploaded as a scribble).
+UNIT_CONDITIONS = tuple(c for c in CONDITIONS.values() if c.input_kind == "upload")
+
+
+def _unit_params() -> dict[str, Param]:
+    """Every parameter of every annotator a unit can choose, each name once (OpenPose's and
+    MediaPipe's `include_hands` are one control per unit)."""
+    params: dict[str, Param] = {}
+    for condition in UNIT_CONDITIONS:
+        for param in condition.params:
+            params.setdefault(param.name, param)
+    return params
+
+
+UNIT_PARAMS = _unit_params()
+# A unit's annotator settings, in API order (after the suffix `_k`).
+UNIT_SETTINGS = ("detect_resolution", *UNIT_PARAMS)
 
 
 def _annotator_choices(condition_name: str) -> list[tuple[str, str]]:
     """ "" (the condition's own default, so API callers can change only the condition) first."""
-    from annotators import ANNOTATORS
-
     names = CONDITIONS[condition_name].annotators
     return [(f"Default ({ANNOTATORS[names[0]].label})", "")] + [
         (ANNOTATORS[name].label, name) for name in names
     ]
 
 
+def _chosen_annotator(condition_name: Any, annotator: Any) -> Annotator | None:
+    """The annotator a unit runs ("" = the condition's default); None if the engine will refuse
+    the pair (it then says why)."""
+    condition = CONDITIONS.get(condition_name) if isinstance(condition_name, str) else None
+    if condition is None:
+        return None
+    name = annotator or condition.annotators[0]
+    return ANNOTATORS[name] if name in condition.annotators else None
+
+
+def _unit_settings(condition: Any, annotator: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """The unit's `detect_resolution` and `params` for the engine: the chosen annotator's only.
+
+    A classical annotator (Canny) runs at the output size, so it gets no detect resolution (and
+    the PNG records none); the other annotators' parameters are left out, as the engine refuses
+    names no annotator of the condition has.
+    """
+    chosen = _chosen_annotator(condition, annotator)
+    if chosen is None:
+        return {"detect_resolution": None, "params": {}}
+    detect = values["detect_resolution"] if chosen.default_detect_resolution else None
+    return {
+        "detect_resolution": detect,
+        "params": {param.name: values[param.name] for param in chosen.params},
+    }
+
+
+def _settings_updates(condition: Any, annotator: Any, default_detect: int) -> list[dict]:
+    """Updates for [detect resolution, each of `UNIT_PARAMS`, the "no settings" note]: show only
+    the chosen annotator's, and reset its resolution to its reference default (384 for MiDaS)."""
+    chosen = _chosen_annotator(condition, annotator) or _chosen_annotator(condition, "")
+    own = {param.name for param in chosen.params} if chosen else set()
+    resolution = chosen.default_detect_resolution if chosen else None
+    return [
+        gr.update(visible=resolution is not None, value=resolution or default_detect),
+        *(gr.update(visible=name in own) for name in UNIT_PARAMS),
+        gr.update(visible=resolution is None and not own),
+    ]
+
+
 def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defaults):
-    """One unit's column; returns its controls by API keyword (without the `_k` suffix)."""
-    uploads = [(c.label, c.name) for c in CONDITIONS.values() if c.input_kind == "upload"]
+    """One unit's column; returns its controls and its annotator settings by API keyword (without
+    the `_k` suffix)."""
+    uploads = [(c.label, c.name) for c in UNIT_CONDITIONS]
     with gr.Column(variant="panel", min_width=260):
         controls = {
             "enabled": gr.Checkbox(label=f"Unit {number} on", value=enabled),
@@ -71,14 +138,32 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
             use_sketch = gr.Button("Use this drawing", size="sm")
         controls["strength"] = strength_slider(limits, defaults, label="Strength")
         controls.update(window_sliders(defaults))
+        # The preset's default annotator decides what shows first; then the choice is followed.
+        shown = _settings_updates(condition_name, "", defaults.detect_resolution)
+        with gr.Accordion("Annotator settings", open=False):
+            settings = {
+                "detect_resolution": detect_resolution_slider(limits, shown[0]["value"]),
+                **{name: param_control(param) for name, param in UNIT_PARAMS.items()},
+            }
+            note = gr.Markdown("This annotator has no settings.")
+        for component, update in zip([*settings.values(), note], shown, strict=True):
+            component.visible = update["visible"]
 
     condition, annotator = controls["condition"], controls["annotator"]
+    followers = [*settings.values(), note]
     condition.change(
-        lambda name: gr.update(
-            choices=_annotator_choices(name), value=CONDITIONS[name].annotators[0]
-        ),
+        lambda name: [
+            gr.update(choices=_annotator_choices(name), value=CONDITIONS[name].annotators[0]),
+            *_settings_updates(name, "", defaults.detect_resolution),
+        ],
         inputs=condition,
-        outputs=annotator,
+        outputs=[annotator, *followers],
+        api_visibility="private",
+    )
+    annotator.change(
+        lambda name, chosen: _settings_updates(name, chosen, defaults.detect_resolution),
+        inputs=[condition, annotator],
+        outputs=followers,
         api_visibility="private",
     )
     # A drawing becomes this unit's image, read as a scribble (dark strokes on white).
@@ -88,7 +173,7 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
         outputs=[controls["image"], condition, controls["enabled"]],
         api_visibility="private",
     )
-    return controls
+    return controls, settings
 
 
 def build_compose_tab(
@@ -105,7 +190,7 @@ def build_compose_tab(
             "ControlNet adds its residuals. A unit with no image of its own uses unit 1's."
         )
         with gr.Row(equal_height=False):
-            unit_controls = [
+            unit_columns = [
                 _unit_controls(number, name, enabled, limits, defaults)
                 for number, (name, enabled) in enumerate(units, start=1)
             ]
@@ -119,7 +204,7 @@ def build_compose_tab(
                     examples=[
                         [str(PROJECT_ROOT / "assets" / "astronaut.png"), "a chef in a kitchen"]
                     ],
-                    inputs=[unit_controls[0]["image"], prompt],
+                    inputs=[unit_columns[0][0]["image"], prompt],
                 )
             with gr.Column():
                 gallery = gr.Gallery(
@@ -130,11 +215,17 @@ def build_compose_tab(
                 )
 
     # API keywords: unit 1's image is `image`; every other unit field gets the suffix `_k`.
-    first_image = unit_controls[0].pop("image")
+    first_image = unit_columns[0][0].pop("image")
     unit_inputs = {
         f"{name}_{number}": component
-        for number, controls in enumerate(unit_controls, start=1)
+        for number, (controls, _) in enumerate(unit_columns, start=1)
         for name, component in controls.items()
+    }
+    # The annotator settings come last: existing positional callers are not shifted.
+    settings_inputs = {
+        f"{name}_{number}": component
+        for number, (_, settings) in enumerate(unit_columns, start=1)
+        for name, component in settings.items()
     }
 
     # image_2 / image_3 default to None so API callers may leave them out (unit 1's is used).
@@ -144,6 +235,8 @@ def build_compose_tab(
         raw_units = []
         for number in range(1, len(units) + 1):
             unit = {name: kwargs.pop(f"{name}_{number}") for name in UNIT_OPTIONS}
+            values = {name: kwargs.pop(f"{name}_{number}") for name in UNIT_SETTINGS}
+            unit.update(_unit_settings(unit["condition"], unit["annotator"], values))
             unit["image"] = images[number - 1]
             raw_units.append(unit)
 
@@ -154,12 +247,13 @@ def build_compose_tab(
 
         yield from stream_generation(call, progress, store)
 
-    name_input_errors({**unit_inputs, **options, **models})
+    inputs_kwargs = {**unit_inputs, **options, **models, **settings_inputs}
+    name_input_errors(inputs_kwargs)
     gr.on(
         triggers=[run.click, prompt.submit],
         fn=compose,
         inputs=[first_image, prompt],
-        inputs_kwargs={**unit_inputs, **options, **models},
+        inputs_kwargs=inputs_kwargs,
         outputs=[gallery, seed_used],
         api_name="compose",
         concurrency_id=GPU_QUEUE,
