@@ -44,6 +44,9 @@ class ModelCache(Generic[Value]):
     def keys(self) -> list[str]:
         return list(self._items)
 
+    def values(self) -> list[Value]:
+        return list(self._items.values())
+
     def clear(self) -> None:
         """Drop every model and free their memory."""
         if self._items:

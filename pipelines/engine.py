@@ -120,6 +120,7 @@ class Engine:
         # The fast path (fp16, channels_last, fused QKV, torch.compile + CUDA graphs) or, for
         # small cards, model CPU offload; each compiled model keeps its graphs per shape.
         self.low_memory = settings.low_memory
+        self.fast_path_failure: str | None = None  # why the fast path was left, if it was
         self.fast_path = fast.fast_path_enabled(
             settings.fast_path, self.device, on_zero_gpu(), low_memory=self.low_memory
         )
@@ -155,6 +156,7 @@ class Engine:
             f"Device: {self.device} ({str(self.dtype).removeprefix('torch.')}) · "
             f"Attention: {self.attention} · Base models: {len(self.settings.base_models)}"
             + f" · Fast path: {'on' if self.fast_path else 'off'}"
+            + (" (it failed to compile)" if self.fast_path_failure else "")
             + (" · Low-memory mode" if self.low_memory else "")
             + (" · NSFW filter on" if self.settings.safety_checker else "")
         )
@@ -698,44 +700,74 @@ class Engine:
             negative_prompt=options.negative_prompt if use_cfg else None,
         )
         height, width = size
-        # One generator per image, on the CPU: image i is seed + i alone too, on any device.
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         shape = (
             1,
             pipe.unet.config.in_channels,
             height // pipe.vae_scale_factor,
             width // pipe.vae_scale_factor,
         )
-        noise = [torch.randn(shape, generator=generator) for generator in generators]
-        latents = torch.cat(noise).to(self.device, self.dtype)
+
+        def run() -> torch.Tensor:
+            # One generator per image, on the CPU: image i is seed + i alone too, on any device.
+            # Made afresh on each run, so a run again draws exactly what the first one drew.
+            generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+            noise = [torch.randn(shape, generator=generator) for generator in generators]
+            return denoise(
+                unet=pipe.unet,
+                scheduler=make_scheduler(options.scheduler, pipe.scheduler.config),
+                units=units,
+                prompt_embeds=prompt_embeds,
+                negative_embeds=negative_embeds if use_cfg else None,
+                latents=torch.cat(noise).to(self.device, self.dtype),
+                steps=options.steps,
+                guidance_scale=options.guidance_scale,
+                mode=get_control_mode(options.control_mode),
+                gamma=options.resolution_weighting,
+                generator=generators,
+                eta=options.eta,
+                on_progress=on_progress,
+                on_step=self._previewer(on_preview, options.steps),
+            )
+
+        notice = None
         if self.fast_path:  # "first request at this size: compiling, ..." where it does
-            shape = fast.ShapeKey(options.num_images, height, width, use_cfg)
-            controlnet_shape = replace(
-                shape, conditional_only=get_control_mode(options.control_mode).conditional_only
+            key = fast.ShapeKey(options.num_images, height, width, use_cfg)
+            controlnet_key = replace(
+                key, conditional_only=get_control_mode(options.control_mode).conditional_only
             )
-            compiling = fast.first_runs({"UNet": pipe.unet}, shape) + fast.first_runs(
-                {unit.label: unit.model for unit in units}, controlnet_shape
+            compiling = fast.first_runs({"UNet": pipe.unet}, key) + fast.first_runs(
+                {unit.label: unit.model for unit in units}, controlnet_key
             )
-            notice = fast.compile_notice(compiling, shape)
-            if notice:
-                warnings.append(notice)
-        latents = denoise(
-            unet=pipe.unet,
-            scheduler=make_scheduler(options.scheduler, pipe.scheduler.config),
-            units=units,
-            prompt_embeds=prompt_embeds,
-            negative_embeds=negative_embeds if use_cfg else None,
-            latents=latents,
-            steps=options.steps,
-            guidance_scale=options.guidance_scale,
-            mode=get_control_mode(options.control_mode),
-            gamma=options.resolution_weighting,
-            generator=generators,
-            eta=options.eta,
-            on_progress=on_progress,
-            on_step=self._previewer(on_preview, options.steps),
-        )
+            notice = fast.compile_notice(compiling, key)
+        try:
+            latents = run()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:
+            if notice is None:  # nothing compiled in this request: not the fast path's doing
+                raise
+            notice = self._leave_fast_path(error, pipe)
+            latents = run()
+        if notice:
+            warnings.append(notice)
         return self._decode(pipe.vae, latents, warnings), warnings
+
+    def _leave_fast_path(self, error: Exception, pipe) -> str:
+        """A compile failed: run eagerly from now on (this request too) and say why."""
+        logger.exception("The fast path failed to compile; continuing without it")
+        self.fast_path = False
+        for module in (pipe.unet, pipe.vae, *self._controlnets.values()):
+            fast.uncompile(module)
+        torch._dynamo.reset()
+        cause: BaseException = error  # the compiler's own error, not Dynamo's wrapper
+        while (inner := getattr(cause, "inner_exception", None) or cause.__cause__) is not None:
+            cause = inner
+        reason = (f"{type(cause).__name__}: {cause}".strip().splitlines() or ["?"])[0][:200]
+        self.fast_path_failure = reason
+        return (
+            f"The fast path could not compile ({reason}); this and later requests run without "
+            "it, eagerly (slower, same images)."
+        )
 
     def _previewer(self, on_preview: PreviewCallback | None, steps: int):
         """A denoise step callback that decodes the latents with TAESD every few steps."""

@@ -73,6 +73,15 @@ def is_compiled(module: torch.nn.Module) -> bool:
     return getattr(module, "_compiled_call_impl", None) is not None
 
 
+def uncompile(module: torch.nn.Module) -> None:
+    """Undo `module.compile()`: its calls run eagerly again (channels_last and fused QKV stay,
+    they are eager-safe)."""
+    if is_compiled(module):
+        module._compiled_call_impl = None
+        setattr(module, APPLIED_ATTRIBUTE, tuple(s for s in applied(module) if "compile" not in s))
+    module.__dict__.pop(SHAPES_ATTRIBUTE, None)
+
+
 def mark_step_begin() -> None:
     """Tell CUDA graphs a new denoising step begins: the outputs the last replay gave (the UNet's
     noise, the ControlNets' residuals) are done with, so the next replay may reuse their memory.

@@ -121,3 +121,29 @@ def test_warm_up_compiles_the_default_request_so_the_first_visitor_does_not(
     assert not any("First request" in warning for warning in first_visitor.warnings)
     other = fast_engine.generate("depth", astronaut, "a robot", steps=2, annotator="none")
     assert any("for the Depth ControlNet" in warning for warning in other.warnings)
+
+
+def test_a_failed_compile_leaves_the_fast_path_and_still_gives_the_images(
+    settings, engine, astronaut, monkeypatch
+):
+    real = fast.compile_in_place
+
+    def no_compiler(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(
+        fast, "compile_in_place", lambda module, **options: real(module, backend=no_compiler)
+    )
+    fast_engine = Engine(dataclasses.replace(settings, fast_path="on"), device="cpu")
+    first = fast_engine.generate("canny", astronaut, "a robot", **REQUEST)
+    assert any("could not compile" in w and "no C++ compiler" in w for w in first.warnings)
+    assert not any("First request" in warning for warning in first.warnings)
+    assert not fast_engine.fast_path and "Fast path: off (it failed to compile)" in (
+        fast_engine.describe()
+    )
+    unet = fast_engine.base_pipeline().unet
+    assert not fast.is_compiled(unet) and not fast.is_compiled(fast_engine.controlnet("canny"))
+    plain = engine.generate("canny", astronaut, "a robot", **REQUEST)
+    assert np.abs(first.images[0].astype(int) - plain.images[0].astype(int)).max() <= 1
+    again = fast_engine.generate("canny", astronaut, "a robot", **REQUEST)
+    assert again.warnings == [] and np.array_equal(again.images[0], first.images[0])
