@@ -92,15 +92,12 @@ GIB = 2**30
 # ---- SD1.5 at full size (Hub configs of stable-diffusion-v1-5 and control_v11p_sd15_canny) ----
 _SD15_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 _SD15_UP = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
-UNET_CONFIG: dict[str, Any] = {
-    "sample_size": 64,
+# What the UNet's encoder and the ControlNet (its trainable copy, paper §3.2) share.
+_SD15_ENCODER: dict[str, Any] = {
     "in_channels": 4,
-    "out_channels": 4,
-    "center_input_sample": False,
     "flip_sin_to_cos": True,
     "freq_shift": 0,
     "down_block_types": _SD15_DOWN,
-    "up_block_types": _SD15_UP,
     "block_out_channels": (320, 640, 1280, 1280),
     "layers_per_block": 2,
     "downsample_padding": 1,
@@ -111,21 +108,16 @@ UNET_CONFIG: dict[str, Any] = {
     "cross_attention_dim": 768,
     "attention_head_dim": 8,
 }
+UNET_CONFIG: dict[str, Any] = {
+    **_SD15_ENCODER,
+    "sample_size": 64,
+    "out_channels": 4,
+    "center_input_sample": False,
+    "up_block_types": _SD15_UP,
+}
 CONTROLNET_CONFIG: dict[str, Any] = {
-    "in_channels": 4,
+    **_SD15_ENCODER,
     "conditioning_channels": 3,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "down_block_types": _SD15_DOWN,
-    "block_out_channels": (320, 640, 1280, 1280),
-    "layers_per_block": 2,
-    "downsample_padding": 1,
-    "mid_block_scale_factor": 1,
-    "act_fn": "silu",
-    "norm_num_groups": 32,
-    "norm_eps": 1e-5,
-    "cross_attention_dim": 768,
-    "attention_head_dim": 8,
     "conditioning_embedding_out_channels": (16, 32, 96, 256),
     "controlnet_conditioning_channel_order": "rgb",
 }

@@ -482,8 +482,12 @@ def test_the_page_follows_each_units_condition_and_annotator(page, server):
         settings.nth(index).click()
 
     def choose(label: str, unit: int, option: str) -> None:
-        panel.get_by_role("combobox", name=label).nth(unit).click()
+        expect(page.get_by_role("option")).to_have_count(0)  # no other list still open
+        combobox = panel.get_by_role("combobox", name=label).nth(unit)
+        combobox.click()
         page.get_by_role("option", name=option, exact=True).click()
+        combobox.blur()  # close this list: the next choice must find only its own options
+        expect(page.get_by_role("option")).to_have_count(0)
 
     def values(name: str) -> list[str]:
         boxes = panel.get_by_role("spinbutton", name=name)
