@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--resolution-weighting", type=float)
     generate.add_argument("--scheduler", help="UniPC, DDIM, 'Euler a', 'DPM++ 2M Karras'")
     generate.add_argument("--eta", type=float)
+    generate.add_argument(
+        "--cache-interval", type=int, help="feature caching: a full UNet step every N steps"
+    )
     generate.add_argument("--added-prompt")
     generate.add_argument("--negative-prompt")
     generate.set_defaults(func=run_generate)

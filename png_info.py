@@ -46,8 +46,8 @@ _CONTROL_MODES = {
 }
 _SHARED_KEYS = (
     "prompt", "added_prompt", "negative_prompt", "seed", "steps", "guidance_scale", "scheduler",
-    "eta", "control_mode", "resolution_weighting", "image_resolution", "aspect_ratio",
-    "resize_mode", "base_model", "controlnet_version",
+    "eta", "cache_interval", "control_mode", "resolution_weighting", "image_resolution",
+    "aspect_ratio", "resize_mode", "base_model", "controlnet_version",
 )  # fmt: skip
 _UNIT_KEYS = ("condition", "annotator", "strength", "control_start", "control_end")
 

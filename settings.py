@@ -162,6 +162,9 @@ class Limits:
     max_guidance: float = 30.0
     max_strength: float = 2.0
     max_resolution_weighting: float = 3.0
+    # Feature caching: a full UNet step every N steps. Beyond ~5 the images drift visibly; 10 is
+    # a generous ceiling that still bounds how stale the deep features get.
+    max_cache_interval: int = 10
     max_units: int = 3  # ControlNets composed in one generation (the Compose tab)
     # CLIP reads 77 tokens; longer prompts are cut with a warning. This only bounds the work of
     # tokenising what a caller sends.
@@ -186,6 +189,7 @@ class Defaults:
     guidance_scale: float = 9.0
     seed: int = -1  # -1 draws a random seed; the one used is returned
     eta: float = 0.0
+    cache_interval: int = 1  # feature caching off: the exact images
     control_start: float = 0.0  # fraction of the steps where control starts ...
     control_end: float = 1.0  # ... and ends
     aspect_ratio: str = "image"  # the output keeps the input image's aspect

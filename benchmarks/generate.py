@@ -21,6 +21,12 @@ CFG 7.5, one ControlNet):
   engine_fast_batch4     the fast engine, 4 images per call
   stock_eager_batch4     stock eager, 4 images per call
   stock_compiled_batch4  stock compiled, 4 images per call
+  cache_fast             the fast engine with feature caching (DeepCache, cache_interval=3):
+                         its wrappers compiled like the UNet, batch 1
+
+cache_eager, between engine_eager and engine_fast, is the eager engine with feature caching. The
+two cache phases change the images by design (an opt-in): they report their difference from the
+exact eager images but are not held to --tolerance.
 
 Phases run in that order whatever the order given to --phases: the targets' own numbers first, the
 new-shape compiles of batch 4 last, so a --deadline-s cut drops the least. The engine and the stock
@@ -67,13 +73,21 @@ import torch  # noqa: E402
 from pipelines import fast  # noqa: E402
 from settings import DEFAULT_MODEL_IDS, Limits, Settings  # noqa: E402
 
-ENGINE_PHASES = ("engine_eager", "engine_fast", "engine_fast_batch4", "guess_mode")
+ENGINE_PHASES = (
+    "engine_eager",
+    "cache_eager",
+    "engine_fast",
+    "engine_fast_batch4",
+    "guess_mode",
+    "cache_fast",
+)
 STOCK_PHASES = ("stock_eager", "stock_compiled", "stock_eager_batch4", "stock_compiled_batch4")
 # The run order: what the issue's targets need first (batch 1 beside stock compiled), so that a
 # --deadline-s cut, or a device lease running out, drops the least. Each compile of a new shape
 # costs a minute or two on an H200 (DESIGN.md §6), so the batch-4 compiles come last.
 PHASES = (
     "engine_eager",
+    "cache_eager",  # eager: seconds, no compile
     "engine_fast",
     "stock_eager",
     "stock_compiled",
@@ -82,8 +96,10 @@ PHASES = (
     "engine_fast_batch4",
     "stock_eager_batch4",
     "stock_compiled_batch4",
+    "cache_fast",  # an opt-in that changes the images: after every exact-path number
 )
 BATCH4 = 4
+CACHE_INTERVAL = 3  # feature caching's full UNet step every 3 steps (DeepCache's common N)
 PROMPT = "a photo of a house by a lake"
 NEGATIVE = "lowres, bad anatomy, worst quality, low quality"
 CONTROL_ROLE = "canny"
@@ -428,18 +444,31 @@ def make_engine(models_dir: Path, cfg: Config):
     return Engine(Settings(**options), device=str(cfg.device))
 
 
-def engine_call(engine, image: np.ndarray, cfg: Config, batch: int, mode: str, warnings: set):
+@dataclass(frozen=True)
+class EngineSetup:
+    batch: int = 1
+    mode: str = "balanced"  # control mode
+    cache_interval: int = 1  # > 1: feature caching, which changes the images
+
+    @property
+    def exact(self) -> EngineSetup:
+        """The setup whose eager images this one is compared with."""
+        return dataclasses.replace(self, cache_interval=1)
+
+
+def engine_call(engine, image: np.ndarray, cfg: Config, setup: EngineSetup, warnings: set):
     def call() -> np.ndarray:
         result = engine.generate(
             CONTROL_ROLE,
             image,
             PROMPT,
             annotator="none",
-            num_images=batch,
+            num_images=setup.batch,
+            cache_interval=setup.cache_interval,
             steps=cfg.steps,
             guidance_scale=cfg.guidance,
             seed=cfg.seed,
-            control_mode=mode,
+            control_mode=setup.mode,
             image_resolution=cfg.size,
             added_prompt="",
             negative_prompt=NEGATIVE,
@@ -465,12 +494,29 @@ def apply_fast_path(engine, cfg: Config) -> dict[str, list[str]]:
     }
 
 
-ENGINE_SETUPS = {  # phase -> (batch, control mode)
-    "engine_eager": (1, "balanced"),
-    "engine_fast": (1, "balanced"),
-    "engine_fast_batch4": (BATCH4, "balanced"),
-    "guess_mode": (1, "controlnet"),
+def apply_feature_cache_fast_path(engine, cfg: Config) -> dict[str, list[str]]:
+    """What the engine does itself for a feature-caching request when FAST_PATH is on: its
+    wrappers around the UNet and the ControlNet compiled like them."""
+    from pipelines import feature_cache
+
+    wrappers = {
+        "unet": feature_cache.caching_unet(engine.base_pipeline().unet),
+        "controlnet": feature_cache.shallow_controlnet(engine.controlnet(CONTROL_ROLE)),
+    }
+    for wrapper in wrappers.values():
+        fast.speed_up_wrapper(wrapper, compile=cfg.compile, backend=cfg.backend)
+    return {name: list(fast.applied(wrapper)) for name, wrapper in wrappers.items()}
+
+
+ENGINE_SETUPS = {
+    "engine_eager": EngineSetup(),
+    "cache_eager": EngineSetup(cache_interval=CACHE_INTERVAL),
+    "engine_fast": EngineSetup(),
+    "engine_fast_batch4": EngineSetup(batch=BATCH4),
+    "guess_mode": EngineSetup(mode="controlnet"),
+    "cache_fast": EngineSetup(cache_interval=CACHE_INTERVAL),
 }
+EAGER_ENGINE_PHASES = ("engine_eager", "cache_eager")  # run before the fast path is applied
 
 
 # ---- stock diffusers -----------------------------------------------------------------------------
@@ -566,40 +612,46 @@ class Bench:
         if self.engine is None:
             self.engine = make_engine(self.models_dir, cfg)
         engine = self.engine
-        batch, mode = ENGINE_SETUPS[phase]
+        setup = ENGINE_SETUPS[phase]
+        eager = phase in EAGER_ENGINE_PHASES
         warnings: set[str] = set()
-        extra: dict[str, Any] = {"control_mode": mode, "attention": str(engine.attention)}
-        call = engine_call(engine, self.image, cfg, batch, mode, warnings)
-        if phase == "engine_eager":
-            record, images = measure(
-                phase, call, cfg=cfg, batch=batch, compiled=False, resident=self.engine_bytes()
-            )
-            self.references[(batch, mode)] = images
-            # The eager images the fast phases to come must match, one eager call each.
-            for other in later:
-                setup = ENGINE_SETUPS.get(other)
-                if setup and setup not in self.references:
-                    began = time.perf_counter()
-                    self.references[setup] = engine_call(
-                        engine, self.image, cfg, *setup, warnings
-                    )()
-                    extra[f"eager_{other}_call_s"] = round(time.perf_counter() - began, 3)
-        else:
+        extra: dict[str, Any] = {
+            "control_mode": setup.mode,
+            "cache_interval": setup.cache_interval,
+            "attention": str(engine.attention),
+        }
+        if not eager:
             if self.fast_steps is None:
                 self.fast_steps = apply_fast_path(engine, cfg)
             extra["fast_path"] = self.fast_steps
-            record, images = measure(
-                phase,
-                call,
-                cfg=cfg,
-                batch=batch,
-                compiled=cfg.compile,
-                resident=self.engine_bytes(),
-            )
-            result = compare(images, self.references.get((batch, mode)), cfg.tolerance)
-            extra.update(result)
-            if result.get("matches_eager") is False:
+            if setup.cache_interval > 1:
+                extra["fast_path_feature_cache"] = apply_feature_cache_fast_path(engine, cfg)
+        record, images = measure(
+            phase,
+            engine_call(engine, self.image, cfg, setup, warnings),
+            cfg=cfg,
+            batch=setup.batch,
+            compiled=cfg.compile and not eager,
+            resident=self.engine_bytes(),
+        )
+        if phase == "engine_eager":
+            self.references[setup] = images
+            # The exact eager images the phases to come are compared with, one call each.
+            for other in later:
+                wanted = ENGINE_SETUPS.get(other)
+                if wanted and wanted.exact not in self.references:
+                    began = time.perf_counter()
+                    self.references[wanted.exact] = engine_call(
+                        engine, self.image, cfg, wanted.exact, warnings
+                    )()
+                    extra[f"eager_{other}_call_s"] = round(time.perf_counter() - began, 3)
+        else:
+            result = compare(images, self.references.get(setup.exact), cfg.tolerance)
+            if setup.cache_interval > 1:  # an opt-in that changes the images: reported only
+                result["changes_images"] = result.pop("matches_eager") is not None
+            elif result.get("matches_eager") is False:
                 self.run.mismatches.append(phase)
+            extra.update(result)
         self.outputs[phase] = images
         record.update(extra)
         record["warnings"] = sorted(warnings)
@@ -658,7 +710,7 @@ class Bench:
             warnings: set[str] = set()
             record, _ = measure(
                 "low_memory",
-                engine_call(engine, self.image, cfg, 1, "balanced", warnings),
+                engine_call(engine, self.image, cfg, EngineSetup(), warnings),
                 cfg=cfg,
                 batch=1,
                 compiled=False,
@@ -701,6 +753,9 @@ def summary(run: Run, cfg: Config, outputs: dict, setup: dict, started: float) -
             ("stock_eager_batch4", "engine_fast_batch4"),
             ("stock_compiled_batch4", "engine_fast_batch4"),
             ("stock_eager", "engine_eager"),
+            ("engine_eager", "cache_eager"),  # what feature caching gains, eager ...
+            ("engine_fast", "cache_fast"),  # ... and on the fast path
+            ("stock_compiled", "cache_fast"),
         )
     }
     engine_records = [r for p, r in records.items() if p in ENGINE_PHASES]

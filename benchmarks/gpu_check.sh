@@ -2,9 +2,11 @@
 # The GPU check of issue 7 in one command, for a machine that has python3 with torch (CUDA) and
 # transformers but no diffusers and no internet (the lent device machines): the wheels it lacks
 # travel in .whl/ (see README, "Benchmarks"). Writes generate.py's JSON lines to $OUT (default
-# ./gpu-check/). No phase starts after DEADLINE seconds; the whole run stops at LIMIT seconds.
+# ./gpu-check/). No phase starts after DEADLINE seconds; generate.py stops at LIMIT seconds. Then,
+# while the whole script is under TOTAL seconds, feature_cache.py times a full and a shallow
+# feature-caching step at 512 px ($OUT/feature_cache.jsonl).
 #
-#   OUT=/tmp/out LIMIT=560 DEADLINE=420 bash benchmarks/gpu_check.sh [generate.py options]
+#   OUT=/tmp/out LIMIT=520 DEADLINE=400 TOTAL=575 bash benchmarks/gpu_check.sh [generate.py options]
 set -u -o pipefail
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
@@ -15,9 +17,16 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv \
     | tee "$OUT/nvidia-smi.csv"
-PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 timeout "${LIMIT:-560}" \
-    python3 benchmarks/generate.py --deadline-s "${DEADLINE:-420}" "$@" \
+PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 timeout "${LIMIT:-520}" \
+    python3 benchmarks/generate.py --deadline-s "${DEADLINE:-400}" "$@" \
     2>"$OUT/generate.err" | tee "$OUT/generate.jsonl"
 status=$?
 tail -n 20 "$OUT/generate.err"
+left=$(( ${TOTAL:-575} - SECONDS ))
+if [ "$left" -gt 40 ]; then
+    PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 timeout "$(( left - 5 ))" \
+        python3 benchmarks/feature_cache.py --time-size 512 --repeats 5 \
+        2>"$OUT/feature_cache.err" | tee "$OUT/feature_cache.jsonl"
+    tail -n 5 "$OUT/feature_cache.err"
+fi
 exit $status

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines import fast
+from pipelines import fast, feature_cache
 from pipelines.control import ControlMode, mode_weights
 
 
@@ -59,44 +59,55 @@ def control_residuals(
     text_embeddings: torch.Tensor,  # (B', 77, D)
     mode: ControlMode,
     gamma: float,
-) -> tuple[list[torch.Tensor], torch.Tensor] | None:
-    """Sum of the given units' 13 residuals, each weighted by strength * w_i; None if none ran."""
+    shallow: int | None = None,
+) -> tuple[list[torch.Tensor], torch.Tensor | None] | None:
+    """Sum of the given units' 13 residuals, each weighted by strength * w_i; None if none ran.
+
+    `shallow`: only the first `shallow` residuals, from each ControlNet's shallow branch (feature
+    caching's cheap steps); the middle residual is then None.
+    """
     total: list[torch.Tensor] | None = None
     for unit in units:
         if unit.strength == 0:
             continue  # strength 0: the output cannot depend on it, so don't pay for it
         image = unit.image.expand(latents.shape[0], -1, -1, -1)
-        down, middle = unit.model(
-            latents,
-            timestep,
-            encoder_hidden_states=text_embeddings,
-            controlnet_cond=image,
-            conditioning_scale=1.0,
-            return_dict=False,
-        )
-        outputs = [*down, middle]
-        weights = mode_weights(mode, [output.shape[-2] for output in outputs], gamma)
+        if shallow is None:
+            down, middle = unit.model(
+                latents,
+                timestep,
+                encoder_hidden_states=text_embeddings,
+                controlnet_cond=image,
+                conditioning_scale=1.0,
+                return_dict=False,
+            )
+            outputs = [*down, middle]
+            heights = [output.shape[-2] for output in outputs]
+        else:
+            model = feature_cache.shallow_controlnet(unit.model)
+            outputs = model(latents, timestep, text_embeddings, image, shallow)
+            down_shapes, middle_shape = residual_shapes(unit.model.config, latents.shape)
+            heights = [shape[1] for shape in (*down_shapes, middle_shape)]
+        weights = mode_weights(mode, heights, gamma)
         weighted = [
             output * (unit.strength * weight)
-            for output, weight in zip(outputs, weights, strict=True)
+            for output, weight in zip(outputs, weights, strict=False)  # shallow: first ones
         ]
         total = weighted if total is None else [a + b for a, b in zip(total, weighted, strict=True)]
     if total is None:
         return None
+    if shallow is not None:
+        return total, None
     return total[:-1], total[-1]
 
 
-def zero_residuals(unet_config, sample: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Zeros shaped like a ControlNet's residuals for `sample` (B, 4, h, w): the UNet encoder's
-    skip outputs (conv_in, each resnet, each downsampler) and its middle block's output.
-
-    Compiled models take them when no ControlNet runs at a step (outside every control window):
-    adding zeros changes nothing, and the UNet keeps the one graph it compiled with residuals
-    instead of compiling a second one without them in the middle of a request.
-    """
-    batch, _, height, width = sample.shape
-    channels = list(unet_config.block_out_channels)
-    layers = unet_config.layers_per_block
+def residual_shapes(
+    config, sample_shape: Sequence[int]
+) -> tuple[list[tuple[int, int, int]], tuple[int, int, int]]:
+    """(C, h, w) of each residual a ControlNet gives (and the UNet encoder's skips) for a sample
+    of shape (B, 4, h, w): conv_in, each resnet, each downsampler; then the middle block's."""
+    _, _, height, width = sample_shape
+    channels = list(config.block_out_channels)
+    layers = config.layers_per_block
     layers = [layers] * len(channels) if isinstance(layers, int) else list(layers)
     shapes = [(channels[0], height, width)]  # conv_in
     for index, out_channels in enumerate(channels):
@@ -104,8 +115,25 @@ def zero_residuals(unet_config, sample: torch.Tensor) -> tuple[list[torch.Tensor
         if index < len(channels) - 1:  # a stride-2 convolution, padding 1: ceil(h / 2)
             height, width = (height + 1) // 2, (width + 1) // 2
             shapes.append((out_channels, height, width))
-    down = [sample.new_zeros(batch, *shape) for shape in shapes]
-    return down, sample.new_zeros(batch, channels[-1], height, width)
+    return shapes, (channels[-1], height, width)
+
+
+def zero_residuals(
+    unet_config, sample: torch.Tensor, shallow: int | None = None
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Zeros shaped like a ControlNet's residuals for `sample` (B, 4, h, w) (`shallow`: the first
+    ones only, and no middle one).
+
+    Compiled models take them when no ControlNet runs at a step (outside every control window):
+    adding zeros changes nothing, and the UNet keeps the one graph it compiled with residuals
+    instead of compiling a second one without them in the middle of a request.
+    """
+    down_shapes, middle_shape = residual_shapes(unet_config, sample.shape)
+    batch = sample.shape[0]
+    if shallow is not None:
+        return [sample.new_zeros(batch, *shape) for shape in down_shapes[:shallow]], None
+    down = [sample.new_zeros(batch, *shape) for shape in down_shapes]
+    return down, sample.new_zeros(batch, *middle_shape)
 
 
 @torch.inference_mode()
@@ -125,7 +153,10 @@ def denoise(
     eta: float = 0.0,
     on_progress: ProgressCallback | None = None,
     on_step: StepCallback | None = None,
+    cache_interval: int = 1,
 ) -> torch.Tensor:
+    """The latents after `steps` steps. `cache_interval` > 1 turns on feature caching (see
+    `feature_cache`): a full UNet step every `cache_interval` steps, shallow ones between."""
     # 1. Timesteps and the sampler's extra arguments (eta only exists for DDIM).
     scheduler.set_timesteps(steps, device=latents.device)
     latents = latents * scheduler.init_noise_sigma
@@ -140,41 +171,62 @@ def denoise(
 
     # 3. Denoising loop.
     timesteps = scheduler.timesteps
-    compiled = fast.is_compiled(unet) or any(fast.is_compiled(unit.model) for unit in units)
-    zeros = None  # residuals for steps where no ControlNet runs, made once (compiled only)
+    caching = cache_interval > 1
+    caching_unet = feature_cache.caching_unet(unet) if caching else None
+    shallow_count = feature_cache.shallow_count(unet) if caching else None
+    compiled = any(fast.is_compiled(module) for module in _modules_run(unet, units, caching))
+    zeros = {}  # residuals for steps where no ControlNet runs, made once per depth (compiled only)
+    features = None  # feature caching: the last full step's deep features
     for index, timestep in enumerate(timesteps):
         if compiled:
             fast.mark_step_begin()  # CUDA graphs: last step's outputs are consumed
         model_input = torch.cat([latents] * 2) if use_cfg else latents
         model_input = scheduler.scale_model_input(model_input, timestep)
         active = [unit for unit in units if unit.active(index, len(timesteps))]
+        shallow = None if feature_cache.is_full_step(index, cache_interval) else shallow_count
 
         if use_cfg and mode.conditional_only:
             # The paper's CFG-RW: control enters eps_c only; eps_uc gets zero residuals.
             residuals = control_residuals(
-                active, model_input.chunk(2)[1], timestep, prompt_embeds, mode, gamma
+                active, model_input.chunk(2)[1], timestep, prompt_embeds, mode, gamma, shallow
             )
             if residuals is not None:
                 down, middle = residuals
                 down = [torch.cat([torch.zeros_like(r), r]) for r in down]
-                middle = torch.cat([torch.zeros_like(middle), middle])
+                if middle is not None:
+                    middle = torch.cat([torch.zeros_like(middle), middle])
                 residuals = down, middle
         else:
-            residuals = control_residuals(active, model_input, timestep, embeds, mode, gamma)
+            residuals = control_residuals(
+                active, model_input, timestep, embeds, mode, gamma, shallow
+            )
 
         if compiled:  # one UNet graph: residuals always given, in one memory format
             if residuals is None:  # no ControlNet at this step: add zeros
-                residuals = zeros = zeros or zero_residuals(unet.config, model_input)
-            residuals = [r.contiguous() for r in residuals[0]], residuals[1].contiguous()
+                if shallow not in zeros:
+                    zeros[shallow] = zero_residuals(unet.config, model_input, shallow)
+                residuals = zeros[shallow]
+            down, middle = residuals
+            residuals = (
+                [r.contiguous() for r in down],
+                (None if middle is None else middle.contiguous()),
+            )
         down, middle = residuals if residuals is not None else (None, None)
-        noise = unet(
-            model_input,
-            timestep,
-            encoder_hidden_states=embeds,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=middle,
-            return_dict=False,
-        )[0]
+        if not caching:
+            noise = unet(
+                model_input,
+                timestep,
+                encoder_hidden_states=embeds,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=middle,
+                return_dict=False,
+            )[0]
+        elif shallow is None:
+            noise, features = caching_unet(model_input, timestep, embeds, down, middle)
+            if compiled:  # a CUDA graph's outputs are overwritten by its next replays: keep a copy
+                features = features.clone()
+        else:
+            noise, _ = caching_unet(model_input, timestep, embeds, down, cached=features)
         if use_cfg:
             noise_uncond, noise_cond = noise.chunk(2)
             noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
@@ -186,6 +238,15 @@ def denoise(
         if on_step is not None:
             on_step(index + 1, len(timesteps), latents)
     return latents
+
+
+def _modules_run(unet, units: Sequence[ControlUnit], caching: bool) -> list[torch.nn.Module]:
+    """The modules the loop calls (with feature caching, the wrappers around the UNet too)."""
+    modules = [unet, *(unit.model for unit in units)]
+    if caching:
+        modules += [feature_cache.caching_unet(unet)]
+        modules += [feature_cache.shallow_controlnet(unit.model) for unit in units]
+    return modules
 
 
 @torch.inference_mode()

@@ -24,7 +24,7 @@ from annotators import ANNOTATORS, Detector, LoadContext, get_annotator, make_co
 from annotators.util import load_image, target_size
 from conditions import Condition, get_condition
 from errors import GpuOutOfMemoryError, InvalidRequestError, ModelUnavailableError
-from pipelines import fast
+from pipelines import fast, feature_cache
 from pipelines.attention import (
     SDPA,
     AttentionBackend,
@@ -654,6 +654,7 @@ class Engine:
             "guidance_scale": options.guidance_scale,
             "scheduler": options.scheduler,
             "eta": options.eta,
+            "cache_interval": options.cache_interval,
             "control_mode": options.control_mode,
             "resolution_weighting": options.resolution_weighting,
             "image_resolution": options.image_resolution,
@@ -683,6 +684,8 @@ class Engine:
         self, pipe, units: list[ControlUnit], size, options, seeds, on_progress, on_preview=None
     ):
         warnings = []
+        if options.cache_interval > 1:
+            feature_cache.check_supported(pipe.unet)
         prompt = options.full_prompt
         max_tokens = pipe.tokenizer.model_max_length
         token_count = len(pipe.tokenizer(prompt).input_ids)
@@ -727,6 +730,7 @@ class Engine:
                 eta=options.eta,
                 on_progress=on_progress,
                 on_step=self._previewer(on_preview, options.steps),
+                cache_interval=options.cache_interval,
             )
 
         notice = None
@@ -735,9 +739,8 @@ class Engine:
             controlnet_key = replace(
                 key, conditional_only=get_control_mode(options.control_mode).conditional_only
             )
-            compiling = fast.first_runs({"UNet": pipe.unet}, key) + fast.first_runs(
-                {unit.label: unit.model for unit in units}, controlnet_key
-            )
+            unets, controlnets = self._compiled_models(pipe.unet, units, options.cache_interval)
+            compiling = fast.first_runs(unets, key) + fast.first_runs(controlnets, controlnet_key)
             notice = fast.compile_notice(compiling, key)
         try:
             latents = run()
@@ -752,12 +755,29 @@ class Engine:
             warnings.append(notice)
         return self._decode(pipe.vae, latents, warnings), warnings
 
+    @staticmethod
+    def _compiled_models(unet, units: list[ControlUnit], cache_interval: int):
+        """The models a request runs, by the name the page gives them: ({UNet}, {ControlNets}).
+        With feature caching, its wrappers run (and are compiled) instead of the plain UNet."""
+        if cache_interval <= 1:
+            return {"UNet": unet}, {unit.label: unit.model for unit in units}
+        unets = {"UNet (feature caching)": fast.speed_up_wrapper(feature_cache.caching_unet(unet))}
+        controlnets = {}
+        for unit in units:
+            controlnets[unit.label] = unit.model
+            shallow = fast.speed_up_wrapper(feature_cache.shallow_controlnet(unit.model))
+            controlnets[f"{unit.label} (feature caching)"] = shallow
+        return unets, controlnets
+
     def _leave_fast_path(self, error: Exception, pipe) -> str:
         """A compile failed: run eagerly from now on (this request too) and say why."""
         logger.exception("The fast path failed to compile; continuing without it")
         self.fast_path = False
         for module in (pipe.unet, pipe.vae, *self._controlnets.values()):
             fast.uncompile(module)
+            wrapper = feature_cache.existing_wrapper(module)
+            if wrapper is not None:
+                fast.uncompile(wrapper)
         torch._dynamo.reset()
         cause: BaseException = error  # the compiler's own error, not Dynamo's wrapper
         while (inner := getattr(cause, "inner_exception", None) or cause.__cause__) is not None:

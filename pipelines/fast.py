@@ -212,6 +212,12 @@ def speed_up_controlnet(
     return speed_up(controlnet, compile=compile, **options)
 
 
+def speed_up_wrapper(wrapper: torch.nn.Module, **options) -> torch.nn.Module:
+    """A module that only calls into models already sped up (feature caching's wrappers): it is
+    compiled like them, with nothing else to apply."""
+    return speed_up(wrapper, channels_last=False, fuse=False, sdpa=False, **options)
+
+
 def speed_up_vae(
     vae: torch.nn.Module, *, compile: bool = False, mode: str | None = None, **options
 ) -> torch.nn.Module:

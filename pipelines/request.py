@@ -94,6 +94,7 @@ class GenerationOptions:
     controlnet_version: str = "v1.1"
     added_prompt: str = ""
     negative_prompt: str = ""
+    cache_interval: int = 1  # feature caching: a full UNet step every N steps (1: every step)
     annotator_params: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -158,6 +159,9 @@ class GenerationOptions:
             added_prompt=_text("added_prompt", get("added_prompt"), limits.max_prompt_chars),
             negative_prompt=_text(
                 "negative_prompt", get("negative_prompt"), limits.max_prompt_chars
+            ),
+            cache_interval=_whole(
+                "cache_interval", get("cache_interval"), 1, limits.max_cache_interval
             ),
             annotator_params=given,
         )

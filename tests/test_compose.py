@@ -323,10 +323,12 @@ def test_unit_settings_come_last_with_the_reference_defaults(client):
     parameters = endpoint["/compose"]["parameters"]
     names = [parameter["parameter_name"] for parameter in parameters]
     added = [f"{name}_{number}" for number in (1, 2, 3) for name in UNIT_SETTINGS]
+    added.append("cache_interval")  # added later still
     assert names[-len(added) :] == added  # appended: positional callers are not shifted
     assert names.index("controlnet_version") == len(names) - len(added) - 1
     defaults = {p["parameter_name"]: p["parameter_default"] for p in parameters}
     assert all(p["parameter_has_default"] for p in parameters[-len(added) :])
+    assert defaults["cache_interval"] == 1  # feature caching off: the exact images
     # Each preset unit's annotator resolution: OpenPose 512, MiDaS depth 384, Canny (unused) 512.
     assert [defaults[f"detect_resolution_{k}"] for k in (1, 2, 3)] == [512, 384, 512]
     assert defaults["low_threshold_3"] == 100 and defaults["high_threshold_3"] == 200

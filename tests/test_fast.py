@@ -312,9 +312,12 @@ def test_generate_benchmark_tiny_prints_json_lines():
     from benchmarks.generate import PHASES
 
     measured = list(PHASES)
-    # The targets' own batch-1 pair before anything else compiles; batch-4 compiles last.
-    assert measured[:4] == ["engine_eager", "engine_fast", "stock_eager", "stock_compiled"]
-    assert all(phase.endswith("batch4") for phase in measured[-3:])
+    exact = [phase for phase in measured if not phase.startswith("cache_")]
+    # The targets' own batch-1 pair before anything else compiles; batch-4 compiles last of the
+    # exact path, and feature caching (an opt-in that changes the images) compiles after it.
+    assert exact[:4] == ["engine_eager", "engine_fast", "stock_eager", "stock_compiled"]
+    assert all(phase.endswith("batch4") for phase in exact[-3:])
+    assert measured[1] == "cache_eager" and measured[-1] == "cache_fast"
     assert [r["phase"] for r in records[1:-1]] == measured
     for phase in measured:
         record = by_phase[phase]
@@ -325,8 +328,13 @@ def test_generate_benchmark_tiny_prints_json_lines():
     for phase in ("engine_fast", "engine_fast_batch4", "guess_mode"):
         assert by_phase[phase]["matches_eager"] is True, by_phase[phase]
         assert by_phase[phase]["fast_path"]["controlnet"] == ["channels_last", "fused_qkv"]
+    for phase in ("cache_eager", "cache_fast"):  # reported against the exact images, not held
+        assert by_phase[phase]["cache_interval"] == 3 and by_phase[phase]["changes_images"]
+        assert by_phase[phase]["mean_abs_diff"] > 0, by_phase[phase]
+    assert by_phase["cache_fast"]["fast_path_feature_cache"]["unet"] == []  # --tiny: no compile
     summary = by_phase["summary"]
     assert summary["outputs_match"] and not summary["errors"]
+    assert summary["ratio"]["engine_fast/cache_fast"] > 0
     assert summary["ratio"]["stock_compiled/engine_fast"] > 0
     assert summary["targets"]["applies"] is False  # tiny CPU numbers are not the GPU targets
 

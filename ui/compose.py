@@ -28,6 +28,7 @@ from ui.controls import (
     generation_controls,
     name_input_errors,
     param_control,
+    speed_controls,
     strength_slider,
     upload_image,
     user_errors,
@@ -200,6 +201,7 @@ def build_compose_tab(
                 run = gr.Button("Run", variant="primary")
                 with gr.Accordion("Advanced options", open=False):
                     options = generation_controls(limits, defaults, per_unit=False)
+                    speed = speed_controls(limits, defaults)
                 gr.Examples(
                     examples=[
                         [str(PROJECT_ROOT / "assets" / "astronaut.png"), "a chef in a kitchen"]
@@ -247,7 +249,7 @@ def build_compose_tab(
 
         yield from stream_generation(call, progress, store)
 
-    inputs_kwargs = {**unit_inputs, **options, **models, **settings_inputs}
+    inputs_kwargs = {**unit_inputs, **options, **models, **settings_inputs, **speed}
     name_input_errors(inputs_kwargs)
     gr.on(
         triggers=[run.click, prompt.submit],

@@ -231,6 +231,23 @@ def generation_controls(
     return controls
 
 
+def speed_controls(limits: Limits, defaults: Defaults) -> dict[str, gr.components.Component]:
+    """Options that trade exact images for speed. Their API keywords come after all the others,
+    so positional callers of older versions are not shifted."""
+    return {
+        "cache_interval": gr.Slider(
+            label="Feature caching interval (DeepCache)",
+            minimum=1,
+            maximum=limits.max_cache_interval,
+            value=defaults.cache_interval,
+            step=1,
+            info="1 = off, the exact images. N > 1 runs the deep UNet and ControlNet blocks only "
+            "at every N-th step and reuses their features in between: faster, slightly "
+            "different images.",
+        )
+    }
+
+
 def restore_file() -> gr.File:
     return gr.File(
         label="Restore settings: drop a PNG made here",

@@ -27,6 +27,7 @@ from ui.controls import (
     param_control,
     resolution_slider,
     restore_file,
+    speed_controls,
     upload_image,
     user_errors,
 )
@@ -88,6 +89,7 @@ def build_condition_tab(
                             limits, condition.default_detect_resolution
                         )
                     options = generation_controls(limits, defaults)
+                    speed = speed_controls(limits, defaults)
                 # API keyword order: shared options, detect resolution, the annotator's own.
                 detect = map_controls.pop("detect_resolution", None)
                 map_controls = {
@@ -133,12 +135,12 @@ def build_condition_tab(
             gr.Warning(warning)
         return [(control.image, "Control map")]
 
-    name_input_errors({**options, **models, **map_controls})
+    name_input_errors({**options, **models, **map_controls, **speed})
     gr.on(
         triggers=[run.click, prompt.submit],
         fn=generate,
         inputs=[image, prompt],
-        inputs_kwargs={**options, **models, **map_controls},
+        inputs_kwargs={**options, **models, **map_controls, **speed},
         outputs=[gallery, seed_used],
         api_name=condition.name,
         concurrency_id=GPU_QUEUE,
@@ -152,7 +154,7 @@ def build_condition_tab(
         api_visibility="private",
         concurrency_id=GPU_QUEUE,  # annotator networks run on the GPU too
     )
-    restorable = {"prompt": prompt, **options, **models, **map_controls}
+    restorable = {"prompt": prompt, **options, **models, **map_controls, **speed}
     restore.upload(
         fn=lambda file: restored_settings(file, condition.name, restorable),
         inputs=restore,

@@ -1,0 +1,227 @@
+"""Feature caching (DeepCache) on the tiny models: its forwards against diffusers' own, the
+schedule of full and shallow steps, the engine's option, and the fast path's capture."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from errors import InvalidRequestError
+from pipelines import fast, feature_cache
+from pipelines.control import CONTROL_MODES
+from pipelines.denoise import ControlUnit, control_residuals, denoise
+from pipelines.engine import Engine
+from pipelines.schedulers import make_scheduler
+
+REQUEST = {"steps": 6, "image_resolution": 256, "seed": 4}
+
+
+@pytest.fixture(scope="module")
+def models(engine):
+    pipe = engine.base_pipeline()
+    return pipe, engine.controlnet("canny")
+
+
+def _inputs(pipe, height=16, width=16, batch=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(batch, 4, height, width, generator=generator)
+    embeds = torch.randn(batch, 77, pipe.unet.config.cross_attention_dim, generator=generator)
+    control = torch.rand(batch, 3, height * 8, width * 8, generator=generator)
+    return sample, torch.tensor(601), embeds, control
+
+
+def _controlnet_residuals(controlnet, sample, timestep, embeds, control):
+    down, middle = controlnet(
+        sample, timestep, encoder_hidden_states=embeds, controlnet_cond=control, return_dict=False
+    )
+    return list(down), middle
+
+
+@pytest.mark.parametrize("size", [(16, 16), (15, 13)])  # 15 x 13: upsamplers told their size
+@pytest.mark.parametrize("with_control", [True, False])
+def test_a_full_step_is_diffusers_unet_forward(models, size, with_control):
+    pipe, controlnet = models
+    sample, timestep, embeds, control = _inputs(pipe, *size)
+    down, middle = (
+        _controlnet_residuals(controlnet, sample, timestep, embeds, control)
+        if with_control
+        else (None, None)
+    )
+    with torch.inference_mode():
+        expected = pipe.unet(
+            sample,
+            timestep,
+            encoder_hidden_states=embeds,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=middle,
+            return_dict=False,
+        )[0]
+        noise, features = feature_cache.caching_unet(pipe.unet)(
+            sample, timestep, embeds, down, middle
+        )
+    torch.testing.assert_close(noise, expected, rtol=0, atol=1e-6)
+    # The last up block's input: full latent size, the second level's channels.
+    assert features.shape == (2, pipe.unet.config.block_out_channels[1], *size)
+
+
+def test_a_shallow_step_on_its_own_full_steps_features_gives_the_same_noise(models):
+    pipe, controlnet = models
+    sample, timestep, embeds, control = _inputs(pipe)
+    down, middle = _controlnet_residuals(controlnet, sample, timestep, embeds, control)
+    count = feature_cache.shallow_count(pipe.unet)
+    assert count == 3  # conv_in and the first down block's two layers, as in SD1.5
+    caching = feature_cache.caching_unet(pipe.unet)
+    with torch.inference_mode():
+        full, features = caching(sample, timestep, embeds, down, middle)
+        shallow, kept = caching(sample, timestep, embeds, down[:count], cached=features)
+        other_input = caching(sample * 0.5, timestep, embeds, down[:count], cached=features)[0]
+    torch.testing.assert_close(shallow, full, rtol=0, atol=1e-6)
+    assert kept is features
+    assert not torch.allclose(other_input, full)  # the shallow branch does depend on the input
+
+
+def test_the_shallow_controlnet_gives_its_first_residuals(models):
+    pipe, controlnet = models
+    sample, timestep, embeds, control = _inputs(pipe, seed=1)
+    down, _ = _controlnet_residuals(controlnet, sample, timestep, embeds, control)
+    with torch.inference_mode():
+        shallow = feature_cache.shallow_controlnet(controlnet)(sample, timestep, embeds, control, 3)
+    assert len(shallow) == 3
+    for mine, theirs in zip(shallow, down[:3], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+    assert feature_cache.shallow_controlnet(controlnet) is feature_cache.shallow_controlnet(
+        controlnet
+    )  # made once, so a compiled one is reused
+
+
+def test_shallow_residuals_keep_the_control_modes_weights(models):
+    pipe, controlnet = models
+    sample, timestep, embeds, control = _inputs(pipe, seed=2)
+    unit = ControlUnit(controlnet, control[:1], strength=0.7)
+    mode = CONTROL_MODES["prompt"]  # resolution-weighted: w_i = (h_min / h_i) ** gamma
+    with torch.inference_mode():
+        full_down, _ = control_residuals([unit], sample, timestep, embeds, mode, 1.0)
+        shallow_down, middle = control_residuals([unit], sample, timestep, embeds, mode, 1.0, 3)
+    assert middle is None and len(shallow_down) == 3
+    for mine, theirs in zip(shallow_down, full_down[:3], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+
+
+def _count_calls(module: torch.nn.Module) -> list[int]:
+    calls = []
+    module.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("interval, full_steps", [(1, 7), (3, 3), (7, 1)])
+def test_deep_blocks_run_only_on_full_steps(settings, interval, full_steps):
+    engine = Engine(settings, device="cpu")  # its own models: hooks stay off the shared ones
+    pipe, controlnet = engine.base_pipeline(), engine.controlnet("canny")
+    unet_middle, controlnet_middle = (
+        _count_calls(pipe.unet.mid_block),
+        _count_calls(controlnet.mid_block),
+    )
+    controlnet_first = _count_calls(controlnet.down_blocks[0])
+    sample, _, embeds, control = _inputs(pipe, batch=1)
+    denoise(
+        unet=pipe.unet,
+        scheduler=make_scheduler("UniPC", pipe.scheduler.config),
+        units=[ControlUnit(controlnet, control[:1], strength=1.0)],
+        prompt_embeds=embeds,
+        negative_embeds=torch.zeros_like(embeds),
+        latents=sample,
+        steps=7,
+        guidance_scale=7.5,
+        mode=CONTROL_MODES["controlnet"],  # CFG-RW: shallow residuals on the conditional half
+        gamma=1.0,
+        generator=torch.Generator().manual_seed(0),
+        cache_interval=interval,
+    )
+    assert len(unet_middle) == len(controlnet_middle) == full_steps
+    assert len(controlnet_first) == 7  # the ControlNet's shallow branch runs at every step
+
+
+def test_the_engine_option_changes_the_images_a_little(engine, astronaut):
+    exact = engine.generate("canny", astronaut, "a robot", **REQUEST)
+    same = engine.generate("canny", astronaut, "a robot", cache_interval=1, **REQUEST)
+    cached = engine.generate("canny", astronaut, "a robot", cache_interval=2, **REQUEST)
+    other_seed = engine.generate("canny", astronaut, "a robot", **{**REQUEST, "seed": 5})
+    assert np.array_equal(same.images[0], exact.images[0])
+    cached_change = np.abs(cached.images[0].astype(int) - exact.images[0].astype(int)).mean()
+    seed_change = np.abs(other_seed.images[0].astype(int) - exact.images[0].astype(int)).mean()
+    assert 0 < cached_change < 0.1 * seed_change, (cached_change, seed_change)
+    assert (
+        cached.parameters[0]["cache_interval"] == 2 and exact.parameters[0]["cache_interval"] == 1
+    )
+
+
+@pytest.mark.parametrize("value", [0, 11, 2.5, "often", -1])
+def test_out_of_range_intervals_are_refused_by_the_engine(engine, astronaut, value):
+    with pytest.raises(InvalidRequestError, match="cache_interval"):
+        engine.generate("canny", astronaut, "a robot", cache_interval=value, **REQUEST)
+
+
+def test_unsupported_unets_are_refused_with_a_reason():
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        class_embed_type="timestep",
+    )
+    with pytest.raises(InvalidRequestError, match="SD1.5-style UNets only"):
+        feature_cache.check_supported(unet)
+
+
+def test_the_fast_path_compiles_the_caching_models_without_graph_breaks(
+    settings, engine, astronaut, monkeypatch
+):
+    real = fast.compile_in_place
+    monkeypatch.setattr(
+        fast,
+        "compile_in_place",
+        lambda module, **options: real(module, **{**options, "backend": "eager"}),
+    )
+    fast_engine = Engine(dataclasses.replace(settings, fast_path="on"), device="cpu")
+    request = {**REQUEST, "cache_interval": 3, "control_end": 0.5}  # steps 3+ have no control
+    first = fast_engine.generate("canny", astronaut, "a robot", **request)
+    notice = next(w for w in first.warnings if w.startswith("First request"))
+    assert "UNet (feature caching)" in notice and "Canny ControlNet (feature caching)" in notice
+    unet = fast_engine.base_pipeline().unet
+    assert fast.is_compiled(feature_cache.caching_unet(unet))
+    again = fast_engine.generate("canny", astronaut, "a robot", **request)
+    assert not any("First request" in warning for warning in again.warnings)
+    plain = engine.generate("canny", astronaut, "a robot", **request)
+    difference = np.abs(first.images[0].astype(int) - plain.images[0].astype(int))
+    assert difference.max() <= 2, difference.max()
+
+
+def test_feature_cache_benchmark_tiny_counts_and_times_both_steps():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    completed = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "benchmarks" / "feature_cache.py"), "--tiny"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        cwd=PROJECT_ROOT,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    records = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+    assert [record["measure"] for record in records] == ["flops", "seconds"]
+    for record in records:
+        assert 0 < record["shallow_share"] < 1, record
+        bounds = [record["speedup_bound"][str(n)] for n in (2, 3, 4, 5)]
+        assert bounds[0] > 1 and bounds == sorted(bounds), record  # more caching, more gain
