@@ -67,15 +67,20 @@ RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin app
 COPY . .
 
 # Weights baked into MODELS_DIR (default: none, fetched on first use into HF_HOME):
-#   --build-arg BAKE_MODELS=all               every role (roughly 19 GB)
+#   --build-arg BAKE_MODELS=all               every role (roughly 19 GB in fp32)
 #   --build-arg BAKE_MODELS="base canny"      those roles, space-separated (`python -m cli download -h`)
+#   --build-arg BAKE_PRECISION=fp32           full-precision files (default fp16: half the size;
+#                                             a GPU runs fp16 anyway, a CPU upcasts them)
 # A temporary HF_HOME, so that nothing root-owned is left in the app user's cache.
 ARG BAKE_MODELS=""
+ARG BAKE_PRECISION=fp16
 # hadolint ignore=SC2086
 RUN if [ "$BAKE_MODELS" = all ]; then \
-        HF_HOME=/tmp/hf-bake python -m cli download --all --models-dir /app/models; \
+        HF_HOME=/tmp/hf-bake python -m cli download --all --precision "$BAKE_PRECISION" \
+            --models-dir /app/models; \
     elif [ -n "$BAKE_MODELS" ]; then \
-        HF_HOME=/tmp/hf-bake python -m cli download $BAKE_MODELS --models-dir /app/models; \
+        HF_HOME=/tmp/hf-bake python -m cli download $BAKE_MODELS --precision "$BAKE_PRECISION" \
+            --models-dir /app/models; \
     fi \
     && rm -rf /tmp/hf-bake
 

@@ -255,7 +255,12 @@ def run_download(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     roles = download.ROLES if args.all else args.roles
     failures = download.download(
-        roles, settings.models_dir, settings.model_ids, args.family, args.source
+        roles,
+        settings.models_dir,
+        settings.model_ids,
+        args.family,
+        args.source,
+        precision=args.precision,
     )
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
@@ -327,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--all", action="store_true", help="every role")
     fetch.add_argument("--family", default="v11", choices=("v11", "v10"), help="ControlNets")
     fetch.add_argument("--source", type=Path, help="copy from a local Hub-layout mirror instead")
+    fetch.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "fp16"),
+        help="fp16: the diffusion models' fp16 variants, half the download (for GPUs)",
+    )
     fetch.set_defaults(func=run_download)
     return parser
 

@@ -7,12 +7,12 @@ patterns, matched like `huggingface_hub.snapshot_download` matches them). Files 
 (`snapshot_download`) or from a local folder laid out the same way (`--source`: air-gapped
 mirrors, and the tests). Files already present with the same size are skipped.
 
-Precision: the full-precision weights without a variant suffix
-(`diffusion_pytorch_model.safetensors`, not `*.fp16.safetensors`) are fetched, because the engine
-loads with `from_pretrained` and no `variant`: exactly these files. It casts them to fp16 on CUDA
-at load time and runs fp32 on CPU.
-The fp16 variants would halve the download (SD1.5 about 4.3 GB -> 2.1 GB, a ControlNet
-1.45 GB -> 0.72 GB) but a folder holding only them does not load without `variant="fp16"`.
+Precision: by default the full-precision weights (`diffusion_pytorch_model.safetensors`), which
+load everywhere and exactly. `--precision fp16` fetches the fp16 variants instead
+(`*.fp16.safetensors`, half the download: SD1.5 about 4.3 GB -> 2.1 GB, a ControlNet 1.45 GB ->
+0.72 GB), and the full files only where a repo has no fp16 variant. The engine loads whichever a
+folder holds (`pipelines.loading.weight_variants`): fp16 on a GPU runs the same numbers either way;
+a CPU upcasts the fp16 weights to fp32.
 """
 
 from __future__ import annotations
@@ -63,6 +63,25 @@ BASE_RULE = FileRule(
     ignore=("*.fp16.*", "*ema*", "*.bin", "*.ckpt"),
 )
 CONTROLNET_RULE = FileRule(allow=("config.json", "diffusion_pytorch_model.safetensors"))
+# --precision fp16: each weight file's fp16 variant where the repo has one, else the full file.
+_BASE_WEIGHTS = {  # component -> its weight file's stem
+    "unet": "diffusion_pytorch_model",
+    "vae": "diffusion_pytorch_model",
+    "text_encoder": "model",
+}
+HALF_BASE_RULE = FileRule(
+    allow=BASE_RULE.allow,  # `<component>/*.safetensors` matches the fp16 variants too
+    ignore=tuple(pattern for pattern in BASE_RULE.ignore if pattern != "*.fp16.*"),
+    prefer=tuple(
+        (f"{component}/{name}.fp16.safetensors", f"{component}/{name}.safetensors")
+        for component, name in _BASE_WEIGHTS.items()
+    ),
+)
+HALF_CONTROLNET_RULE = FileRule(
+    allow=(*CONTROLNET_RULE.allow, "diffusion_pytorch_model.fp16.safetensors"),
+    prefer=(("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors"),),
+)
+PRECISIONS = ("fp32", "fp16")
 ANNOTATOR_FILES = (
     HED_WEIGHTS,
     MLSD_WEIGHTS,
@@ -91,18 +110,31 @@ ROLES = tuple(DEFAULT_MODEL_IDS)  # what --all fetches
 KNOWN_ROLES = {**DEFAULT_MODEL_IDS, **OPTIONAL_MODEL_IDS}  # also fetched when named
 
 
-def rule_for(role: str) -> FileRule:
-    """The file rule of `role`; every role not named in ROLE_RULES is a ControlNet."""
+def rule_for(role: str, precision: str = "fp32") -> FileRule:
+    """The file rule of `role`; every role not named in ROLE_RULES is a diffusers model (a
+    ControlNet, TAESD). fp16 changes the diffusers models' rules only."""
+    if precision == "fp16":
+        if role == "base":
+            return HALF_BASE_RULE
+        if role not in ROLE_RULES:
+            return HALF_CONTROLNET_RULE
     return ROLE_RULES.get(role, CONTROLNET_RULE)
 
 
 def plan_repos(
-    roles: Iterable[str], model_ids: Mapping[str, str], family: str = "v11"
+    roles: Iterable[str],
+    model_ids: Mapping[str, str],
+    family: str = "v11",
+    precision: str = "fp32",
 ) -> dict[str, FileRule]:
     """Repo id -> rule for `roles` (each repo once). `v10` swaps in the paper's ControlNets where
     the id is the default one; ids that are local folders are left out (nothing to fetch)."""
     if family not in FAMILIES:
         raise DownloadError(f"Unknown family {family!r}; choose one of: {', '.join(FAMILIES)}.")
+    if precision not in PRECISIONS:
+        raise DownloadError(
+            f"Unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}."
+        )
     repos: dict[str, FileRule] = {}
     for role in roles:
         if role not in KNOWN_ROLES:
@@ -111,7 +143,7 @@ def plan_repos(
         if family == "v10" and role in V10_MODEL_IDS and repo_id == DEFAULT_MODEL_IDS[role]:
             repo_id = V10_MODEL_IDS[role]
         if not Path(repo_id).is_absolute():
-            repos.setdefault(repo_id, rule_for(role))
+            repos.setdefault(repo_id, rule_for(role, precision))
     return repos
 
 
@@ -208,12 +240,14 @@ def download(
     family: str = "v11",
     source: Path | None = None,
     echo: Callable[[str], None] = print,
+    precision: str = "fp32",
 ) -> list[str]:
     """Fetch every repo of `roles`, telling `echo` what arrived; returns the failures' messages.
 
-    Raises DownloadError when nothing can be fetched at all (offline, unknown role or family).
+    Raises DownloadError when nothing can be fetched at all (offline, unknown role, family or
+    precision).
     """
-    repos = plan_repos(roles, model_ids, family)
+    repos = plan_repos(roles, model_ids, family, precision)
     if source is None and hub_offline():
         raise DownloadError(
             "HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it, or copy from a local "

@@ -67,6 +67,7 @@ def load_base_pipeline(
             role_label,
             source,
             models_dir,
+            half_precision=dtype == torch.float16,
             dtype=dtype,
             **_PIPELINE_KWARGS,
         )

@@ -257,6 +257,7 @@ class Engine:
             role,
             model_id,
             self.settings.models_dir,
+            half_precision=self.dtype == torch.float16,
             dtype=self.dtype,
         )
         model.to(self.device)
@@ -307,6 +308,7 @@ class Engine:
                 "preview_decoder",
                 model_id,
                 self.settings.models_dir,
+                half_precision=self.dtype == torch.float16,
                 dtype=self.dtype,
             )
         except ModelUnavailableError as error:

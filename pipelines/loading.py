@@ -45,19 +45,57 @@ def missing_model_message(role: str, model_id: str, models_dir: Path) -> str:
     )
 
 
+def weight_variants(source: str, is_local: bool, half_precision: bool) -> list[str | None]:
+    """The diffusers weight variants to try, in order: "fp16" is `*.fp16.safetensors` (half the
+    download), None the full-precision files.
+
+    A local folder holding only fp16 files (`python -m cli download --precision fp16`) loads
+    them; one holding both loads the fp16 ones when the model runs in fp16 (same numbers, half the
+    reading), else the full ones. From the Hub, a model run in fp16 tries the fp16 variant first
+    and falls back to the full files where a repo has none; in fp32 (CPU) it takes the full ones.
+    """
+    if not is_local:
+        return ["fp16", None] if half_precision else [None]
+    files = [path.name for path in Path(source).rglob("*.safetensors")]
+    has_half = any(name.endswith(".fp16.safetensors") for name in files)
+    has_full = any(not name.endswith(".fp16.safetensors") for name in files)
+    return ["fp16"] if has_half and (half_precision or not has_full) else [None]
+
+
 def load_model(
-    loader: Callable[..., Model], role: str, model_id: str, models_dir: Path, **kwargs
+    loader: Callable[..., Model],
+    role: str,
+    model_id: str,
+    models_dir: Path,
+    *,
+    half_precision: bool | None = None,
+    **kwargs,
 ) -> Model:
-    """`loader(source, ...)` (a `from_pretrained`) with safetensors only and a clear error."""
+    """`loader(source, ...)` (a `from_pretrained`) with safetensors only and a clear error.
+
+    `half_precision` (a diffusers model run in fp16, or not): pick the weight variant with
+    `weight_variants`; None: no variant (loaders without them, e.g. transformers').
+    """
     source, is_local = resolve_source(model_id, models_dir)
+    variants = (
+        [None] if half_precision is None else weight_variants(source, is_local, half_precision)
+    )
     logger.info("Loading %s model %s from %s", role, model_id, source)
     try:
-        return loader(
-            source,
-            use_safetensors=True,
-            local_files_only=is_local or hub_offline(),
-            **kwargs,
-        )
+        for index, variant in enumerate(variants):
+            try:
+                return loader(
+                    source,
+                    use_safetensors=True,
+                    local_files_only=is_local or hub_offline(),
+                    **({"variant": variant} if variant else {}),
+                    **kwargs,
+                )
+            except (OSError, ValueError) as error:
+                if index == len(variants) - 1:
+                    raise
+                # diffusers: OSError for a model, ValueError for a pipeline without the variant.
+                logger.info("No %s weights for %s (%s); trying the full ones", variant, role, error)
     except OSError as error:
         if is_local:
             raise ModelUnavailableError(

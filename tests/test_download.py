@@ -266,6 +266,74 @@ def test_rules_keep_the_needed_files_of_real_repo_listings():
     assert list(kept) == ["config.json", "preprocessor_config.json", "pytorch_model.bin"]
 
 
+def test_fp16_rules_take_each_variant_where_the_repo_has_it():
+    sd15 = [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.fp16.safetensors",
+        "text_encoder/model.safetensors",
+        "text_encoder/pytorch_model.fp16.bin",
+        "tokenizer/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.non_ema.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",  # no fp16 variant: the full file comes
+    ]
+    kept = download.select(dict.fromkeys(sd15, 1), download.rule_for("base", "fp16"))
+    assert list(kept) == [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.fp16.safetensors",
+        "tokenizer/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ]
+    canny = [
+        "config.json",
+        "diffusion_pytorch_model.bin",
+        "diffusion_pytorch_model.fp16.bin",
+        "diffusion_pytorch_model.fp16.safetensors",
+        "diffusion_pytorch_model.safetensors",
+        "images/input.png",
+    ]
+    half = download.rule_for("canny", "fp16")
+    kept = download.select(dict.fromkeys(canny, 1), half)
+    assert list(kept) == ["config.json", "diffusion_pytorch_model.fp16.safetensors"]
+    without = [name for name in canny if ".fp16." not in name]
+    assert list(download.select(dict.fromkeys(without, 1), half)) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
+    # Roles that are not diffusers models keep their one rule.
+    assert download.rule_for("annotators", "fp16") == download.rule_for("annotators")
+
+
+def test_download_precision_fp16_from_a_mirror(mirror, tmp_path):
+    out = tmp_path / "models"
+    result = run_download(
+        "base", "canny", "--precision", "fp16", "--source", mirror, "--models-dir", out
+    )
+    assert result.returncode == 0, result.stderr
+    half = {
+        "unet/diffusion_pytorch_model.safetensors": "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/diffusion_pytorch_model.safetensors": "vae/diffusion_pytorch_model.fp16.safetensors",
+    }  # the mirror has no fp16 text encoder: its full file comes
+    expected_base = sorted(half.get(name, name) for name in BASE_FILES)
+    assert files_under(out / BASE_ID) == expected_base
+    assert files_under(out / CANNY_ID) == [
+        "config.json",
+        "diffusion_pytorch_model.fp16.safetensors",
+    ]
+    refused = run_download("base", "--precision", "fp8", "--source", mirror, "--models-dir", out)
+    assert refused.returncode != 0 and "fp8" in refused.stderr
+
+
 def test_optional_models_are_fetched_when_named_not_with_all(tmp_path):
     from tiny_models import build_tiny_taesd
     from tiny_safety import build_tiny_safety_checker
