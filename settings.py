@@ -67,6 +67,11 @@ SINGLE_FILE_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 OTHER_WEIGHT_SUFFIXES = (".gguf", ".onnx", ".h5", ".msgpack", ".npz")  # formats never loaded
 FAST_PATH_MODES = ("auto", "on", "off")
+# torch.compile modes for the fast path. reduce-overhead: Inductor kernels replayed as CUDA graphs
+# (the default: eager SD1.5 is launch-bound). max-autotune: CUDA graphs too, and Inductor times
+# Triton / cuBLAS / cuDNN candidates for every matmul and convolution (faster kernels, compiles
+# take several times longer). The no-cudagraphs modes spare the graphs' memory pools.
+COMPILE_MODES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "default")
 
 
 def unsupported_file_message(source: str) -> str:
@@ -227,6 +232,7 @@ class Settings:
     safety_checker: bool = False
     # fp16 + channels_last + fused QKV + torch.compile with CUDA graphs: auto = on dedicated GPUs.
     fast_path: str = "auto"
+    compile_mode: str = "reduce-overhead"  # one of COMPILE_MODES
     # For 8 GB cards: model CPU offload and VAE slicing (slower; turns the fast path off).
     low_memory: bool = False
     # Preview images during denoising with TAESD, when its weights are in MODELS_DIR.
@@ -269,6 +275,12 @@ class Settings:
                 f"Environment variable FAST_PATH must be one of {', '.join(FAST_PATH_MODES)}, "
                 f"got {fast_path!r}."
             )
+        compile_mode = (env.get("COMPILE_MODE") or COMPILE_MODES[0]).strip().lower()
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"Environment variable COMPILE_MODE must be one of {', '.join(COMPILE_MODES)}, "
+                f"got {compile_mode!r}."
+            )
         return cls(
             models_dir=Path(env.get("MODELS_DIR") or PROJECT_ROOT / "models"),
             model_ids=model_ids,
@@ -282,6 +294,7 @@ class Settings:
             v10_model_ids=v10_model_ids,
             safety_checker=_env_flag(env, "SAFETY_CHECKER"),
             fast_path=fast_path,
+            compile_mode=compile_mode,
             low_memory=_env_flag(env, "LOW_MEMORY"),
             previews=_env_flag(env, "PREVIEWS", default=True),
             warm_up=_env_flag(env, "WARM_UP", default=True),

@@ -2,7 +2,8 @@
 
     python benchmarks/generate.py [--device cuda] [--size 512] [--steps 20] [--repeats 5]
         [--phases engine_eager,engine_fast,...] [--budget-s 240] [--deadline-s 480]
-        [--compile auto|on|off] [--compile-vae] [--tolerance 2.0] [--models-dir DIR]
+        [--compile auto|on|off] [--compile-mode reduce-overhead|max-autotune|...]
+        [--compile-vae] [--tolerance 2.0] [--models-dir DIR]
     python benchmarks/generate.py --tiny        # CPU smoke test on tiny models (make test)
     python benchmarks/generate.py --build-only  # only build + save the full-size models, timed
 
@@ -71,7 +72,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipelines import fast  # noqa: E402
-from settings import DEFAULT_MODEL_IDS, Limits, Settings  # noqa: E402
+from settings import COMPILE_MODES, DEFAULT_MODEL_IDS, Limits, Settings  # noqa: E402
 
 ENGINE_PHASES = (
     "engine_eager",
@@ -284,6 +285,7 @@ class Config:
     tolerance: float
     guidance: float = 7.5
     backend: str = "inductor"  # "eager": check the compile flow (fullgraph capture) on a CPU
+    compile_mode: str = "reduce-overhead"  # the engine's (COMPILE_MODE); stock keeps this one
     seed: int = 1234
 
     @property
@@ -484,8 +486,9 @@ def apply_fast_path(engine, cfg: Config) -> dict[str, list[str]]:
     fast.configure_torch()
     pipe = engine.base_pipeline()
     controlnet = engine.controlnet(CONTROL_ROLE)
-    fast.speed_up_unet(pipe.unet, compile=cfg.compile, backend=cfg.backend)
-    fast.speed_up_controlnet(controlnet, compile=cfg.compile, backend=cfg.backend)
+    options = {"compile": cfg.compile, "backend": cfg.backend, "mode": cfg.compile_mode}
+    fast.speed_up_unet(pipe.unet, **options)
+    fast.speed_up_controlnet(controlnet, **options)
     fast.speed_up_vae(pipe.vae, compile=cfg.compile and cfg.compile_vae, backend=cfg.backend)
     return {
         "unet": list(fast.applied(pipe.unet)),
@@ -504,7 +507,9 @@ def apply_feature_cache_fast_path(engine, cfg: Config) -> dict[str, list[str]]:
         "controlnet": feature_cache.shallow_controlnet(engine.controlnet(CONTROL_ROLE)),
     }
     for wrapper in wrappers.values():
-        fast.speed_up_wrapper(wrapper, compile=cfg.compile, backend=cfg.backend)
+        fast.speed_up_wrapper(
+            wrapper, compile=cfg.compile, backend=cfg.backend, mode=cfg.compile_mode
+        )
     return {name: list(fast.applied(wrapper)) for name, wrapper in wrappers.items()}
 
 
@@ -813,6 +818,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compile-backend", default="inductor", help="eager: check the compile flow on a CPU"
     )
+    parser.add_argument(
+        "--compile-mode",
+        default="reduce-overhead",
+        choices=COMPILE_MODES,
+        help="the engine's torch.compile mode (stock compiled keeps reduce-overhead)",
+    )
     parser.add_argument("--tolerance", type=float, default=2.0, help="mean |diff|, uint8 levels")
     parser.add_argument("--models-dir", type=Path, help="build here (or reuse what is here)")
     parser.add_argument("--build-only", action="store_true", help="build the models, time it")
@@ -845,6 +856,7 @@ def main(argv: list[str] | None = None) -> int:
         compile=compile_on,
         compile_vae=args.compile_vae,
         backend=args.compile_backend,
+        compile_mode=args.compile_mode,
         tolerance=args.tolerance,
     )
     selected = [phase for phase in PHASES if phase in args.phases.split(",")]
@@ -861,6 +873,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": cfg.steps,
         "guidance_scale": cfg.guidance,
         "compile": cfg.compile and cfg.backend,
+        "compile_mode": cfg.compile_mode,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "phases": selected,
     }

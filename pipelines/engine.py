@@ -155,11 +155,17 @@ class Engine:
         return (
             f"Device: {self.device} ({str(self.dtype).removeprefix('torch.')}) · "
             f"Attention: {self.attention} · Base models: {len(self.settings.base_models)}"
-            + f" · Fast path: {'on' if self.fast_path else 'off'}"
+            + f" · Fast path: {self._fast_path_state()}"
             + (" (it failed to compile)" if self.fast_path_failure else "")
             + (" · Low-memory mode" if self.low_memory else "")
             + (" · NSFW filter on" if self.settings.safety_checker else "")
         )
+
+    def _fast_path_state(self) -> str:
+        if not self.fast_path:
+            return "off"
+        mode = self.settings.compile_mode
+        return "on" if mode == "reduce-overhead" else f"on ({mode})"
 
     def warm_up(self, condition: str = "canny") -> str | None:
         """With the fast path on, compile the default request's shape now (the default base, the
@@ -224,7 +230,7 @@ class Engine:
         else:
             pipe.to(self.device)
             if self.fast_path:
-                fast.speed_up_unet(pipe.unet)
+                fast.speed_up_unet(pipe.unet, mode=self.settings.compile_mode)
                 fast.speed_up_vae(pipe.vae)
         logger.info("Base model %r ready", name)
         return pipe
@@ -263,7 +269,7 @@ class Engine:
         model.to(self.device)
         apply_attention_backend(self.attention, model)
         if self.fast_path:
-            fast.speed_up_controlnet(model)
+            fast.speed_up_controlnet(model, mode=self.settings.compile_mode)
         return model
 
     def detector(self, annotator: str) -> Detector:
@@ -743,7 +749,7 @@ class Engine:
             )
             unets, controlnets = self._compiled_models(pipe.unet, units, options.cache_interval)
             compiling = fast.first_runs(unets, key) + fast.first_runs(controlnets, controlnet_key)
-            notice = fast.compile_notice(compiling, key)
+            notice = fast.compile_notice(compiling, key, self.settings.compile_mode)
         try:
             latents = run()
         except torch.OutOfMemoryError:
@@ -757,17 +763,21 @@ class Engine:
             warnings.append(notice)
         return self._decode(pipe.vae, latents, warnings), warnings
 
-    @staticmethod
-    def _compiled_models(unet, units: list[ControlUnit], cache_interval: int):
+    def _compiled_models(self, unet, units: list[ControlUnit], cache_interval: int):
         """The models a request runs, by the name the page gives them: ({UNet}, {ControlNets}).
         With feature caching, its wrappers run (and are compiled) instead of the plain UNet."""
         if cache_interval <= 1:
             return {"UNet": unet}, {unit.label: unit.model for unit in units}
-        unets = {"UNet (feature caching)": fast.speed_up_wrapper(feature_cache.caching_unet(unet))}
+        mode = self.settings.compile_mode
+        unets = {
+            "UNet (feature caching)": fast.speed_up_wrapper(
+                feature_cache.caching_unet(unet), mode=mode
+            )
+        }
         controlnets = {}
         for unit in units:
             controlnets[unit.label] = unit.model
-            shallow = fast.speed_up_wrapper(feature_cache.shallow_controlnet(unit.model))
+            shallow = fast.speed_up_wrapper(feature_cache.shallow_controlnet(unit.model), mode=mode)
             controlnets[f"{unit.label} (feature caching)"] = shallow
         return unets, controlnets
 

@@ -288,11 +288,16 @@ def first_runs(modules: dict[str, torch.nn.Module], key: ShapeKey) -> list[str]:
         return first
 
 
-def compile_notice(names: list[str], key: ShapeKey) -> str | None:
+def compile_notice(
+    names: list[str], key: ShapeKey, mode: str | None = "reduce-overhead"
+) -> str | None:
     """The page's message when `names` (models) compile for `key`; None when nothing does."""
     if not names:
         return None
+    # DESIGN.md §6: 85-117 s per shape on an H200 with reduce-overhead; autotuning times every
+    # kernel candidate on top of that.
+    duration = "several minutes" if mode and "autotune" in mode else "about a minute"
     return (
         f"First request at {key.describe()} for the {' and the '.join(names)}: the fast path "
-        "compiled them for this size (about a minute, once). Later requests of this size reuse it."
+        f"compiled them for this size ({duration}, once). Later requests of this size reuse it."
     )

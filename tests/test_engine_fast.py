@@ -147,3 +147,28 @@ def test_a_failed_compile_leaves_the_fast_path_and_still_gives_the_images(
     assert np.abs(first.images[0].astype(int) - plain.images[0].astype(int)).max() <= 1
     again = fast_engine.generate("canny", astronaut, "a robot", **REQUEST)
     assert again.warnings == [] and np.array_equal(again.images[0], first.images[0])
+
+
+def test_compile_mode_setting_reaches_every_compile_and_the_page(settings, astronaut, monkeypatch):
+    real = fast.compile_in_place
+    modes = []
+
+    def capture_only(module, **options):
+        modes.append((type(module).__name__, options.get("mode")))
+        return real(module, **{**options, "backend": "eager"})
+
+    monkeypatch.setattr(fast, "compile_in_place", capture_only)
+    tuned = dataclasses.replace(settings, fast_path="on", compile_mode="max-autotune")
+    fast_engine = Engine(tuned, device="cpu")
+    assert "Fast path: on (max-autotune)" in fast_engine.describe()
+    result = fast_engine.generate("canny", astronaut, "a robot", cache_interval=2, **REQUEST)
+    notice = next(w for w in result.warnings if w.startswith("First request"))
+    assert "several minutes" in notice
+    compiled = dict(modes)
+    assert set(compiled) == {
+        "UNet2DConditionModel",
+        "ControlNetModel",
+        "CachingUNet",
+        "ShallowControlNet",
+    }
+    assert set(compiled.values()) == {"max-autotune"}

@@ -31,6 +31,13 @@ def test_environment_overrides_models_and_limits(tmp_path):
 def test_bad_environment_value_names_the_variable():
     with pytest.raises(ValueError, match="MAX_STEPS must be an integer"):
         Settings.from_env({"MAX_STEPS": "many"})
+    with pytest.raises(ValueError, match="COMPILE_MODE must be one of reduce-overhead"):
+        Settings.from_env({"COMPILE_MODE": "turbo"})
+
+
+def test_compile_mode_from_the_environment():
+    assert Settings.from_env({}).compile_mode == "reduce-overhead"
+    assert Settings.from_env({"COMPILE_MODE": " Max-Autotune "}).compile_mode == "max-autotune"
 
 
 def test_models_dir_mirror_is_used_before_the_hub(tmp_path):
