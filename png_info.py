@@ -202,18 +202,46 @@ def read_parameters(source: str | Path | bytes | Image.Image) -> dict | None:
         return None
 
 
+def _unit_values(unit: Any) -> dict:
+    """One unit's flat values: its options, detect resolution (when it has one) and params."""
+    if not isinstance(unit, dict):
+        return {}
+    values = {key: unit[key] for key in _UNIT_KEYS if key in unit}
+    if unit.get("detect_resolution") is not None:
+        values["detect_resolution"] = unit["detect_resolution"]
+    params = unit.get("params")
+    if isinstance(params, dict):
+        for key, value in params.items():
+            values.setdefault(key, value)
+    return values
+
+
+def _units(parameters: dict) -> list:
+    units = parameters.get("units")
+    return units if isinstance(units, list) else []
+
+
 def restore_values(parameters: dict) -> dict:
     """Flat UI/API values for a single-condition tab: shared options plus unit 0's settings and
     annotator params. Keys missing from the file (older versions) are left out."""
     values = {key: parameters[key] for key in _SHARED_KEYS if key in parameters}
-    units = parameters.get("units")
-    unit = units[0] if isinstance(units, list) and units else None
-    if isinstance(unit, dict):
-        values.update({key: unit[key] for key in _UNIT_KEYS if key in unit})
-        if unit.get("detect_resolution") is not None:
-            values["detect_resolution"] = unit["detect_resolution"]
-        params = unit.get("params")
-        if isinstance(params, dict):
-            for key, value in params.items():
-                values.setdefault(key, value)
+    units = _units(parameters)
+    if units:
+        values.update(_unit_values(units[0]))
+    return values
+
+
+def compose_restore_values(parameters: dict, unit_count: int) -> dict:
+    """Flat values for the Compose tab's `unit_count` slots: shared options, then unit k's
+    settings with the suffix `_k` (k from 1) from the file's unit k-1.
+
+    Slots beyond the file's units get `enabled_k` False (the file made no use of them); units
+    beyond `unit_count` are left out. Keys missing from the file are left out.
+    """
+    values = {key: parameters[key] for key in _SHARED_KEYS if key in parameters}
+    units = _units(parameters)
+    for number in range(1, unit_count + 1):
+        unit = units[number - 1] if number <= len(units) else None
+        values[f"enabled_{number}"] = isinstance(unit, dict)
+        values.update({f"{key}_{number}": value for key, value in _unit_values(unit).items()})
     return values

@@ -467,6 +467,164 @@ def test_each_unit_has_closed_annotator_settings_with_one_control_per_name():
     assert names.count("include_hands_1") == 1  # OpenPose's and MediaPipe's: one control
 
 
+# ---- restoring a composition from a PNG: the drop zone's handler on the page's real components --
+def pose_unit(**overrides) -> dict:
+    unit = {
+        "condition": "openpose",
+        "annotator": "mediapipe_pose",
+        "strength": 0.7,
+        "control_start": 0.1,
+        "control_end": 0.9,
+        "detect_resolution": 256,
+        "params": {"include_hands": True, "include_face": False},
+        "model_id": DEFAULT_MODEL_IDS["openpose"],
+    }
+    return unit | overrides
+
+
+def canny_unit(**overrides) -> dict:
+    unit = {
+        "condition": "canny",
+        "annotator": "canny",
+        "strength": 0.5,
+        "control_start": 0.0,
+        "control_end": 1.0,
+        "detect_resolution": None,
+        "params": {"low_threshold": 42, "high_threshold": 200},
+        "model_id": DEFAULT_MODEL_IDS["canny"],
+    }
+    return unit | overrides
+
+
+def composition_png(path, units, **shared) -> str:
+    parameters = {"app": "controlnet-demo", "prompt": "a robot", "seed": 77, "steps": 7}
+    png = png_bytes_with_parameters(
+        np.zeros((8, 8, 3), np.uint8), parameters | shared | {"units": units}
+    )
+    path.write_bytes(png)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def restore_compose():
+    """The Compose drop zone's handler on a page built around the fake engine; it returns the
+    outputs by /compose keyword (the "no settings" notes as `note_k`)."""
+    import gradio as gr
+    from test_ui import FakeEngine
+
+    from settings import Settings
+    from ui import build_demo
+
+    demo = build_demo(FakeEngine(), Settings())
+    compose_fn = next(fn for fn in demo.fns.values() if fn.api_name == "compose")
+    api = demo.get_api_info()["named_endpoints"]["/compose"]["parameters"]
+    names = {
+        component._id: parameter["parameter_name"]
+        for parameter, component in zip(api, compose_fn.inputs, strict=True)
+    }
+    condition_1 = next(_id for _id, name in names.items() if name == "condition_1")
+    restore = next(
+        fn
+        for fn in demo.fns.values()
+        if isinstance(fn.inputs[0] if fn.inputs else None, gr.File)
+        and condition_1 in {output._id for output in fn.outputs}
+    )
+    notes = [output._id for output in restore.outputs if isinstance(output, gr.Markdown)]
+    names.update({_id: f"note_{number}" for number, _id in enumerate(notes, start=1)})
+
+    def run(file) -> dict:
+        return {names[component._id]: value for component, value in restore.fn(file).items()}
+
+    return run
+
+
+def value(update):
+    return update["value"] if isinstance(update, dict) else update
+
+
+def test_a_restore_fills_each_unit_with_what_its_handlers_would_show(
+    restore_compose, tmp_path, capsys
+):
+    file = composition_png(tmp_path / "two.png", [pose_unit(), canny_unit()], base_model="nope")
+    with pytest.warns(UserWarning, match="base model 'nope' is not offered"):
+        out = restore_compose(file)
+    assert "Drop the images again." in capsys.readouterr().out  # images are not in the PNG
+    assert (out["prompt"], out["seed"], out["steps"]) == ("a robot", 77, 7)
+    assert "base_model" not in out
+    assert [out[f"enabled_{k}"] for k in (1, 2, 3)] == [True, True, False]
+    assert [out[f"condition_{k}"] for k in (1, 2)] == ["openpose", "canny"]
+    assert "condition_3" not in out  # an unused slot is only switched off
+    # The condition's handler does not run on a restore: the restore sends its updates, with the
+    # restored annotator and settings in place of the defaults.
+    annotator_2 = out["annotator_2"]
+    assert annotator_2["value"] == "canny" and ("Canny edges", "canny") in annotator_2["choices"]
+    assert out["annotator_1"]["value"] == "mediapipe_pose"
+    assert out["detect_resolution_1"] == {"__type__": "update", "value": 256, "visible": True}
+    assert out["include_hands_1"]["value"] is True and out["include_hands_1"]["visible"]
+    assert not out["low_threshold_1"]["visible"] and not out["note_1"]["visible"]
+    assert out["low_threshold_2"] == {"__type__": "update", "value": 42, "visible": True}
+    assert not out["detect_resolution_2"]["visible"]  # Canny runs at the output size
+    assert [value(out[f"{name}_2"]) for name in ("strength", "control_start", "control_end")] == [
+        0.5,
+        0.0,
+        1.0,
+    ]
+
+
+def test_a_restore_skips_units_the_compose_tab_cannot_take(restore_compose, tmp_path):
+    drawn = canny_unit(condition="scribble_interactive", annotator="scribble", params={})
+    file = composition_png(
+        tmp_path / "many.png", [drawn, *[canny_unit(strength=s) for s in (0.1, 0.2, 0.3, 0.4)]]
+    )
+    with pytest.warns(UserWarning) as warned:
+        out = restore_compose(file)
+    messages = [str(warning.message) for warning in warned]
+    assert any("'scribble_interactive'" in m and "not offered" in m for m in messages), messages
+    assert any("4 units; the first 3 were restored" in m for m in messages), messages
+    assert [out[f"strength_{k}"] for k in (1, 2, 3)] == [0.1, 0.2, 0.3]
+    # Only a unit the tab cannot take: the slots are kept as they are (not all switched off).
+    with pytest.warns(UserWarning, match="not offered"):
+        out = restore_compose(composition_png(tmp_path / "drawn.png", [drawn]))
+    assert out["prompt"] == "a robot"
+    assert not any(name.endswith(("_1", "_2", "_3")) for name in out)
+
+
+def test_a_png_without_our_settings_is_refused_with_a_message(restore_compose, tmp_path):
+    import gradio as gr
+
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(gr.Error, match="This PNG carries no settings from this app"):
+        restore_compose(str(plain))
+    assert restore_compose(None) == {}
+
+
+def test_a_drawing_makes_its_unit_a_scribble_with_the_scribble_annotators():
+    """The condition's handler runs on the person's choice only (`.input`): "Use this drawing",
+    which sets the condition in code, sends the annotator choices and settings itself."""
+    import gradio as gr
+    from test_ui import FakeEngine
+
+    from settings import Settings
+    from ui import build_demo
+    from ui.compose import _settings_updates
+
+    demo = build_demo(FakeEngine(), Settings())
+    use_sketch = next(
+        fn
+        for fn in demo.fns.values()
+        if fn.inputs and isinstance(fn.inputs[0], gr.Sketchpad) and len(fn.outputs) > 3
+    )
+    drawing = np.full((8, 8, 4), 255, np.uint8)
+    image, condition, enabled, annotator, *settings = use_sketch.fn({"composite": drawing})
+    assert (image is drawing, condition, enabled) == (True, "scribble", True)
+    assert annotator["value"] == "scribble"
+    assert (f"Default ({ANNOTATORS['scribble'].label})", "") in annotator["choices"]
+    assert [update["visible"] for update in settings] == [
+        update["visible"] for update in _settings_updates("scribble", "", 512)
+    ]
+
+
 @pytest.mark.browser
 def test_the_page_follows_each_units_condition_and_annotator(page, server):
     """In Chromium: each unit's closed "Annotator settings" shows only its annotator's settings,

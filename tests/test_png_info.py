@@ -17,6 +17,7 @@ from png_info import (
     A1111_KEY,
     PARAMETERS_KEY,
     a1111_infotext,
+    compose_restore_values,
     png_bytes_with_parameters,
     read_parameters,
     restore_values,
@@ -273,3 +274,86 @@ def test_restore_values_missing_keys():
     }
     assert restore_values({"prompt": "x", "units": []}) == {"prompt": "x"}
     assert restore_values({}) == {}
+
+
+def depth_unit() -> dict:
+    return canny_unit(
+        condition="depth",
+        annotator="depth_midas",
+        strength=0.6,
+        control_start=0.1,
+        control_end=0.8,
+        detect_resolution=384,
+        params={},
+        model_id="lllyasviel/control_v11f1p_sd15_depth",
+    )
+
+
+def test_compose_restore_values_multi_unit():
+    parameters = make_parameters(units=[depth_unit(), canny_unit(params={"low_threshold": 42})])
+    values = compose_restore_values(parameters, 3)
+    shared = restore_values(make_parameters(units=[]))
+    assert {key: values.pop(key) for key in shared} == shared  # the tab's shared options
+    assert values == {
+        "enabled_1": True,
+        "condition_1": "depth",
+        "annotator_1": "depth_midas",
+        "strength_1": 0.6,
+        "control_start_1": 0.1,
+        "control_end_1": 0.8,
+        "detect_resolution_1": 384,
+        "enabled_2": True,
+        "condition_2": "canny",
+        "annotator_2": "canny",
+        "strength_2": 1.0,
+        "control_start_2": 0.0,
+        "control_end_2": 1.0,
+        "low_threshold_2": 42,  # Canny records no detect resolution: none restored
+        "enabled_3": False,  # not used by the PNG: switched off, nothing else touched
+    }
+
+
+def test_compose_restore_values_single_unit_goes_to_unit_1():
+    values = compose_restore_values(make_parameters(), 3)
+    assert values["prompt"] == "a house" and values["seed"] == 1234
+    unit_1 = {key: value for key, value in values.items() if key.endswith("_1")}
+    assert unit_1 == {
+        "enabled_1": True,
+        "condition_1": "canny",
+        "annotator_1": "canny",
+        "strength_1": 1.0,
+        "control_start_1": 0.0,
+        "control_end_1": 1.0,
+        "low_threshold_1": 100,
+        "high_threshold_1": 200,
+    }
+    assert (values["enabled_2"], values["enabled_3"]) == (False, False)
+    assert not any(key.endswith(("_2", "_3")) and not key.startswith("enabled") for key in values)
+
+
+def test_compose_restore_values_missing_keys_from_older_pngs():
+    old = {"prompt": "a house", "seed": 7, "units": [{"condition": "canny", "strength": 0.5}]}
+    assert compose_restore_values(old, 2) == {
+        "prompt": "a house",
+        "seed": 7,
+        "enabled_1": True,
+        "condition_1": "canny",
+        "strength_1": 0.5,
+        "enabled_2": False,
+    }
+    # No units (or not a list, or a unit that is not a mapping): every slot is off.
+    assert compose_restore_values({"seed": 1}, 2) == {
+        "seed": 1,
+        "enabled_1": False,
+        "enabled_2": False,
+    }
+    assert compose_restore_values({"units": "canny"}, 1) == {"enabled_1": False}
+    assert compose_restore_values({"units": ["canny"]}, 1) == {"enabled_1": False}
+
+
+def test_compose_restore_values_takes_the_first_units_when_there_are_more():
+    units = [canny_unit(strength=number / 10) for number in range(1, 5)]
+    values = compose_restore_values(make_parameters(units=units), 3)
+    assert [values[f"strength_{k}"] for k in (1, 2, 3)] == [0.1, 0.2, 0.3]
+    assert all(values[f"enabled_{k}"] for k in (1, 2, 3))
+    assert not any(key.endswith("_4") for key in values)

@@ -11,6 +11,9 @@ several annotators is one keyword). These last ones come after everything else s
 passing arguments by position keep working; only the chosen annotator's are used.
 `detect_resolution_k` defaults to the resolution of the unit's preset annotator (e.g. 384 for the
 depth unit): set it when changing `condition_k` to an annotator with another default.
+
+The drop zone under the gallery restores a composition's settings (not its images) from a PNG made
+here: the PNG's unit k goes to unit k, the other units are switched off.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import gradio as gr
 
 from annotators import ANNOTATORS, Annotator, Param
 from conditions import CONDITIONS
+from png_info import compose_restore_values
 from settings import PROJECT_ROOT, Defaults, Limits
 from ui.controls import (
     GPU_QUEUE,
@@ -28,13 +32,14 @@ from ui.controls import (
     generation_controls,
     name_input_errors,
     param_control,
+    restore_file,
     speed_controls,
     strength_slider,
     upload_image,
     user_errors,
     window_sliders,
 )
-from ui.results import PngStore, stream_generation
+from ui.results import PngStore, png_settings, restored_values, stream_generation
 from ui.tab import CANVAS_SIZE, canvas_image
 
 # (condition, switched on) for each unit slot: the paper's pose + depth, then edges, off.
@@ -42,6 +47,7 @@ UNIT_PRESETS = (("openpose", True), ("depth", True), ("canny", False))  # at mos
 UNIT_OPTIONS = ("enabled", "condition", "annotator", "strength", "control_start", "control_end")
 # The conditions a unit can take (a drawing is uploaded as a scribble).
 UNIT_CONDITIONS = tuple(c for c in CONDITIONS.values() if c.input_kind == "upload")
+_OFFERED = frozenset(condition.name for condition in UNIT_CONDITIONS)
 
 
 def _unit_params() -> dict[str, Param]:
@@ -107,6 +113,16 @@ def _settings_updates(condition: Any, annotator: Any, default_detect: int) -> li
     ]
 
 
+def _condition_updates(condition_name: str, annotator: str, default_detect: int) -> list[dict]:
+    """Updates for [annotator, detect resolution, each of `UNIT_PARAMS`, the note] when a unit
+    takes `condition_name`: its annotator choices, `annotator` chosen ("" = its default)."""
+    value = annotator or CONDITIONS[condition_name].annotators[0]
+    return [
+        gr.update(choices=_annotator_choices(condition_name), value=value),
+        *_settings_updates(condition_name, annotator, default_detect),
+    ]
+
+
 def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defaults):
     """One unit's column; returns its controls and its annotator settings by API keyword (without
     the `_k` suffix)."""
@@ -152,16 +168,16 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
 
     condition, annotator = controls["condition"], controls["annotator"]
     followers = [*settings.values(), note]
-    condition.change(
-        lambda name: [
-            gr.update(choices=_annotator_choices(name), value=CONDITIONS[name].annotators[0]),
-            *_settings_updates(name, "", defaults.detect_resolution),
-        ],
+    # `.input`, not `.change`: these fire on the person's choice only. A restore from a PNG sets
+    # the condition, annotator and settings together; `.change` would then reset the latter two.
+    # Whatever sets a condition in code sends `_condition_updates` itself.
+    condition.input(
+        lambda name: _condition_updates(name, "", defaults.detect_resolution),
         inputs=condition,
         outputs=[annotator, *followers],
         api_visibility="private",
     )
-    annotator.change(
+    annotator.input(
         lambda name, chosen: _settings_updates(name, chosen, defaults.detect_resolution),
         inputs=[condition, annotator],
         outputs=followers,
@@ -169,12 +185,70 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
     )
     # A drawing becomes this unit's image, read as a scribble (dark strokes on white).
     use_sketch.click(
-        user_errors(lambda value: (canvas_image(value), "scribble", True)),
+        user_errors(
+            lambda value: (
+                canvas_image(value),
+                "scribble",
+                True,
+                *_condition_updates("scribble", "", defaults.detect_resolution),
+            )
+        ),
         inputs=sketch,
-        outputs=[controls["image"], condition, controls["enabled"]],
+        outputs=[controls["image"], condition, controls["enabled"], annotator, *followers],
         api_visibility="private",
     )
-    return controls, settings
+    return controls, settings, note
+
+
+def _restorable_units(parameters: dict, slots: int) -> list[dict]:
+    """The PNG's units that a Compose slot can take, in order; warns about those left out."""
+    units = parameters.get("units")
+    units = [unit for unit in units if isinstance(unit, dict)] if isinstance(units, list) else []
+    kept = [unit for unit in units if unit.get("condition") in _OFFERED]
+    skipped = [
+        repr(unit.get("condition")) for unit in units if unit.get("condition") not in _OFFERED
+    ]
+    if skipped:
+        gr.Warning(f"Skipped the unit(s) of {', '.join(skipped)}: not offered on the Compose tab.")
+    if len(kept) > slots:
+        gr.Warning(f"This PNG has {len(kept)} units; the first {slots} were restored.")
+    return kept
+
+
+def _restored_composition(
+    file: Any,
+    controls: dict[str, gr.components.Component],
+    unit_columns: list[tuple[dict, dict, gr.Markdown]],
+    default_detect: int,
+) -> dict[gr.components.Component, Any]:
+    """Values for `controls` (by API keyword name) from a PNG made by this app: its shared
+    settings, and unit k in slot k (the other slots switched off). Images are not restored."""
+    if file is None:
+        return {}
+    parameters = png_settings(file)
+    units = _restorable_units(parameters, len(unit_columns))
+    values = compose_restore_values({**parameters, "units": units}, len(unit_columns))
+    if not units:  # nothing for the slots: keep them rather than switch every one off
+        values = {name: value for name, value in values.items() if not name.startswith("enabled_")}
+    restored = restored_values(
+        values, controls, parameters.get("seed"), note=" Drop the images again."
+    )
+    # The condition's `.input` handler does not run on a restore: send what it would, with the
+    # restored annotator and settings in place of its defaults.
+    for number, (unit, settings, note) in enumerate(unit_columns, start=1):
+        condition = values.get(f"condition_{number}")
+        if condition is None:
+            continue
+        updates = _condition_updates(
+            condition, values.get(f"annotator_{number}", ""), default_detect
+        )
+        for component, update in zip(
+            [unit["annotator"], *settings.values(), note], updates, strict=True
+        ):
+            if component in restored:
+                update["value"] = restored[component]
+            restored[component] = update
+    return restored
 
 
 def build_compose_tab(
@@ -215,18 +289,19 @@ def build_compose_tab(
                 seed_used = gr.Number(
                     label="Seed used", precision=0, interactive=False, placeholder="after a run"
                 )
+                restore = restore_file()
 
     # API keywords: unit 1's image is `image`; every other unit field gets the suffix `_k`.
     first_image = unit_columns[0][0].pop("image")
     unit_inputs = {
         f"{name}_{number}": component
-        for number, (controls, _) in enumerate(unit_columns, start=1)
+        for number, (controls, _, _) in enumerate(unit_columns, start=1)
         for name, component in controls.items()
     }
     # The annotator settings come last: existing positional callers are not shifted.
     settings_inputs = {
         f"{name}_{number}": component
-        for number, (_, settings) in enumerate(unit_columns, start=1)
+        for number, (_, settings, _) in enumerate(unit_columns, start=1)
         for name, component in settings.items()
     }
 
@@ -259,4 +334,26 @@ def build_compose_tab(
         outputs=[gallery, seed_used],
         api_name="compose",
         concurrency_id=GPU_QUEUE,
+    )
+    # Settings only: each unit's image (a file of the visitor's) is not in the PNG.
+    restorable = {
+        "prompt": prompt,
+        **{
+            name: component
+            for name, component in unit_inputs.items()
+            if not name.startswith("image")
+        },
+        **options,
+        **models,
+        **settings_inputs,
+        **speed,
+    }
+    notes = [note for _, _, note in unit_columns]
+    restore.upload(
+        fn=lambda file: _restored_composition(
+            file, restorable, unit_columns, defaults.detect_resolution
+        ),
+        inputs=restore,
+        outputs=[*restorable.values(), *notes],
+        api_visibility="private",
     )

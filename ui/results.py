@@ -117,12 +117,8 @@ def preview_items(images: list, step: int, total: int) -> list[tuple[Any, str]]:
     ]
 
 
-def restored_settings(
-    file: Any, condition_name: str, controls: dict[str, gr.components.Component]
-) -> dict[gr.components.Component, Any]:
-    """Values for `controls` (by API keyword name) from a PNG made by this app, with a message."""
-    if file is None:
-        return {}
+def png_settings(file: Any) -> dict:
+    """The parameters of a PNG made by this app; a message saying what to drop otherwise."""
     parameters = read_parameters(file)
     if parameters is None:
         raise gr.Error(
@@ -130,6 +126,37 @@ def restored_settings(
             "files in the gallery, saved as PNG).",
             print_exception=False,
         )
+    return parameters
+
+
+def restored_values(
+    values: dict[str, Any],
+    controls: dict[str, gr.components.Component],
+    seed: Any,
+    note: str = "",
+) -> dict[gr.components.Component, Any]:
+    """`values` (by API keyword name) for those of `controls` the page has, with a message.
+
+    A base model this server does not offer is kept out: the dropdown would refuse it.
+    """
+    base = values.get("base_model")
+    base_choices = _choice_values(controls.get("base_model"))
+    if base is not None and base_choices is not None and base not in base_choices:
+        values = {name: value for name, value in values.items() if name != "base_model"}
+        gr.Warning(f"The base model {base!r} is not offered here; the current one was kept.")
+    restored = {controls[name]: value for name, value in values.items() if name in controls}
+    logger.info("Restored %d settings from a PNG", len(restored))
+    gr.Info(f"Restored {len(restored)} settings (seed {seed}).{note}")
+    return restored
+
+
+def restored_settings(
+    file: Any, condition_name: str, controls: dict[str, gr.components.Component]
+) -> dict[gr.components.Component, Any]:
+    """Values for `controls` (by API keyword name) from a PNG made by this app, with a message."""
+    if file is None:
+        return {}
+    parameters = png_settings(file)
     values = restore_values(parameters)
     made_on = values.pop("condition", None)
     if made_on != condition_name:
@@ -137,15 +164,7 @@ def restored_settings(
         for name in ("annotator", "detect_resolution", *_unit_param_names(parameters)):
             values.pop(name, None)
         gr.Warning(f"This PNG was made on the {made_on!r} tab: its shared settings were restored.")
-    base = values.get("base_model")
-    base_choices = _choice_values(controls.get("base_model"))
-    if base is not None and base_choices is not None and base not in base_choices:
-        values.pop("base_model")
-        gr.Warning(f"The base model {base!r} is not offered here; the current one was kept.")
-    restored = {controls[name]: value for name, value in values.items() if name in controls}
-    logger.info("Restored %d settings from a PNG", len(restored))
-    gr.Info(f"Restored {len(restored)} settings (seed {parameters.get('seed')}).")
-    return restored
+    return restored_values(values, controls, parameters.get("seed"))
 
 
 def _unit_param_names(parameters: dict) -> list[str]:

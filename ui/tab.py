@@ -155,36 +155,57 @@ def build_condition_tab(
         concurrency_id=GPU_QUEUE,  # annotator networks run on the GPU too
     )
     restorable = {"prompt": prompt, **options, **models, **map_controls, **speed}
-    restore.upload(
+    restored = restore.upload(
         fn=lambda file: restored_settings(file, condition.name, restorable),
         inputs=restore,
         outputs=list(restorable.values()),
         api_visibility="private",
     )
-    _show_params_of_chosen_annotator(map_controls)
+    show_chosen = _show_params_of_chosen_annotator(map_controls)
+    if show_chosen is not None:  # the restored annotator's sliders, with the restored values
+        restored.success(**show_chosen, api_visibility="private")
 
 
-def _show_params_of_chosen_annotator(map_controls: dict[str, gr.components.Component]) -> None:
+def _show_params_of_chosen_annotator(
+    map_controls: dict[str, gr.components.Component],
+) -> dict[str, Any] | None:
     """Show only the chosen annotator's own sliders, and reset the annotator resolution to its
-    reference default (e.g. 384 for MiDaS, 512 for NormalBAE)."""
+    reference default (e.g. 384 for MiDaS, 512 for NormalBAE) when the person picks it.
+
+    `.input`, not `.change`: a restore from a PNG sets the annotator and its resolution together,
+    and `.change` would then reset the resolution. Returns the event arguments (fn, inputs,
+    outputs) that show the chosen annotator's sliders without changing any value, for a restore
+    to run after itself; None when there is nothing to show or hide.
+    """
     choice = map_controls["annotator"]
     every_param = {param.name for annotator in ANNOTATORS.values() for param in annotator.params}
     names = [name for name in map_controls if name in every_param]
     detect = map_controls.get("detect_resolution")
     outputs = [map_controls[name] for name in names] + ([detect] if detect else [])
     if not outputs:
-        return
+        return None
 
-    def follow(annotator: str):
+    def updates(annotator: str, reset: bool) -> list[dict]:
         chosen = ANNOTATORS[annotator]
         own = {param.name for param in chosen.params}
-        updates = [gr.update(visible=name in own) for name in names]
+        result = [gr.update(visible=name in own) for name in names]
         if detect:
             resolution = chosen.default_detect_resolution
-            updates.append(gr.update(visible=resolution is not None, value=resolution or 512))
-        return updates
+            value = {"value": resolution or 512} if reset else {}
+            result.append(gr.update(visible=resolution is not None, **value))
+        return result
 
-    choice.change(follow, inputs=choice, outputs=outputs, api_visibility="private")
+    choice.input(
+        lambda annotator: updates(annotator, reset=True),
+        inputs=choice,
+        outputs=outputs,
+        api_visibility="private",
+    )
+    return {
+        "fn": lambda annotator: updates(annotator, reset=False),
+        "inputs": choice,
+        "outputs": outputs,
+    }
 
 
 def build_annotate_tab(engine, limits: Limits, defaults: Defaults) -> None:
