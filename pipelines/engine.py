@@ -43,6 +43,7 @@ from pipelines.denoise import (
     to_uint8,
 )
 from pipelines.loading import load_model, resolve_source
+from pipelines.prompt_cache import encode_prompt
 from pipelines.request import GenerationOptions, UnitOptions
 from pipelines.schedulers import make_scheduler
 from pipelines.zerogpu import gpu_seconds, gpu_task, on_zero_gpu
@@ -551,7 +552,9 @@ class Engine:
 
     def _generate_seconds(self, units, options, on_progress, on_preview) -> int:
         height, width = self._output_size(units[0].image, options)
-        return gpu_seconds(options.steps, options.num_images, height, width, len(units))
+        return gpu_seconds(
+            options.steps, options.num_images, height, width, len(units), options.cache_interval
+        )
 
     def _generate_checked(
         self,
@@ -703,12 +706,12 @@ class Engine:
                 f"{max_tokens}, so the rest was ignored."
             )
         use_cfg = options.guidance_scale > 1.0  # at <= 1, CFG adds nothing but cost
-        prompt_embeds, negative_embeds = pipe.encode_prompt(
-            prompt,
+        prompt_embeds, negative_embeds = encode_prompt(
+            pipe,
             self.device,
-            num_images_per_prompt=options.num_images,
-            do_classifier_free_guidance=use_cfg,
-            negative_prompt=options.negative_prompt if use_cfg else None,
+            prompt,
+            options.negative_prompt if use_cfg else None,
+            options.num_images,
         )
         height, width = size
         shape = (

@@ -22,14 +22,22 @@ OVERHEAD_SECONDS = 20
 SECONDS_PER_STEP_512 = 0.25
 # A ControlNet costs about a third of the UNet (0.57 vs 1.61 TFLOP per step, DESIGN.md §6).
 CONTROLNET_SHARE = 0.35
+# A feature-caching shallow step (UNet and ControlNet shallow branches) costs 40% of a full step's
+# FLOPs at 512 px (868 of 2,173 GFLOP with CFG, benchmarks/feature_cache.py).
+SHALLOW_STEP_SHARE = 0.4
 
 
 def on_zero_gpu() -> bool:
     return os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "true")
 
 
-def gpu_seconds(steps: int, num_images: int, height: int, width: int, units: int = 1) -> int:
-    """How long to ask ZeroGPU for: grows with steps x images x pixels (x ControlNets), capped."""
+def gpu_seconds(
+    steps: int, num_images: int, height: int, width: int, units: int = 1, cache_interval: int = 1
+) -> int:
+    """How long to ask ZeroGPU for: grows with steps x images x pixels (x ControlNets), capped.
+    With feature caching only every `cache_interval`-th step is a full one."""
+    full_steps = -(-steps // max(1, cache_interval))  # steps 0, N, 2N, ...
+    steps = full_steps + (steps - full_steps) * SHALLOW_STEP_SHARE
     work = steps * num_images * (height * width) / 512**2 * SECONDS_PER_STEP_512
     work *= 1 + CONTROLNET_SHARE * (units - 1)
     return int(min(MAX_GPU_SECONDS, OVERHEAD_SECONDS + work))

@@ -38,6 +38,8 @@ def test_gpu_seconds_grow_with_the_work_and_are_capped():
     small = gpu_seconds(steps=20, num_images=1, height=512, width=512)
     assert 20 < small < gpu_seconds(steps=20, num_images=4, height=512, width=512)
     assert gpu_seconds(steps=100, num_images=12, height=768, width=1024) == MAX_GPU_SECONDS
+    cached = gpu_seconds(steps=100, num_images=2, height=512, width=512, cache_interval=3)
+    assert 20 < cached < gpu_seconds(steps=100, num_images=2, height=512, width=512)
 
 
 def test_requests_run_inside_spaces_gpu(fake_spaces, settings, astronaut):
