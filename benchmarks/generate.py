@@ -34,6 +34,8 @@ new-shape compiles of batch 4 last, so a --deadline-s cut drops the least. The e
 pipeline stay loaded side by side; engine_fast applies pipelines/fast.py in place to the engine's
 loaded modules (`engine.base_pipeline().unet/.vae`, `engine.controlnet("canny")`), exactly the
 calls the engine makes itself when FAST_PATH is on, after engine_eager has made the references.
+Every call uses the same prompt, so after the first the engine takes its text embeddings from its
+cache (pipelines/prompt_cache.py), as a repeated prompt does in the app; stock encodes it each time.
 
 Output: one JSON line per phase, flushed as soon as it is measured: `seconds_per_image` (median
 of --repeats calls after warm-up, divided by the batch), `min`, `batch`, `warmup_s`, `compile_s`
