@@ -225,3 +225,22 @@ def test_feature_cache_benchmark_tiny_counts_and_times_both_steps():
         assert 0 < record["shallow_share"] < 1, record
         bounds = [record["speedup_bound"][str(n)] for n in (2, 3, 4, 5)]
         assert bounds[0] > 1 and bounds == sorted(bounds), record  # more caching, more gain
+
+
+def test_a_composition_caches_every_units_deep_blocks(settings, astronaut):
+    engine = Engine(settings, device="cpu")  # its own models: hooks stay off the shared ones
+    units = [{"condition": "canny", "image": astronaut}, {"condition": "depth", "strength": 0.8}]
+    request = {**REQUEST, "control_mode": "controlnet", "cache_interval": 2}  # CFG-RW too
+    exact = engine.compose(units, "a robot", **{**request, "cache_interval": 1})
+    counted = {
+        role: (_count_calls(model.mid_block), _count_calls(model.down_blocks[0]))
+        for role, model in (
+            ("canny", engine.controlnet("canny")),
+            ("depth", engine.controlnet("depth")),
+        )
+    }
+    cached = engine.compose(units, "a robot", **request)
+    for role, (middle, first) in counted.items():
+        assert (len(middle), len(first)) == (3, 6), role  # steps 0, 2, 4 full; all 6 shallow
+    change = np.abs(cached.images[0].astype(int) - exact.images[0].astype(int)).mean()
+    assert 0 < change < 5, change
