@@ -43,6 +43,9 @@ of --repeats calls after warm-up, divided by the batch), `min`, `batch`, `warmup
 what its calls added: `peak_gib` allocated, `peak_reserved_gib` reserved, CUDA-graph pools
 included), and for fast phases `max_abs_diff` / `mean_abs_diff` / `matches_eager` against the
 eager engine's images at the same seed (uint8 levels; the eager vs fast check the issue asks for).
+The engine_eager, engine_fast and engine_fast_batch4 records also hold `breakdown_s`: one more
+call timed part by part (text encoding, denoising loop, its ControlNets and sampler steps, VAE
+decode, the rest), with a device synchronisation around each part.
 A phase that fails prints {"phase": ..., "error": ...} and the run goes on; a phase past its
 --budget-s stops repeating; phases that would start after --deadline-s print
 {"phase": ..., "skipped": ...}. The last line is the summary with `ratio` = stock / engine.
@@ -411,6 +414,71 @@ def measure(
     return record, images
 
 
+# Where one engine call's time goes: (name, module, attribute) of the functions timed, each with a
+# device synchronisation before and after (which itself costs a little: the parts add up to more
+# than an untimed call). "controlnets" and "scheduler_step" run inside "denoise".
+BREAKDOWN_PARTS = (
+    ("encode_prompt", "pipelines.engine", "encode_prompt"),
+    ("denoise", "pipelines.engine", "denoise"),
+    ("controlnets", "pipelines.denoise", "control_residuals"),
+    ("decode", "pipelines.engine", "decode_latents"),
+)
+
+
+def breakdown(call: Callable[[], np.ndarray], cfg: Config) -> dict[str, float]:
+    """One more call of `call`, timed part by part (seconds): text encoding, the denoising loop
+    and in it the ControlNets and the sampler's steps (the rest of the loop is the UNet's), the
+    VAE decode, and everything else (`outside`)."""
+    import importlib
+
+    from pipelines.schedulers import make_scheduler
+
+    totals = dict.fromkeys([name for name, _, _ in BREAKDOWN_PARTS] + ["scheduler_step"], 0.0)
+
+    def sync() -> None:
+        if cfg.cuda:
+            torch.cuda.synchronize(cfg.device)
+
+    def timed(name: str, function: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            sync()
+            began = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                sync()
+                totals[name] += time.perf_counter() - began
+
+        return wrapper
+
+    patched = [
+        (importlib.import_module(module), attribute) for _, module, attribute in BREAKDOWN_PARTS
+    ]
+    scheduler_type = type(make_scheduler("UniPC", {}))
+    patched.append((scheduler_type, "step"))
+    originals = [getattr(owner, attribute) for owner, attribute in patched]
+    names = [name for name, _, _ in BREAKDOWN_PARTS] + ["scheduler_step"]
+    try:
+        for (owner, attribute), original, name in zip(patched, originals, names, strict=True):
+            setattr(owner, attribute, timed(name, original))
+        sync()
+        began = time.perf_counter()
+        call()
+        sync()
+        total = time.perf_counter() - began
+    finally:
+        for (owner, attribute), original in zip(patched, originals, strict=True):
+            setattr(owner, attribute, original)
+    parts = {name: round(value, 4) for name, value in totals.items()}
+    parts["unet_and_loop"] = round(
+        totals["denoise"] - totals["controlnets"] - totals["scheduler_step"], 4
+    )
+    parts["outside"] = round(
+        total - totals["encode_prompt"] - totals["denoise"] - totals["decode"], 4
+    )
+    return {"total": round(total, 4), **parts}
+
+
 def compare(images: np.ndarray, reference: np.ndarray | None, tolerance: float) -> dict:
     """Differences in uint8 levels; `matches_eager` when the mean is within `tolerance`."""
     if reference is None:
@@ -524,6 +592,7 @@ ENGINE_SETUPS = {
     "cache_fast": EngineSetup(cache_interval=CACHE_INTERVAL),
 }
 EAGER_ENGINE_PHASES = ("engine_eager", "cache_eager")  # run before the fast path is applied
+BREAKDOWN_PHASES = ("engine_eager", "engine_fast", "engine_fast_batch4")  # where the time goes
 
 
 # ---- stock diffusers -----------------------------------------------------------------------------
@@ -633,14 +702,17 @@ class Bench:
             extra["fast_path"] = self.fast_steps
             if setup.cache_interval > 1:
                 extra["fast_path_feature_cache"] = apply_feature_cache_fast_path(engine, cfg)
+        call = engine_call(engine, self.image, cfg, setup, warnings)
         record, images = measure(
             phase,
-            engine_call(engine, self.image, cfg, setup, warnings),
+            call,
             cfg=cfg,
             batch=setup.batch,
             compiled=cfg.compile and not eager,
             resident=self.engine_bytes(),
         )
+        if phase in BREAKDOWN_PHASES:
+            extra["breakdown_s"] = breakdown(call, cfg)
         if phase == "engine_eager":
             self.references[setup] = images
             # The exact eager images the phases to come are compared with, one call each.

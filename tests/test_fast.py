@@ -328,6 +328,11 @@ def test_generate_benchmark_tiny_prints_json_lines():
     for phase in ("engine_fast", "engine_fast_batch4", "guess_mode"):
         assert by_phase[phase]["matches_eager"] is True, by_phase[phase]
         assert by_phase[phase]["fast_path"]["controlnet"] == ["channels_last", "fused_qkv"]
+    for phase in ("engine_eager", "engine_fast", "engine_fast_batch4"):  # where the time goes
+        parts = by_phase[phase]["breakdown_s"]
+        assert parts["denoise"] > parts["controlnets"] > 0 and parts["scheduler_step"] > 0
+        assert parts["decode"] > 0 and parts["unet_and_loop"] > 0
+        assert parts["total"] >= parts["encode_prompt"] + parts["denoise"] + parts["decode"]
     for phase in ("cache_eager", "cache_fast"):  # reported against the exact images, not held
         assert by_phase[phase]["cache_interval"] == 3 and by_phase[phase]["changes_images"]
         assert by_phase[phase]["mean_abs_diff"] > 0, by_phase[phase]
