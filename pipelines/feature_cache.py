@@ -53,6 +53,14 @@ def check_supported(unet: torch.nn.Module) -> None:
         )
 
 
+def _onload(module: torch.nn.Module) -> None:
+    """Low-memory mode's model CPU offload moves a model to the GPU in a hook on its forward
+    (accelerate's `_hf_hook`), which calling its blocks directly skips: run that step here."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is not None:
+        hook.pre_forward(module)
+
+
 def _down(block, hidden, emb, embeds):
     if getattr(block, "has_cross_attention", False):
         return block(hidden_states=hidden, temb=emb, encoder_hidden_states=embeds)
@@ -91,6 +99,7 @@ class CachingUNet(torch.nn.Module):
         cached: torch.Tensor | None = None,  # the last up block's input from a full step
     ) -> tuple[torch.Tensor, torch.Tensor]:
         unet = self.unet
+        _onload(unet)
         # 1. Time embedding, and whether upsamplers must be told their size (odd latent sizes).
         factor = 2**unet.num_upsamplers
         forward_upsample_size = any(dim % factor != 0 for dim in sample.shape[-2:])
@@ -151,6 +160,7 @@ class ShallowControlNet(torch.nn.Module):
         count: int,
     ) -> list[torch.Tensor]:
         controlnet = self.controlnet
+        _onload(controlnet)
         if controlnet.config.controlnet_conditioning_channel_order == "bgr":
             control = torch.flip(control, dims=[1])
         timesteps = timestep[None] if timestep.dim() == 0 else timestep

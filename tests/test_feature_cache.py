@@ -244,3 +244,24 @@ def test_a_composition_caches_every_units_deep_blocks(settings, astronaut):
         assert (len(middle), len(first)) == (3, 6), role  # steps 0, 2, 4 full; all 6 shallow
     change = np.abs(cached.images[0].astype(int) - exact.images[0].astype(int)).mean()
     assert 0 < change < 5, change
+
+
+def test_offload_hooks_run_before_the_caching_forwards(settings, astronaut):
+    """Low-memory mode moves each model to the GPU in an accelerate hook on its forward; the
+    caching forwards call the models' blocks directly, so they must run that hook themselves."""
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    engine = Engine(dataclasses.replace(settings, low_memory=True), device="cpu")
+    seen = []
+
+    class Record(ModelHook):
+        def pre_forward(self, module, *args, **kwargs):
+            seen.append(type(module).__name__)
+            return args, kwargs
+
+    add_hook_to_module(engine.base_pipeline().unet, Record())
+    add_hook_to_module(engine.controlnet("canny"), Record())
+    engine.generate("canny", astronaut, "a robot", cache_interval=3, **{**REQUEST, "steps": 4})
+    # Every step: the UNet's caching forward; the ControlNet's own forward on the full steps
+    # (0 and 3), its shallow branch on the others.
+    assert seen.count("UNet2DConditionModel") == 4 and seen.count("ControlNetModel") == 4
