@@ -129,12 +129,11 @@ def check_canny_tab(page: Page, server, tmp_path: Path) -> Path:
     return screenshot
 
 
-@pytest.mark.browser
-def test_canny_tab_previews_and_generates(page: Page, server, tmp_path: Path):
-    """Upload a photo on the Canny tab, preview its map, then Run: the gallery holds the map and
-    one image, the seed used is shown, and a full-page screenshot is saved for a look."""
+def run_check(check, page: Page, server, tmp_path: Path):
+    """`check(page, server, tmp_path)`; on failure, a screenshot and the server log's tail in the
+    message."""
     try:
-        screenshot = check_canny_tab(page, server, tmp_path)
+        return check(page, server, tmp_path)
     except (AssertionError, PlaywrightError) as error:
         with contextlib.suppress(PlaywrightError):
             page.screenshot(path=tmp_path / "failure.png", full_page=True)
@@ -142,6 +141,13 @@ def test_canny_tab_previews_and_generates(page: Page, server, tmp_path: Path):
             f"{error}\nscreenshot: {tmp_path / 'failure.png'}\n"
             f"--- server log (tail) ---\n{log_tail(server)}"
         )
+
+
+@pytest.mark.browser
+def test_canny_tab_previews_and_generates(page: Page, server, tmp_path: Path):
+    """Upload a photo on the Canny tab, preview its map, then Run: the gallery holds the map and
+    one image, the seed used is shown, and a full-page screenshot is saved for a look."""
+    screenshot = run_check(check_canny_tab, page, server, tmp_path)
     print(f"screenshot: {screenshot}")
     assert screenshot.stat().st_size > 10_000
 
@@ -261,15 +267,7 @@ def check_restored_single_condition(page: Page, server, tmp_path: Path) -> None:
 def test_compose_restores_settings_from_a_png(page: Page, server, tmp_path: Path, check):
     """Drop a PNG with two units (or one, from a condition's tab) on the Compose tab: the page
     shows its prompt, conditions, annotators, strengths and thresholds, the other units off."""
-    try:
-        check(page, server, tmp_path)
-    except (AssertionError, PlaywrightError) as error:
-        with contextlib.suppress(PlaywrightError):
-            page.screenshot(path=tmp_path / "failure.png", full_page=True)
-        pytest.fail(
-            f"{error}\nscreenshot: {tmp_path / 'failure.png'}\n"
-            f"--- server log (tail) ---\n{log_tail(server)}"
-        )
+    run_check(check, page, server, tmp_path)
 
 
 def check_restored_annotator_on_a_tab(page: Page, server, tmp_path: Path) -> None:
@@ -304,12 +302,4 @@ def check_restored_annotator_on_a_tab(page: Page, server, tmp_path: Path) -> Non
 
 @pytest.mark.browser
 def test_a_tab_restores_another_annotator_with_its_settings(page: Page, server, tmp_path: Path):
-    try:
-        check_restored_annotator_on_a_tab(page, server, tmp_path)
-    except (AssertionError, PlaywrightError) as error:
-        with contextlib.suppress(PlaywrightError):
-            page.screenshot(path=tmp_path / "failure.png", full_page=True)
-        pytest.fail(
-            f"{error}\nscreenshot: {tmp_path / 'failure.png'}\n"
-            f"--- server log (tail) ---\n{log_tail(server)}"
-        )
+    run_check(check_restored_annotator_on_a_tab, page, server, tmp_path)
