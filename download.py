@@ -105,6 +105,7 @@ ROLE_RULES: dict[str, FileRule] = {
     "safety_checker": FileRule(
         allow=("config.json", "model.safetensors", "preprocessor_config.json")
     ),
+    "lcm_lora": FileRule(allow=("pytorch_lora_weights.safetensors",)),
 }
 ROLES = tuple(DEFAULT_MODEL_IDS)  # what --all fetches
 KNOWN_ROLES = {**DEFAULT_MODEL_IDS, **OPTIONAL_MODEL_IDS}  # also fetched when named

@@ -40,6 +40,8 @@ OPTIONAL_MODEL_IDS: dict[str, str] = {
     "safety_checker": "CompVis/stable-diffusion-safety-checker",  # with SAFETY_CHECKER=1
     # TAESD, a tiny VAE decoder for previews while denoising: used when found in MODELS_DIR.
     "preview_decoder": "madebyollin/taesd",
+    # LCM-LoRA for SD1.5: the "LCM" sampler's few-step weights (merged into the UNet when used).
+    "lcm_lora": "latent-consistency/lcm-lora-sdv1-5",
 }
 
 # The paper's own v1.0 ControlNets (DESIGN.md §4), for the family switch.

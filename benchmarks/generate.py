@@ -24,9 +24,11 @@ CFG 7.5, one ControlNet):
   stock_compiled_batch4  stock compiled, 4 images per call
   cache_fast             the fast engine with feature caching (DeepCache, cache_interval=3):
                          its wrappers compiled like the UNet, batch 1
+  lcm_fast               the fast engine with the LCM sampler (LCM-LoRA merged: a random one of
+                         the real one's shape, built with the models), 4 steps, guidance 1
 
 cache_eager, between engine_eager and engine_fast, is the eager engine with feature caching. The
-two cache phases change the images by design (an opt-in): they report their difference from the
+cache and LCM phases change the images by design (opt-ins): they report their difference from the
 exact eager images but are not held to --tolerance.
 
 Phases run in that order whatever the order given to --phases: the targets' own numbers first, the
@@ -86,6 +88,7 @@ ENGINE_PHASES = (
     "engine_fast_batch4",
     "guess_mode",
     "cache_fast",
+    "lcm_fast",  # LCM-LoRA: 4 steps without CFG, other images
 )
 STOCK_PHASES = ("stock_eager", "stock_compiled", "stock_eager_batch4", "stock_compiled_batch4")
 # The run order: what the issue's targets need first (batch 1 beside stock compiled), so that a
@@ -102,10 +105,12 @@ PHASES = (
     "engine_fast_batch4",
     "stock_eager_batch4",
     "stock_compiled_batch4",
-    "cache_fast",  # an opt-in that changes the images: after every exact-path number
+    "cache_fast",  # opt-ins that change the images: after every exact-path number
+    "lcm_fast",  # LCM-LoRA: 4 steps without CFG
 )
 BATCH4 = 4
 CACHE_INTERVAL = 3  # feature caching's full UNet step every 3 steps (DeepCache's common N)
+LCM_STEPS = 4  # LCM-LoRA's fewest advised steps
 PROMPT = "a photo of a house by a lake"
 NEGATIVE = "lowres, bad anatomy, worst quality, low quality"
 CONTROL_ROLE = "canny"
@@ -266,6 +271,23 @@ def build_tiny(models_dir: Path) -> dict[str, float]:
     started = time.perf_counter()
     build_models_dir(models_dir, [DEFAULT_MODEL_IDS[CONTROL_ROLE]])
     return {"build_s": time.perf_counter() - started}
+
+
+def build_lcm_lora(models_dir: Path) -> dict[str, Any]:
+    """A random LoRA of LCM-LoRA's layout for the base in `models_dir` (where the app looks for
+    LCM-LoRA), for lcm_fast: merged, it costs what the real one does. Needs peft."""
+    from settings import OPTIONAL_MODEL_IDS
+    from tiny_models import build_random_lcm_lora
+
+    target = models_dir / OPTIONAL_MODEL_IDS["lcm_lora"]
+    if (target / "pytorch_lora_weights.safetensors").exists():
+        return {"lcm_lora": "reused"}
+    started = time.perf_counter()
+    try:
+        build_random_lcm_lora(target, models_dir / DEFAULT_MODEL_IDS["base"])
+    except ImportError as error:  # no peft: lcm_fast will say the LoRA is missing
+        return {"lcm_lora": f"not built: {error}"}
+    return {"lcm_lora_s": time.perf_counter() - started}
 
 
 def has_models(models_dir: Path) -> bool:
@@ -521,11 +543,19 @@ class EngineSetup:
     batch: int = 1
     mode: str = "balanced"  # control mode
     cache_interval: int = 1  # > 1: feature caching, which changes the images
+    sampler: str = "UniPC"  # "LCM": LCM-LoRA's few steps, other images
+    steps: int | None = None  # None: --steps
+    guidance: float | None = None  # None: the run's guidance scale
 
     @property
     def exact(self) -> EngineSetup:
         """The setup whose eager images this one is compared with."""
-        return dataclasses.replace(self, cache_interval=1)
+        return EngineSetup(batch=self.batch, mode=self.mode)
+
+    @property
+    def changes_images(self) -> bool:
+        """An opt-in that makes other images: its difference is reported, not held."""
+        return self != self.exact
 
 
 def engine_call(engine, image: np.ndarray, cfg: Config, setup: EngineSetup, warnings: set):
@@ -537,8 +567,9 @@ def engine_call(engine, image: np.ndarray, cfg: Config, setup: EngineSetup, warn
             annotator="none",
             num_images=setup.batch,
             cache_interval=setup.cache_interval,
-            steps=cfg.steps,
-            guidance_scale=cfg.guidance,
+            scheduler=setup.sampler,
+            steps=setup.steps or cfg.steps,
+            guidance_scale=cfg.guidance if setup.guidance is None else setup.guidance,
             seed=cfg.seed,
             control_mode=setup.mode,
             image_resolution=cfg.size,
@@ -590,6 +621,7 @@ ENGINE_SETUPS = {
     "engine_fast_batch4": EngineSetup(batch=BATCH4),
     "guess_mode": EngineSetup(mode="controlnet"),
     "cache_fast": EngineSetup(cache_interval=CACHE_INTERVAL),
+    "lcm_fast": EngineSetup(sampler="LCM", steps=LCM_STEPS, guidance=1.0),  # no CFG at 1
 }
 EAGER_ENGINE_PHASES = ("engine_eager", "cache_eager")  # run before the fast path is applied
 BREAKDOWN_PHASES = ("engine_eager", "engine_fast", "engine_fast_batch4")  # where the time goes
@@ -694,6 +726,8 @@ class Bench:
         extra: dict[str, Any] = {
             "control_mode": setup.mode,
             "cache_interval": setup.cache_interval,
+            "sampler": setup.sampler,
+            "steps": setup.steps or cfg.steps,
             "attention": str(engine.attention),
         }
         if not eager:
@@ -726,7 +760,7 @@ class Bench:
                     extra[f"eager_{other}_call_s"] = round(time.perf_counter() - began, 3)
         else:
             result = compare(images, self.references.get(setup.exact), cfg.tolerance)
-            if setup.cache_interval > 1:  # an opt-in that changes the images: reported only
+            if setup.changes_images:  # an opt-in that changes the images: reported only
                 result["changes_images"] = result.pop("matches_eager") is not None
             elif result.get("matches_eager") is False:
                 self.run.mismatches.append(phase)
@@ -835,6 +869,8 @@ def summary(run: Run, cfg: Config, outputs: dict, setup: dict, started: float) -
             ("engine_eager", "cache_eager"),  # what feature caching gains, eager ...
             ("engine_fast", "cache_fast"),  # ... and on the fast path
             ("stock_compiled", "cache_fast"),
+            ("engine_fast", "lcm_fast"),  # what LCM-LoRA gains on the fast path
+            ("stock_compiled", "lcm_fast"),
         )
     }
     engine_records = [r for p, r in records.items() if p in ENGINE_PHASES]
@@ -967,6 +1003,8 @@ def main(argv: list[str] | None = None) -> int:
                 setup["build"] = build_tiny(models_dir)
             else:
                 setup["build"] = build_full_models(models_dir, device)
+            if "lcm_fast" in selected:
+                setup["build"].update(build_lcm_lora(models_dir))
         except Exception as error:  # noqa: BLE001
             run.emit({**setup, **_error("setup", error)})
             return 1

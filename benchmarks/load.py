@@ -177,15 +177,16 @@ COMMUNITY_BASE_MODELS = f"Tiny community={COMMUNITY_BASE}"  # the BASE_MODELS se
 
 def build_tiny_models(folder: Path) -> Path:
     """Tiny SD1.5, a tiny ControlNet for every role a condition uses (v1.0 MiDaS normals too), the
-    v1.0 canny ControlNet, TAESD for previews, a second base as a single-file checkpoint
-    (COMMUNITY_BASE), and annotator weights (HED, M-LSD, DPT-Hybrid, UperNet): the tests'
-    MODELS_DIR as well."""
+    v1.0 canny ControlNet, TAESD for previews, an LCM-LoRA, a second base as a single-file
+    checkpoint (COMMUNITY_BASE), and annotator weights (HED, M-LSD, DPT-Hybrid, UperNet): the
+    tests' MODELS_DIR as well."""
     from annotator_weights import save_hed_and_mlsd, save_tiny_dpt_hybrid, save_tiny_upernet
     from conditions import CONDITIONS
     from ldm_checkpoint import write_ldm_checkpoint
     from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS, V10_MODEL_IDS
     from tiny_models import (
         build_models_dir,
+        build_random_lcm_lora,
         build_tiny_base,
         build_tiny_controlnet,
         build_tiny_taesd,
@@ -197,6 +198,9 @@ def build_tiny_models(folder: Path) -> Path:
     build_models_dir(folder, [DEFAULT_MODEL_IDS[role] for role in sorted(roles)])
     build_tiny_controlnet(folder / V10_MODEL_IDS["canny"], seed=99)
     build_tiny_taesd(folder / OPTIONAL_MODEL_IDS["preview_decoder"])
+    build_random_lcm_lora(
+        folder / OPTIONAL_MODEL_IDS["lcm_lora"], folder / DEFAULT_MODEL_IDS["base"]
+    )
     with tempfile.TemporaryDirectory() as scratch:
         community = build_tiny_base(Path(scratch) / "community", seed=5)
         write_ldm_checkpoint(community, folder / COMMUNITY_BASE)

@@ -24,7 +24,7 @@ from annotators import ANNOTATORS, Detector, LoadContext, get_annotator, make_co
 from annotators.util import load_image, target_size
 from conditions import Condition, get_condition
 from errors import GpuOutOfMemoryError, InvalidRequestError, ModelUnavailableError
-from pipelines import fast, feature_cache
+from pipelines import fast, feature_cache, few_step
 from pipelines.attention import (
     SDPA,
     AttentionBackend,
@@ -573,6 +573,7 @@ class Engine:
         ]
         warnings = [warning for control in maps for warning in control.warnings]
         warnings += self._family_warnings(units, options)
+        warnings += few_step.advice(options.scheduler, options.steps, options.guidance_scale)
 
         # 3. Models (the base once, each unit's ControlNet from the cache) and the run.
         first_seed = options.seed if options.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
@@ -580,6 +581,11 @@ class Engine:
         base_name = self.base_model_name(options.base_model)
         with self._lock:
             pipe = self.base_pipeline(base_name)
+            # The LCM sampler's LoRA merged into the UNet, or the UNet's own weights back.
+            lora = few_step.lora_role(options.scheduler)
+            few_step.use_lora(
+                pipe, self.settings.model_ids[lora] if lora else None, self.settings.models_dir
+            )
             model_ids, control_units = [], []
             for unit, control in zip(units, maps, strict=True):
                 role = unit.condition.controlnet_role_for(unit.annotator)

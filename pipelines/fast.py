@@ -130,6 +130,29 @@ def fuse_qkv(module: torch.nn.Module) -> bool:
     return True
 
 
+def refresh_fused_projections(module: torch.nn.Module) -> int:
+    """Copy the separate q / k / v weights of every fused attention in `module` into its fused
+    projection (`to_qkv`, or `to_kv` for cross-attention), in place, after they changed (a LoRA
+    merged into them): the fused processors read only the fused weights, and compiled graphs
+    keep reading the same memory. Returns how many attentions were refreshed."""
+    from diffusers.models.attention_processor import Attention
+
+    refreshed = 0
+    with torch.no_grad():
+        for attention in module.modules():
+            if not (isinstance(attention, Attention) and attention.fused_projections):
+                continue
+            if attention.is_cross_attention:
+                fused, parts = attention.to_kv, (attention.to_k, attention.to_v)
+            else:
+                fused, parts = attention.to_qkv, (attention.to_q, attention.to_k, attention.to_v)
+            fused.weight.copy_(torch.cat([part.weight for part in parts]))
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([part.bias for part in parts]))
+            refreshed += 1
+    return refreshed
+
+
 def use_sdpa(module: torch.nn.Module) -> bool:
     """Switch every attention layer of `module` back to PyTorch SDPA; True if any changed.
 

@@ -21,6 +21,8 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
         "DPMSolverMultistepScheduler",
         {"use_karras_sigmas": True, "algorithm_type": "dpmsolver++"},
     ),
+    # Latent consistency: 4-8 steps, with the LCM-LoRA merged into the UNet (pipelines/few_step).
+    "LCM": ("LCMScheduler", {}),
 }
 
 

@@ -312,12 +312,12 @@ def test_generate_benchmark_tiny_prints_json_lines():
     from benchmarks.generate import PHASES
 
     measured = list(PHASES)
-    exact = [phase for phase in measured if not phase.startswith("cache_")]
+    exact = [phase for phase in measured if not phase.startswith(("cache_", "lcm_"))]
     # The targets' own batch-1 pair before anything else compiles; batch-4 compiles last of the
-    # exact path, and feature caching (an opt-in that changes the images) compiles after it.
+    # exact path, and the opt-ins that change the images (feature caching, LCM) after it.
     assert exact[:4] == ["engine_eager", "engine_fast", "stock_eager", "stock_compiled"]
     assert all(phase.endswith("batch4") for phase in exact[-3:])
-    assert measured[1] == "cache_eager" and measured[-1] == "cache_fast"
+    assert measured[1] == "cache_eager" and measured[-2:] == ["cache_fast", "lcm_fast"]
     assert [r["phase"] for r in records[1:-1]] == measured
     for phase in measured:
         record = by_phase[phase]
@@ -333,13 +333,16 @@ def test_generate_benchmark_tiny_prints_json_lines():
         assert parts["denoise"] > parts["controlnets"] > 0 and parts["scheduler_step"] > 0
         assert parts["decode"] > 0 and parts["unet_and_loop"] > 0
         assert parts["total"] >= parts["encode_prompt"] + parts["denoise"] + parts["decode"]
-    for phase in ("cache_eager", "cache_fast"):  # reported against the exact images, not held
-        assert by_phase[phase]["cache_interval"] == 3 and by_phase[phase]["changes_images"]
-        assert by_phase[phase]["mean_abs_diff"] > 0, by_phase[phase]
+    for phase in ("cache_eager", "cache_fast", "lcm_fast"):  # reported, not held to tolerance
+        assert by_phase[phase]["changes_images"] and by_phase[phase]["mean_abs_diff"] > 0
+    assert by_phase["cache_fast"]["cache_interval"] == 3
+    assert by_phase["lcm_fast"]["sampler"] == "LCM" and by_phase["lcm_fast"]["steps"] == 4
+    assert records[0]["build"]["lcm_lora_s"] > 0  # a random LCM-LoRA built with the models
     assert by_phase["cache_fast"]["fast_path_feature_cache"]["unet"] == []  # --tiny: no compile
     summary = by_phase["summary"]
     assert summary["outputs_match"] and not summary["errors"]
     assert summary["ratio"]["engine_fast/cache_fast"] > 0
+    assert summary["ratio"]["engine_fast/lcm_fast"] > 0
     assert summary["ratio"]["stock_compiled/engine_fast"] > 0
     assert summary["targets"]["applies"] is False  # tiny CPU numbers are not the GPU targets
 

@@ -184,3 +184,33 @@ def build_models_dir(models_dir: Path, controlnet_ids: Iterable[str]) -> Path:
     for seed, controlnet_id in enumerate(controlnet_ids, start=1):
         build_tiny_controlnet(models_dir / controlnet_id, seed=seed)
     return models_dir
+
+
+# What LCM-LoRA for SD1.5 adapts: the attention projections, the transformer blocks' in/out and
+# feed-forward layers, and the resnets' convolutions and time projections.
+_LORA_TARGETS = [
+    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+    "conv1", "conv2", "time_emb_proj",
+]  # fmt: skip
+
+
+def build_random_lcm_lora(target: Path, base: Path, seed: int = 0, rank: int = 4) -> Path:
+    """Save a random LoRA for the tiny base's UNet into ``target`` as the Hub's LCM-LoRA repo
+    holds it (``pytorch_lora_weights.safetensors``, diffusers' LoRA format), via PEFT and
+    ``save_lora_weights``: what ``load_lora_weights`` reads."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(base / "unet")
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=_LORA_TARGETS
+    )
+    unet.add_adapter(config)
+    for name, parameter in unet.named_parameters():
+        if "lora_B" in name:  # PEFT starts B at zero (no effect): give the LoRA one
+            torch.nn.init.normal_(parameter, std=0.02)
+    StableDiffusionPipeline.save_lora_weights(
+        target, unet_lora_layers=get_peft_model_state_dict(unet), safe_serialization=True
+    )
+    return target
