@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue 7 in one command, for a machine that has python3 with torch (CUDA) and
 # transformers but no diffusers and no internet (the lent device machines): the wheels it lacks
-# travel in .whl/ (see README, "Benchmarks"). Writes generate.py's JSON lines to $OUT (default
+# travel in .whl/ (see README, "Benchmarks": diffusers, and peft with its needs for lcm_fast). Writes generate.py's JSON lines to $OUT (default
 # ./gpu-check/). No phase starts after DEADLINE seconds; generate.py stops at LIMIT seconds. Then,
 # while the whole script is under TOTAL seconds, feature_cache.py times a full and a shallow
 # feature-caching step at 512 px ($OUT/feature_cache.jsonl).

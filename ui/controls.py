@@ -204,7 +204,10 @@ def generation_controls(
                 "paper's 64 / h_i. Used by the two non-balanced modes.",
             ),
             "scheduler": gr.Dropdown(
-                label="Sampler", choices=list(SCHEDULERS), value=defaults.scheduler
+                label="Sampler",
+                choices=list(SCHEDULERS),
+                value=defaults.scheduler,
+                info="LCM: 4-8 steps at guidance 1-2, with LCM-LoRA (other images, much faster).",
             ),
             "steps": gr.Slider(
                 label="Steps", minimum=1, maximum=limits.max_steps, value=defaults.steps, step=1
