@@ -662,6 +662,10 @@ class Engine:
         base_source = self.settings.base_models[base_name]
         if Path(base_source).is_absolute() or base_source.endswith(".safetensors"):
             base_source = Path(base_source).name  # a server path is not the visitor's business
+        lora = few_step.lora_role(options.scheduler)
+        lora_id = self.settings.model_ids[lora] if lora else None
+        if lora_id and Path(lora_id).is_absolute():
+            lora_id = Path(lora_id).name
         return {
             "app": "controlnet-demo",
             "prompt": options.prompt,
@@ -681,6 +685,7 @@ class Engine:
             "height": size[0],
             "base_model": base_name,
             "base_model_id": base_source,
+            "lora_id": lora_id,  # the LoRA merged into the UNet (the LCM sampler's), if any
             "controlnet_version": options.controlnet_version,
             "units": [
                 {

@@ -25,6 +25,8 @@ def test_lcm_merges_the_lora_and_other_samplers_get_the_exact_unet_back(settings
 
     lcm = engine.generate("canny", astronaut, "a robot", **LCM)
     assert few_step.merged_lora(unet) is not None and lcm.warnings == []
+    assert lcm.parameters[0]["lora_id"] == settings.model_ids["lcm_lora"]  # in the PNG
+    assert before.parameters[0]["lora_id"] is None
     changed = [name for name, p in unet.named_parameters() if not torch.equal(p, own[name])]
     assert any("conv1" in name for name in changed) and any("to_q" in name for name in changed)
     assert all("lora" not in name for name, _ in unet.named_parameters())  # merged, not layered
