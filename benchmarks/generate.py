@@ -455,7 +455,13 @@ def breakdown(call: Callable[[], np.ndarray], cfg: Config) -> dict[str, float]:
 
     from pipelines.schedulers import make_scheduler
 
-    totals = dict.fromkeys([name for name, _, _ in BREAKDOWN_PARTS] + ["scheduler_step"], 0.0)
+    # (name, owner, attribute) of each function timed; the sampler's step is a method.
+    targets = [
+        (name, importlib.import_module(module), attribute)
+        for name, module, attribute in BREAKDOWN_PARTS
+    ]
+    targets.append(("scheduler_step", type(make_scheduler("UniPC", {})), "step"))
+    totals = {name: 0.0 for name, _, _ in targets}
 
     def sync() -> None:
         if cfg.cuda:
@@ -473,23 +479,17 @@ def breakdown(call: Callable[[], np.ndarray], cfg: Config) -> dict[str, float]:
 
         return wrapper
 
-    patched = [
-        (importlib.import_module(module), attribute) for _, module, attribute in BREAKDOWN_PARTS
-    ]
-    scheduler_type = type(make_scheduler("UniPC", {}))
-    patched.append((scheduler_type, "step"))
-    originals = [getattr(owner, attribute) for owner, attribute in patched]
-    names = [name for name, _, _ in BREAKDOWN_PARTS] + ["scheduler_step"]
+    originals = [(owner, attribute, getattr(owner, attribute)) for _, owner, attribute in targets]
     try:
-        for (owner, attribute), original, name in zip(patched, originals, names, strict=True):
-            setattr(owner, attribute, timed(name, original))
+        for name, owner, attribute in targets:
+            setattr(owner, attribute, timed(name, getattr(owner, attribute)))
         sync()
         began = time.perf_counter()
         call()
         sync()
         total = time.perf_counter() - began
     finally:
-        for (owner, attribute), original in zip(patched, originals, strict=True):
+        for owner, attribute, original in originals:
             setattr(owner, attribute, original)
     parts = {name: round(value, 4) for name, value in totals.items()}
     parts["unet_and_loop"] = round(

@@ -68,6 +68,10 @@ def control_residuals(
     """
     total: list[torch.Tensor] | None = None
     running = [unit for unit in units if unit.strength != 0]  # strength 0: don't pay for it
+    # x * 1.0 is x: one ControlNet at strength 1 in balanced mode (the default) skips 13
+    # multiplications per step. With several units each output is copied by its product before
+    # the next ControlNet runs (a compiled one's CUDA graph reuses its output memory).
+    skip_unit_factors = len(running) == 1
     for unit in running:
         image = unit.image.expand(latents.shape[0], -1, -1, -1)
         if shallow is None:
@@ -87,10 +91,6 @@ def control_residuals(
             down_shapes, middle_shape = residual_shapes(unit.model.config, latents.shape)
             heights = [shape[1] for shape in (*down_shapes, middle_shape)]
         factors = [unit.strength * weight for weight in mode_weights(mode, heights, gamma)]
-        # x * 1.0 is x: one ControlNet at strength 1 in balanced mode (the default) skips 13
-        # multiplications per step. With several units each output is copied by its product
-        # before the next ControlNet runs (a compiled one's CUDA graph reuses its output memory).
-        skip_unit_factors = len(running) == 1
         weighted = [
             output if factor == 1.0 and skip_unit_factors else output * factor
             for output, factor in zip(outputs, factors, strict=False)  # shallow: first ones

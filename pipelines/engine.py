@@ -582,10 +582,7 @@ class Engine:
         with self._lock:
             pipe = self.base_pipeline(base_name)
             # The LCM sampler's LoRA merged into the UNet, or the UNet's own weights back.
-            lora = few_step.lora_role(options.scheduler)
-            few_step.use_lora(
-                pipe, self.settings.model_ids[lora] if lora else None, self.settings.models_dir
-            )
+            few_step.use_lora(pipe, self._lora_id(options.scheduler), self.settings.models_dir)
             model_ids, control_units = [], []
             for unit, control in zip(units, maps, strict=True):
                 role = unit.condition.controlnet_role_for(unit.annotator)
@@ -632,6 +629,11 @@ class Engine:
             map_labels=[unit.condition.label for unit in units],
         )
 
+    def _lora_id(self, sampler: str) -> str | None:
+        """The LoRA `sampler` needs merged into the UNet (LCM's), from the model table; or None."""
+        role = few_step.lora_role(sampler)
+        return self.settings.model_ids[role] if role else None
+
     @staticmethod
     def _family_warnings(units: list[PreparedUnit], options: GenerationOptions) -> list[str]:
         if options.controlnet_version == "v1.0" and any(
@@ -662,10 +664,9 @@ class Engine:
         base_source = self.settings.base_models[base_name]
         if Path(base_source).is_absolute() or base_source.endswith(".safetensors"):
             base_source = Path(base_source).name  # a server path is not the visitor's business
-        lora = few_step.lora_role(options.scheduler)
-        lora_id = self.settings.model_ids[lora] if lora else None
+        lora_id = self._lora_id(options.scheduler)
         if lora_id and Path(lora_id).is_absolute():
-            lora_id = Path(lora_id).name
+            lora_id = Path(lora_id).name  # a server path, as for the base
         return {
             "app": "controlnet-demo",
             "prompt": options.prompt,

@@ -81,16 +81,7 @@ def test_round_trip_unicode_newline_and_compose(image, tmp_path):
         negative_prompt="schlecht, «laid»",
         units=[
             canny_unit(),
-            canny_unit(
-                condition="depth",
-                annotator="depth_midas",
-                strength=0.6,
-                control_start=0.1,
-                control_end=0.8,
-                detect_resolution=384,
-                params={},
-                model_id="lllyasviel/control_v11f1p_sd15_depth",
-            ),
+            depth_unit(),
         ],
     )
     data = png_bytes_with_parameters(image, parameters)
