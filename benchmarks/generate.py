@@ -438,7 +438,8 @@ def measure(
 
 # Where one engine call's time goes: (name, module, attribute) of the functions timed, each with a
 # device synchronisation before and after (which itself costs a little: the parts add up to more
-# than an untimed call). "controlnets" and "scheduler_step" run inside "denoise".
+# than an untimed call). "controlnets" and "sampler_steps" run inside "denoise". A sampler's step
+# is its planned one (pipelines/step_plan) where it has a plan, else diffusers' own.
 BREAKDOWN_PARTS = (
     ("encode_prompt", "pipelines.engine", "encode_prompt"),
     ("denoise", "pipelines.engine", "denoise"),
@@ -454,13 +455,15 @@ def breakdown(call: Callable[[], np.ndarray], cfg: Config) -> dict[str, float]:
     import importlib
 
     from pipelines.schedulers import make_scheduler
+    from pipelines.step_plan import Trajectory
 
-    # (name, owner, attribute) of each function timed; the sampler's step is a method.
+    # (name, owner, attribute) of each function timed; the sampler's steps are methods.
     targets = [
         (name, importlib.import_module(module), attribute)
         for name, module, attribute in BREAKDOWN_PARTS
     ]
-    targets.append(("scheduler_step", type(make_scheduler("UniPC", {})), "step"))
+    targets.append(("sampler_steps", type(make_scheduler("UniPC", {})), "step"))
+    targets.append(("sampler_steps", Trajectory, "step"))
     totals = {name: 0.0 for name, _, _ in targets}
 
     def sync() -> None:
@@ -493,7 +496,7 @@ def breakdown(call: Callable[[], np.ndarray], cfg: Config) -> dict[str, float]:
             setattr(owner, attribute, original)
     parts = {name: round(value, 4) for name, value in totals.items()}
     parts["unet_and_loop"] = round(
-        totals["denoise"] - totals["controlnets"] - totals["scheduler_step"], 4
+        totals["denoise"] - totals["controlnets"] - totals["sampler_steps"], 4
     )
     parts["outside"] = round(
         total - totals["encode_prompt"] - totals["denoise"] - totals["decode"], 4

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines import fast, feature_cache
+from pipelines import fast, feature_cache, step_plan
 from pipelines.control import ControlMode, mode_weights
 
 
@@ -167,6 +167,11 @@ def denoise(
     extra_step_kwargs = {"generator": generator} if "generator" in step_parameters else {}
     if "eta" in step_parameters:
         extra_step_kwargs["eta"] = eta
+    # Deterministic samplers run as planned weights: no host transfer inside the loop.
+    plan = step_plan.plan_for(scheduler, steps, eta)
+    if plan is not None and plan.steps != len(scheduler.timesteps):
+        plan = None
+    trajectory = None if plan is None else step_plan.Trajectory(plan, latents)
 
     # 2. CFG: one batch of [unconditional, conditional], like diffusers.
     use_cfg = negative_embeds is not None
@@ -184,7 +189,10 @@ def denoise(
         if compiled:
             fast.mark_step_begin()  # CUDA graphs: last step's outputs are consumed
         model_input = torch.cat([latents] * 2) if use_cfg else latents
-        model_input = scheduler.scale_model_input(model_input, timestep)
+        if trajectory is None:
+            model_input = scheduler.scale_model_input(model_input, timestep)
+        else:
+            model_input = trajectory.model_input(index, model_input)
         active = [unit for unit in units if unit.active(index, len(timesteps))]
         shallow = None if feature_cache.is_full_step(index, cache_interval) else shallow_count
 
@@ -233,9 +241,11 @@ def denoise(
         if use_cfg:
             noise_uncond, noise_cond = noise.chunk(2)
             noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-        latents = scheduler.step(noise, timestep, latents, **extra_step_kwargs, return_dict=False)[
-            0
-        ]
+        if trajectory is None:
+            step = scheduler.step(noise, timestep, latents, **extra_step_kwargs, return_dict=False)
+            latents = step[0]
+        else:
+            latents = trajectory.step(index, noise)
         if on_progress is not None:
             on_progress(index + 1, len(timesteps))
         if on_step is not None:

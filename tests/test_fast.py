@@ -330,7 +330,7 @@ def test_generate_benchmark_tiny_prints_json_lines():
         assert by_phase[phase]["fast_path"]["controlnet"] == ["channels_last", "fused_qkv"]
     for phase in ("engine_eager", "engine_fast", "engine_fast_batch4"):  # where the time goes
         parts = by_phase[phase]["breakdown_s"]
-        assert parts["denoise"] > parts["controlnets"] > 0 and parts["scheduler_step"] > 0
+        assert parts["denoise"] > parts["controlnets"] > 0 and parts["sampler_steps"] > 0
         assert parts["decode"] > 0 and parts["unet_and_loop"] > 0
         assert parts["total"] >= parts["encode_prompt"] + parts["denoise"] + parts["decode"]
     for phase in ("cache_eager", "cache_fast", "lcm_fast"):  # reported, not held to tolerance
