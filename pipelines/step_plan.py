@@ -24,10 +24,13 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import math
 from dataclasses import dataclass
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 CHECK_TOLERANCE = 1e-6  # relative: the plan must redo the sampler's own steps to float64 rounding
 
@@ -63,7 +66,8 @@ def _plan(scheduler_class, config: str, steps: int, eta: float) -> StepPlan | No
     try:
         plan = _probe(fresh(), eta)
         return plan if _redoes_the_sampler(plan, fresh(), eta) else None
-    except Exception:  # a sampler the probe cannot drive: it keeps its own step
+    except Exception as error:  # noqa: BLE001 (any sampler: one the probe cannot drive is out)
+        logger.info("%s keeps its own step: %s", scheduler_class.__name__, error)
         return None
 
 
@@ -133,7 +137,8 @@ class Trajectory:
         self.dtype = latents.dtype
         self.shape = latents.shape
         self.weights = plan.weights.to(latents.device, torch.float32)  # the one host copy
-        self.history = latents.new_zeros((plan.steps + 1, math.prod(latents.shape)), dtype=torch.float32)
+        size = (plan.steps + 1, math.prod(latents.shape))
+        self.history = latents.new_zeros(size, dtype=torch.float32)
         self.history[0] = latents.reshape(-1)
 
     def model_input(self, index: int, sample: torch.Tensor) -> torch.Tensor:
