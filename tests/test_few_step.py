@@ -12,6 +12,8 @@ from diffusers.models.attention_processor import Attention
 from errors import ModelUnavailableError
 from pipelines import fast, few_step
 from pipelines.engine import Engine
+from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS
+from tiny_models import save_lora_in_kohya_format
 
 LCM = {"scheduler": "LCM", "steps": 4, "guidance_scale": 1.0, "image_resolution": 256, "seed": 5}
 EXACT = {"steps": 3, "image_resolution": 256, "seed": 5}
@@ -55,6 +57,30 @@ def test_lcm_without_its_lora_says_how_to_get_it(settings, astronaut):
     unet = engine.base_pipeline().unet
     assert all("lora" not in name for name, _ in unet.named_parameters())
     engine.generate("canny", astronaut, "a robot", **EXACT)  # still serving
+
+
+def test_a_kohya_style_copy_merges_the_same_weights(models_dir, tmp_path):
+    """Community copies of LCM-LoRA use A1111 / ComfyUI's keys (lora_unet_*, lora_down, lora_up,
+    alpha): diffusers converts them, and the merged UNet equals the one from diffusers' format
+    (here with alpha at half the rank, which the loader must scale by)."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    diffusers_format = models_dir / OPTIONAL_MODEL_IDS["lcm_lora"]
+    kohya_format = save_lora_in_kohya_format(
+        diffusers_format / "pytorch_lora_weights.safetensors", tmp_path / "kohya"
+    )
+    merged = []
+    for source in (diffusers_format, kohya_format):
+        pipe = StableDiffusionControlNetPipeline.from_pretrained(
+            models_dir / DEFAULT_MODEL_IDS["base"], controlnet=None, safety_checker=None
+        )
+        own = {name: weight.clone() for name, weight in pipe.unet.state_dict().items()}
+        few_step.use_lora(pipe, str(source), models_dir)
+        merged.append(pipe.unet.state_dict())
+    changed = [name for name in own if not torch.equal(own[name], merged[0][name])]
+    assert len(changed) > 50  # attention, feed-forward, resnet convolutions and time projections
+    for name in own:
+        torch.testing.assert_close(merged[1][name], merged[0][name], rtol=1e-5, atol=1e-6)
 
 
 def test_lcm_on_the_fast_path_matches_eager_with_fused_projections(

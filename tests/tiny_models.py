@@ -214,3 +214,24 @@ def build_random_lcm_lora(target: Path, base: Path, seed: int = 0, rank: int = 4
         target, unet_lora_layers=get_peft_model_state_dict(unet), safe_serialization=True
     )
     return target
+
+
+def save_lora_in_kohya_format(lora_file: Path, target: Path, alpha_fraction: float = 0.5) -> Path:
+    """The same LoRA under the keys AUTOMATIC1111 and ComfyUI read (``lora_unet_<module>``,
+    ``lora_down`` / ``lora_up``, ``alpha``), as community copies of LCM-LoRA are saved. With
+    alpha = rank * `alpha_fraction` the up weights are divided by it, so the merged delta
+    (up @ down * alpha / rank) is unchanged."""
+    from safetensors.torch import load_file, save_file
+
+    kohya = {}
+    for key, value in load_file(lora_file).items():
+        module, kind = key.removeprefix("unet.").rsplit(".lora_", 1)
+        name = "lora_unet_" + module.replace(".", "_")
+        if kind.startswith("A"):  # (rank, in): down
+            kohya[f"{name}.lora_down.weight"] = value
+            kohya[f"{name}.alpha"] = torch.tensor(value.shape[0] * alpha_fraction)
+        else:
+            kohya[f"{name}.lora_up.weight"] = value / alpha_fraction
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(kohya, target / "pytorch_lora_weights.safetensors")
+    return target
