@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The GPU check of issue 7 in one command, for a machine that has python3 with torch (CUDA) and
 # transformers but no diffusers and no internet (the lent device machines): the wheels it lacks
-# travel in .whl/ (see README, "Benchmarks": diffusers, and peft with its needs for lcm_fast). Writes generate.py's JSON lines to $OUT (default
-# ./gpu-check/). No phase starts after DEADLINE seconds; generate.py stops at LIMIT seconds. Then,
+# travel in .whl/ (see README, "Benchmarks": diffusers, and peft with its needs for lcm_fast).
+# First sampler_steps.py (under a minute: planned sampler steps against diffusers' own, beside a
+# stand-in model, $OUT/sampler_steps.jsonl). Then generate.py's JSON lines go to $OUT (default
+# ./gpu-check/): no phase starts after DEADLINE seconds; generate.py stops at LIMIT seconds. Then,
 # while the whole script is under TOTAL seconds, feature_cache.py times a full and a shallow
 # feature-caching step at 512 px ($OUT/feature_cache.jsonl).
 #
-#   OUT=/tmp/out LIMIT=520 DEADLINE=400 TOTAL=575 bash benchmarks/gpu_check.sh [generate.py options]
+#   OUT=/tmp/out LIMIT=490 DEADLINE=380 TOTAL=575 bash benchmarks/gpu_check.sh [generate.py options]
 set -u -o pipefail
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
@@ -17,8 +19,11 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv \
     | tee "$OUT/nvidia-smi.csv"
-PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 timeout "${LIMIT:-520}" \
-    python3 benchmarks/generate.py --deadline-s "${DEADLINE:-400}" "$@" \
+PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 timeout 60 python3 benchmarks/sampler_steps.py \
+    2>"$OUT/sampler_steps.err" | tee "$OUT/sampler_steps.jsonl"
+tail -n 5 "$OUT/sampler_steps.err"
+PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 timeout "${LIMIT:-490}" \
+    python3 benchmarks/generate.py --deadline-s "${DEADLINE:-380}" "$@" \
     2>"$OUT/generate.err" | tee "$OUT/generate.jsonl"
 status=$?
 tail -n 20 "$OUT/generate.err"

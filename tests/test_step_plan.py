@@ -4,12 +4,14 @@ and the denoising loop moves nothing from the host once it runs."""
 from __future__ import annotations
 
 import copy
+import json
 
 import diffusers
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks import sampler_steps
+from benchmarks.sampler_steps import HostTransfers
 from pipelines import step_plan
 from pipelines.control import CONTROL_MODES
 from pipelines.denoise import ControlUnit, denoise
@@ -111,27 +113,6 @@ def test_the_loop_with_a_plan_gives_the_samplers_own_latents(tiny, monkeypatch, 
     torch.testing.assert_close(planned, own_steps, rtol=1e-4, atol=1e-4)
 
 
-class HostTransfers(TorchDispatchMode):
-    """Counts what makes a GPU stream wait for the host: copies from the CPU to another device,
-    and reads of a device tensor's value."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        aten = torch.ops.aten
-        result = func(*args, **(kwargs or {}))
-        packet = func.overloadpacket
-        if packet in (aten.to, aten._to_copy):  # inference mode dispatches `to` itself
-            self.count += args[0].device.type == "cpu" and result.device.type != "cpu"
-        elif packet in (aten.copy_, aten.copy):
-            self.count += args[1].device.type == "cpu" and args[0].device.type != "cpu"
-        elif packet in (aten._local_scalar_dense, aten.nonzero):
-            self.count += 1
-        return result
-
-
 def test_the_counter_sees_diffusers_unipc_copy_its_sigmas():
     scheduler = _sampler("UniPC")
     scheduler.set_timesteps(4, device="meta")
@@ -155,3 +136,17 @@ def test_the_planned_loop_moves_nothing_from_the_host_per_step(tiny):
         assert latents.device.type == "meta" and latents.shape == (1, 4, 16, 16)
         counts.append(transfers.count)
     assert counts[0] == counts[1] > 0, counts
+
+
+def test_sampler_steps_benchmark_tiny(capsys):
+    assert sampler_steps.main(["--tiny"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records[0]["phase"] == "setup"
+    assert [record["sampler"] for record in records[1:]] == list(sampler_steps.SAMPLERS)
+    for record in records[1:]:
+        ops = record["ops_per_step"]
+        assert 0 < ops["planned"] < ops["own_steps"], record
+        assert all(value > 0 for value in record["seconds_per_run"].values())
+        assert record["max_abs_diff"] < 1e-4
+    unipc = records[1]["ops_per_step"]
+    assert unipc["own_steps"] > 5 * unipc["planned"]  # UniPC: ~140 ops per step, the plan ~10
