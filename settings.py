@@ -74,6 +74,9 @@ FAST_PATH_MODES = ("auto", "on", "off")
 # Triton / cuBLAS / cuDNN candidates for every matmul and convolution (faster kernels, compiles
 # take several times longer). The no-cudagraphs modes spare the graphs' memory pools.
 COMPILE_MODES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "default")
+# The models' precision on a CPU (CUDA: fp16). auto: bfloat16 where it is measured faster
+# (CPUs with AMX or AVX512-BF16), else float32; see pipelines/precision.py.
+CPU_PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def unsupported_file_message(source: str) -> str:
@@ -235,6 +238,9 @@ class Settings:
     # fp16 + channels_last + fused QKV + torch.compile with CUDA graphs: auto = on dedicated GPUs.
     fast_path: str = "auto"
     compile_mode: str = "reduce-overhead"  # one of COMPILE_MODES
+    # One of CPU_PRECISIONS. Settings built in code keep float32 (the reference numbers); the
+    # app's environment default is auto (CPU_PRECISION).
+    cpu_precision: str = "float32"
     # For 8 GB cards: model CPU offload and VAE slicing (slower; turns the fast path off).
     low_memory: bool = False
     # Preview images during denoising with TAESD, when its weights are in MODELS_DIR.
@@ -283,6 +289,12 @@ class Settings:
                 f"Environment variable COMPILE_MODE must be one of {', '.join(COMPILE_MODES)}, "
                 f"got {compile_mode!r}."
             )
+        cpu_precision = (env.get("CPU_PRECISION") or "auto").strip().lower()
+        if cpu_precision not in CPU_PRECISIONS:
+            raise ValueError(
+                "Environment variable CPU_PRECISION must be one of "
+                f"{', '.join(CPU_PRECISIONS)}, got {cpu_precision!r}."
+            )
         return cls(
             models_dir=Path(env.get("MODELS_DIR") or PROJECT_ROOT / "models"),
             model_ids=model_ids,
@@ -297,6 +309,7 @@ class Settings:
             safety_checker=_env_flag(env, "SAFETY_CHECKER"),
             fast_path=fast_path,
             compile_mode=compile_mode,
+            cpu_precision=cpu_precision,
             low_memory=_env_flag(env, "LOW_MEMORY"),
             previews=_env_flag(env, "PREVIEWS", default=True),
             warm_up=_env_flag(env, "WARM_UP", default=True),

@@ -43,6 +43,7 @@ from pipelines.denoise import (
     to_uint8,
 )
 from pipelines.loading import load_model, resolve_source
+from pipelines.precision import choose_precision
 from pipelines.prompt_cache import encode_prompt
 from pipelines.request import GenerationOptions, UnitOptions
 from pipelines.schedulers import make_scheduler
@@ -116,8 +117,9 @@ class Engine:
     def __init__(self, settings: Settings, device: str | None = None):
         self.settings = settings
         self.device = pick_device(device or settings.device)
-        # fp16 on CUDA; CPU kernels for fp16 are slow or missing, so fp32 there.
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        # fp16 on CUDA; on a CPU float32, or bfloat16 where it is native (pipelines/precision).
+        self.precision = choose_precision(self.device, settings.cpu_precision)
+        self.dtype = self.precision.dtype
         # The fast path (fp16, channels_last, fused QKV, torch.compile + CUDA graphs) or, for
         # small cards, model CPU offload; each compiled model keeps its graphs per shape.
         self.low_memory = settings.low_memory
@@ -154,7 +156,7 @@ class Engine:
     # ---- what the page shows -------------------------------------------------------------------
     def describe(self) -> str:
         return (
-            f"Device: {self.device} ({str(self.dtype).removeprefix('torch.')}) · "
+            f"Device: {self.device} ({self.precision}) · "
             f"Attention: {self.attention} · Base models: {len(self.settings.base_models)}"
             + f" · Fast path: {self._fast_path_state()}"
             + (" (it failed to compile)" if self.fast_path_failure else "")
@@ -847,5 +849,8 @@ class Engine:
                     "Try another seed, fewer steps or a lower guidance scale."
                 )
             else:
-                warnings.append("The VAE overflowed in fp16; the images were decoded in fp32.")
+                precision = str(dtype).removeprefix("torch.")
+                warnings.append(
+                    f"The VAE overflowed in {precision}; the images were decoded in float32."
+                )
         return to_uint8(images)
