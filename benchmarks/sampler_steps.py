@@ -6,8 +6,8 @@
 A stand-in model keeps the device busy for about --model-ms per step, as the UNet would: large
 fp16 matmuls on CUDA, nothing on the CPU. What counts is whether the host can queue the next step
 while the device works. diffusers' UniPC copies scalars to the device at every step, and each copy
-waits for the queue to drain. The plan (pipelines/step_plan.py) is one matrix-vector product per
-step, with no copy.
+waits for the queue to drain; Euler a draws its noise on the CPU and copies it over at every step.
+The plan (pipelines/step_plan.py) is one matrix-vector product per step, with no copy.
 
 One JSON line per sampler:
 - `ops_per_step`: aten ops the sampler dispatches per step (its setup spread over the steps);
@@ -21,6 +21,7 @@ One JSON line per sampler:
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 import sys
@@ -37,7 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from pipelines import step_plan  # noqa: E402
 from pipelines.schedulers import make_scheduler  # noqa: E402
 
-SAMPLERS = ("UniPC", "DPM++ 2M Karras", "DDIM")
+SAMPLERS = ("UniPC", "DPM++ 2M Karras", "DDIM", "Euler a")  # Euler a: noise at every step
 SD15_SCHEDULER = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
@@ -102,19 +103,28 @@ def stand_in_model(device: torch.device, model_ms: float) -> Callable[[torch.Ten
     return model
 
 
+def _generators() -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(7)]  # on the CPU, one per image, as the engine's
+
+
 def own_steps(name: str, steps: int, start: torch.Tensor, model) -> torch.Tensor:
     scheduler = make_scheduler(name, SD15_SCHEDULER)
     scheduler.set_timesteps(steps, device=start.device)
-    sample = start
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+    options = {"generator": _generators()} if takes_generator else {}
+    sample = start * scheduler.init_noise_sigma
     for timestep in scheduler.timesteps:
         output = model(scheduler.scale_model_input(sample, timestep))
-        sample = scheduler.step(output, timestep, sample, return_dict=False)[0]
+        sample = scheduler.step(output, timestep, sample, **options, return_dict=False)[0]
     return sample
 
 
 def planned(name: str, steps: int, start: torch.Tensor, model) -> torch.Tensor:
-    plan = step_plan.plan_for(make_scheduler(name, SD15_SCHEDULER), steps)
-    trajectory = step_plan.Trajectory(plan, start)
+    scheduler = make_scheduler(name, SD15_SCHEDULER)
+    scheduler.set_timesteps(steps, device=start.device)
+    plan = step_plan.plan_for(scheduler, steps)
+    start = start * scheduler.init_noise_sigma
+    trajectory = step_plan.Trajectory(plan, start, _generators())
     sample = start
     for index in range(steps):
         sample = trajectory.step(index, model(trajectory.model_input(index, sample)))

@@ -167,11 +167,11 @@ def denoise(
     extra_step_kwargs = {"generator": generator} if "generator" in step_parameters else {}
     if "eta" in step_parameters:
         extra_step_kwargs["eta"] = eta
-    # Deterministic samplers run as planned weights: no host transfer inside the loop.
+    # Samplers run as planned weights, their noise drawn ahead: no host transfer in the loop.
     plan = step_plan.plan_for(scheduler, steps, eta)
     if plan is not None and plan.steps != len(scheduler.timesteps):
         plan = None
-    trajectory = None if plan is None else step_plan.Trajectory(plan, latents)
+    trajectory = None if plan is None else step_plan.Trajectory(plan, latents, generator)
 
     # 2. CFG: one batch of [unconditional, conditional], like diffusers.
     use_cfg = negative_embeds is not None

@@ -4,19 +4,24 @@ diffusers' multistep samplers compute each step with small tensors. UniPC, for e
 sigmas to the GPU one scalar at a time and solves a tiny linear system there. Each copy from
 pageable host memory waits for the GPU to finish its queue (PyTorch ends a `non_blocking=False`
 copy with `cudaStreamSynchronize`). So the host cannot queue the next step while the UNet runs,
-and every step's ~160 small launches add to the GPU's time instead of hiding behind it.
+and every step's ~150 small launches add to the GPU's time instead of hiding behind it. Samplers
+that add noise draw it from the request's CPU generators at each step and copy it over: the same
+wait.
 
-A deterministic sampler of that kind is linear. The sample after step i is a fixed linear
-combination of the starting latents x_0 and the model outputs eps_0 .. eps_i. The weights depend
-only on the schedule.
+A sampler's step is linear. The sample after step i is a fixed linear combination of the starting
+latents x_0, the model outputs eps_0 .. eps_i and the noise z_0 .. z_k drawn so far. The weights
+depend only on the schedule.
 
 We find those weights once per (sampler, settings, steps) by running the sampler itself on
-coordinate vectors: each element of the probe stands for one of x_0, eps_0, eps_1, ... The weights
-are then checked on random data against the sampler's own steps. On the GPU a step becomes one
-matrix-vector product, with no host transfer:
-x_{i+1} = W[i] @ [x_0, eps_0, ..., eps_{N-1}].
+coordinate vectors: each element of the probe stands for one of x_0, eps_0, eps_1, ..., and each
+noise draw returns the coordinate of the next z. The weights are then checked on random data
+against the sampler's own steps. In the loop, the noise is drawn before the first step, from the
+same generators in the same order as the sampler would, and copied over once. A step becomes one
+matrix-vector product on the GPU, with no host transfer:
+x_{i+1} = W[i] @ [x_0, eps_0, ..., eps_{N-1}, z_0, ..., z_{K-1}].
 
-Samplers that add noise (Euler a, LCM, DDIM with eta > 0) fail the check and keep their own step.
+A sampler the probe cannot drive, or whose steps the weights do not redo (clipping, thresholding,
+noise drawn another way), keeps its own step.
 """
 
 from __future__ import annotations
@@ -26,22 +31,27 @@ import inspect
 import json
 import logging
 import math
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 logger = logging.getLogger(__name__)
 
+MAX_DRAWS_PER_STEP = 2  # noise draws a sampler may make per step (ancestral ones make 1)
 CHECK_TOLERANCE = 1e-6  # relative: the plan must redo the sampler's own steps to float64 rounding
 
 
 @dataclass(frozen=True)
 class StepPlan:
     """A sampler's whole run as weights: model input i = input_scales[i] * x_i, and
-    x_{i+1} = weights[i] @ [x_0, eps_0, ..., eps_{N-1}]."""
+    x_{i+1} = weights[i] @ [x_0, eps_0, ..., eps_{N-1}, z_0, ..., z_{K-1}]."""
 
     input_scales: tuple[float, ...]  # (N,)
-    weights: torch.Tensor  # (N, N + 1), float64, on the CPU
+    weights: torch.Tensor  # (N, 1 + N + K), float64, on the CPU
+    noise_draws: int = 0  # K: the sampler's calls to randn_tensor over the whole run
 
     @property
     def steps(self) -> int:
@@ -50,7 +60,7 @@ class StepPlan:
 
 def plan_for(scheduler, steps: int, eta: float = 0.0) -> StepPlan | None:
     """The plan of `scheduler`'s class and config at `steps` steps, or None when its steps are not
-    a fixed linear map (it adds noise, or clips). Cached: the probe runs once per setting."""
+    a fixed linear map (it clips, say). Cached: the probe runs once per setting."""
     config = json.dumps(dict(scheduler.config), sort_keys=True, default=str)
     uses_eta = "eta" in inspect.signature(scheduler.step).parameters
     return _plan(type(scheduler), config, steps, float(eta) if uses_eta else 0.0)
@@ -74,53 +84,98 @@ def _plan(scheduler_class, config: str, steps: int, eta: float) -> StepPlan | No
 def _step_options(scheduler, eta: float) -> dict:
     parameters = inspect.signature(scheduler.step).parameters
     options = {"eta": eta} if "eta" in parameters else {}
-    if "generator" in parameters:  # a sampler that draws noise gets some, and fails the check
+    if "generator" in parameters:  # never drawn from: the probes replace the draws
         options["generator"] = torch.Generator().manual_seed(0)
     return options
 
 
+@contextmanager
+def _noise_drawn_by(scheduler, draw) -> Iterator[None]:
+    """The sampler's calls to diffusers' `randn_tensor` (by name, in its module) answered by
+    `draw(shape, dtype)` instead."""
+    module = sys.modules[type(scheduler).__module__]
+    real = getattr(module, "randn_tensor", None)
+    if real is None:  # it draws noise some other way, if at all: the check will tell
+        yield
+        return
+
+    def replacement(shape, generator=None, device=None, dtype=None, layout=None):
+        return draw(tuple(shape), dtype or torch.float32)
+
+    module.randn_tensor = replacement
+    try:
+        yield
+    finally:
+        module.randn_tensor = real
+
+
 def _probe(scheduler, eta: float) -> StepPlan:
     """Runs the sampler on coordinates: element k of the probe is the weight of basis entry k
-    (0: x_0; 1 + i: eps_i), so what the sampler returns is the next sample's weights."""
+    (0: x_0; 1 + i: eps_i; 1 + N + j: the j-th noise drawn), so what the sampler returns is the
+    next sample's weights."""
     timesteps = scheduler.timesteps
-    size = len(timesteps) + 1
+    steps = len(timesteps)
+    size = 1 + steps + MAX_DRAWS_PER_STEP * steps
     sample = torch.zeros(1, size, dtype=torch.float64)
     sample[0, 0] = 1.0
+    draws = 0
+
+    def coordinate(shape, dtype) -> torch.Tensor:
+        nonlocal draws
+        if draws == MAX_DRAWS_PER_STEP * steps:
+            raise ValueError("the sampler draws noise more often than planned for")
+        noise = torch.zeros(shape, dtype=torch.float64)
+        noise[..., 1 + steps + draws] = 1.0
+        draws += 1
+        return noise
+
     options = _step_options(scheduler, eta)
     scales, rows = [], []
-    for index, timestep in enumerate(timesteps):
-        scaled = scheduler.scale_model_input(sample, timestep)
-        largest = int(sample.abs().argmax())
-        scale = float(scaled[0, largest] / sample[0, largest])
-        if not torch.allclose(scaled, sample * scale, rtol=CHECK_TOLERANCE, atol=0):
-            raise ValueError("the model input is not a scaled sample")
-        model_output = torch.zeros_like(sample)
-        model_output[0, index + 1] = 1.0
-        sample = scheduler.step(model_output, timestep, sample, **options, return_dict=False)[0]
-        scales.append(scale)
-        rows.append(sample[0].clone())
-    return StepPlan(tuple(scales), torch.stack(rows))
+    with _noise_drawn_by(scheduler, coordinate):
+        for index, timestep in enumerate(timesteps):
+            scaled = scheduler.scale_model_input(sample, timestep)
+            largest = int(sample.abs().argmax())
+            scale = float(scaled[0, largest] / sample[0, largest])
+            if not torch.allclose(scaled, sample * scale, rtol=CHECK_TOLERANCE, atol=0):
+                raise ValueError("the model input is not a scaled sample")
+            model_output = torch.zeros_like(sample)
+            model_output[0, index + 1] = 1.0
+            sample = scheduler.step(model_output, timestep, sample, **options, return_dict=False)
+            sample = sample[0]
+            scales.append(scale)
+            rows.append(sample[0].clone())
+    weights = torch.stack(rows)[:, : 1 + steps + draws]
+    return StepPlan(tuple(scales), weights, draws)
 
 
 def _redoes_the_sampler(plan: StepPlan, scheduler, eta: float) -> bool:
-    """Whether the plan gives the sampler's own samples on random data (noise would not)."""
+    """Whether the plan gives the sampler's own samples on random data and random noise."""
     generator = torch.Generator().manual_seed(1234)
     shape = (2, 4, 3, 3)
     sample = torch.randn(shape, generator=generator, dtype=torch.float64)
-    basis = [sample]
+    basis = torch.zeros(plan.weights.shape[1], *shape, dtype=torch.float64)
+    basis[0] = sample
+    noise = torch.randn(plan.noise_draws, *shape, generator=generator, dtype=torch.float64)
+    basis[1 + plan.steps :] = noise
+    drawn = iter(noise)
+
+    def next_noise(shape, dtype) -> torch.Tensor:
+        return next(drawn)  # more draws than the probe saw: StopIteration, and no plan
+
     options = _step_options(scheduler, eta)
-    for index, timestep in enumerate(scheduler.timesteps):
-        scaled = scheduler.scale_model_input(sample, timestep)
-        if not _close(scaled, sample * plan.input_scales[index]):
-            return False
-        # The model's output depends on its input, as a UNet's does.
-        model_output = torch.tanh(scaled) + torch.randn(shape, generator=generator).double()
-        basis.append(model_output)
-        sample = scheduler.step(model_output, timestep, sample, **options, return_dict=False)[0]
-        planned = torch.tensordot(plan.weights[index, : len(basis)], torch.stack(basis), dims=1)
-        if not _close(planned, sample):
-            return False
-    return True
+    with _noise_drawn_by(scheduler, next_noise):
+        for index, timestep in enumerate(scheduler.timesteps):
+            scaled = scheduler.scale_model_input(sample, timestep)
+            if not _close(scaled, sample * plan.input_scales[index]):
+                return False
+            # The model's output depends on its input, as a UNet's does.
+            model_output = torch.tanh(scaled) + torch.randn(shape, generator=generator).double()
+            basis[1 + index] = model_output
+            sample = scheduler.step(model_output, timestep, sample, **options, return_dict=False)
+            sample = sample[0]
+            if not _close(torch.tensordot(plan.weights[index], basis, dims=1), sample):
+                return False
+    return next(drawn, None) is None  # every draw the probe saw happened
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -129,22 +184,41 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 class Trajectory:
-    """One run of a plan on the loop's device: keeps x_0 and every model output so far, and gives
-    each next sample with one matrix-vector product (float32, whatever the model's dtype)."""
+    """One run of a plan on the loop's device: keeps x_0, the noise and every model output so far,
+    and gives each next sample with one matrix-vector product (float32, whatever the model's
+    dtype)."""
 
-    def __init__(self, plan: StepPlan, latents: torch.Tensor):
+    def __init__(self, plan: StepPlan, latents: torch.Tensor, generator=None):
         self.plan = plan
         self.dtype = latents.dtype
         self.shape = latents.shape
-        self.weights = plan.weights.to(latents.device, torch.float32)  # the one host copy
-        size = (plan.steps + 1, math.prod(latents.shape))
+        self.weights = plan.weights.to(latents.device, torch.float32)  # one host copy
+        size = (plan.weights.shape[1], math.prod(latents.shape))
         self.history = latents.new_zeros(size, dtype=torch.float32)
         self.history[0] = latents.reshape(-1)
+        if plan.noise_draws:  # and one more
+            self.history[1 + plan.steps :] = draw_noise(plan, latents, generator)
 
     def model_input(self, index: int, sample: torch.Tensor) -> torch.Tensor:
         scale = self.plan.input_scales[index]
         return sample if scale == 1.0 else sample * scale
 
     def step(self, index: int, model_output: torch.Tensor) -> torch.Tensor:
-        self.history[index + 1] = model_output.reshape(-1)
+        self.history[1 + index] = model_output.reshape(-1)
         return (self.weights[index] @ self.history).view(self.shape).to(self.dtype)
+
+
+def draw_noise(plan: StepPlan, latents: torch.Tensor, generator=None) -> torch.Tensor:
+    """(K, numel) on the latents' device: the noise the sampler would draw in its steps, drawn
+    now, as it would (diffusers' `randn_tensor` with its shape, dtype and generators, in order;
+    nothing else draws from the generators during the loop), and copied over at once."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    generators = generator if isinstance(generator, list) else [generator]
+    on_cpu = all(g is None or g.device.type == "cpu" for g in generators)
+    device = torch.device("cpu") if on_cpu else latents.device
+    draws = [
+        randn_tensor(tuple(latents.shape), generator=generator, device=device, dtype=latents.dtype)
+        for _ in range(plan.noise_draws)
+    ]
+    return torch.stack(draws).reshape(plan.noise_draws, -1).to(latents.device)

@@ -4,6 +4,7 @@ and the denoising loop moves nothing from the host once it runs."""
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 
 import diffusers
@@ -41,31 +42,75 @@ def _model(model_input: torch.Tensor) -> torch.Tensor:
     return torch.tanh(model_input) * 0.8 + 0.1 * model_input.roll(1, dims=-1)
 
 
-@pytest.mark.parametrize("name", ["UniPC", "DDIM", "DPM++ 2M Karras", "Euler"])
+@pytest.mark.parametrize(
+    "name, eta",
+    [
+        ("UniPC", 0.0),
+        ("DDIM", 0.0),
+        ("DPM++ 2M Karras", 0.0),
+        ("Euler", 0.0),
+        ("Euler a", 0.0),  # noise at every step
+        ("LCM", 0.0),  # noise at every step but the last
+        ("DDIM", 0.5),  # noise from eta
+    ],
+)
 @pytest.mark.parametrize("steps", [1, 7, 20])
-def test_a_plan_redoes_the_samplers_own_loop(name, steps):
+def test_a_plan_redoes_the_samplers_own_loop(name, eta, steps):
     scheduler = _sampler(name)
     scheduler.set_timesteps(steps)
-    plan = step_plan.plan_for(scheduler, steps)
+    plan = step_plan.plan_for(scheduler, steps, eta)
     assert plan is not None and plan.steps == len(scheduler.timesteps)
+    parameters = inspect.signature(scheduler.step).parameters
+    options = {"eta": eta} if "eta" in parameters else {}
     start = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     start = start * scheduler.init_noise_sigma
     theirs = start
-    trajectory = step_plan.Trajectory(plan, start)
+    generators = [torch.Generator().manual_seed(seed) for seed in (5, 6)]  # one per image
+    if "generator" in parameters:
+        options["generator"] = [torch.Generator().manual_seed(seed) for seed in (5, 6)]
+    trajectory = step_plan.Trajectory(plan, start, generators)
     mine = start
     for index, timestep in enumerate(scheduler.timesteps):
         output = _model(scheduler.scale_model_input(theirs, timestep))
-        theirs = scheduler.step(output, timestep, theirs, return_dict=False)[0]
+        theirs = scheduler.step(output, timestep, theirs, **options, return_dict=False)[0]
         mine = trajectory.step(index, _model(trajectory.model_input(index, mine)))
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
     assert theirs.abs().max() > 0.1  # a real run, not zeros on both sides
 
 
+def test_noisy_samplers_draw_their_noise_ahead_from_the_generators():
+    plan = step_plan.plan_for(_sampler("Euler a"), 6)
+    assert plan.noise_draws == 6 and step_plan.plan_for(_sampler("LCM"), 6).noise_draws == 5
+    assert step_plan.plan_for(_sampler("UniPC"), 6).noise_draws == 0
+    latents = torch.zeros(2, 4, 8, 8)
+    first, again, other = (
+        step_plan.draw_noise(plan, latents, [torch.Generator().manual_seed(s) for s in seeds])
+        for seeds in ((5, 6), (5, 6), (5, 7))
+    )
+    assert first.shape == (6, 2 * 4 * 8 * 8) and torch.equal(first, again)
+    image_size = 4 * 8 * 8  # image 0 keeps its noise when image 1's seed changes
+    torch.testing.assert_close(first[:, :image_size], other[:, :image_size], rtol=0, atol=0)
+    assert not torch.equal(first[:, image_size:], other[:, image_size:])
+
+
+class _EulerWithItsOwnNoise(diffusers.EulerDiscreteScheduler):
+    """Draws noise without diffusers' randn_tensor: the probe cannot see it."""
+
+    def step(self, model_output, timestep, sample, **kwargs):
+        output = super().step(model_output, timestep, sample, **kwargs)
+        return (output[0] + 0.1 * torch.randn_like(output[0]),)
+
+
 @pytest.mark.parametrize(
-    "name, steps, eta", [("Euler a", 20, 0.0), ("LCM", 4, 0.0), ("DDIM", 20, 0.5)]
+    "scheduler",
+    [
+        diffusers.DDIMScheduler.from_config({**SD15_SCHEDULER, "clip_sample": True}),
+        _EulerWithItsOwnNoise.from_config(SD15_SCHEDULER),
+    ],
+    ids=["clipping", "noise drawn another way"],
 )
-def test_samplers_that_add_noise_keep_their_own_step(name, steps, eta):
-    assert step_plan.plan_for(_sampler(name), steps, eta) is None
+def test_samplers_the_weights_do_not_redo_keep_their_own_step(scheduler):
+    assert step_plan.plan_for(scheduler, 8) is None
 
 
 def test_a_plan_is_made_once_per_setting():
@@ -104,7 +149,7 @@ def _denoise(pipe, controlnet, device, steps, sampler="UniPC"):
     )
 
 
-@pytest.mark.parametrize("sampler", ["UniPC", "DDIM"])
+@pytest.mark.parametrize("sampler", ["UniPC", "DDIM", "Euler a"])
 def test_the_loop_with_a_plan_gives_the_samplers_own_latents(tiny, monkeypatch, sampler):
     pipe, controlnet = tiny
     planned = _denoise(pipe, controlnet, "cpu", 8, sampler)
@@ -123,16 +168,17 @@ def test_the_counter_sees_diffusers_unipc_copy_its_sigmas():
     assert transfers.count >= 2  # sigma_t and sigma_s0, each .to(device)
 
 
-def test_the_planned_loop_moves_nothing_from_the_host_per_step(tiny):
+@pytest.mark.parametrize("sampler", ["UniPC", "LCM"])  # LCM: noise at each step
+def test_the_planned_loop_moves_nothing_from_the_host_per_step(tiny, sampler):
     """On the meta device (shapes only): the transfers are the same for 2 and for 5 steps, so
-    none happens inside the loop (the few there are copy the inputs, the timesteps and the
-    plan's weights before it)."""
+    none happens inside the loop (the few there are copy the inputs, the timesteps, the plan's
+    weights and the noise drawn ahead before it)."""
     pipe, controlnet = tiny
     pipe, controlnet = copy.deepcopy(pipe).to("meta"), copy.deepcopy(controlnet).to("meta")
     counts = []
     for steps in (2, 5):
         with HostTransfers() as transfers:
-            latents = _denoise(pipe, controlnet, "meta", steps)
+            latents = _denoise(pipe, controlnet, "meta", steps, sampler)
         assert latents.device.type == "meta" and latents.shape == (1, 4, 16, 16)
         counts.append(transfers.count)
     assert counts[0] == counts[1] > 0, counts
