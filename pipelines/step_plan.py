@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+_PROBING = threading.Lock()
 MAX_DRAWS_PER_STEP = 2  # noise draws a sampler may make per step (ancestral ones make 1)
 CHECK_TOLERANCE = 1e-6  # relative: the plan must redo the sampler's own steps to float64 rounding
 
@@ -74,8 +76,9 @@ def _plan(scheduler_class, config: str, steps: int, eta: float) -> StepPlan | No
         return scheduler
 
     try:
-        plan = _probe(fresh(), eta)
-        return plan if _redoes_the_sampler(plan, fresh(), eta) else None
+        with _PROBING:  # one probe at a time: each swaps a function in the sampler's module
+            plan = _probe(fresh(), eta)
+            return plan if _redoes_the_sampler(plan, fresh(), eta) else None
     except Exception as error:  # noqa: BLE001 (any sampler: one the probe cannot drive is out)
         logger.info("%s keeps its own step: %s", scheduler_class.__name__, error)
         return None

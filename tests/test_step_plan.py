@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import sys
+import threading
 
 import diffusers
 import pytest
@@ -196,3 +198,19 @@ def test_sampler_steps_benchmark_tiny(capsys):
         assert record["max_abs_diff"] < 1e-4
     unipc = records[1]["ops_per_step"]
     assert unipc["own_steps"] > 5 * unipc["planned"]  # UniPC: ~140 ops per step, the plan ~10
+
+
+def test_probes_give_the_samplers_module_its_noise_function_back():
+    module = sys.modules[diffusers.EulerAncestralDiscreteScheduler.__module__]
+    real = module.randn_tensor
+    step_plan._plan.cache_clear()
+    threads = [
+        threading.Thread(target=step_plan.plan_for, args=(_sampler("Euler a"), steps))
+        for steps in range(2, 10)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert module.randn_tensor is real
+    assert step_plan._plan.cache_info().currsize == 8
