@@ -83,3 +83,18 @@ def test_a_vae_that_overflows_in_bfloat16_decodes_again_in_float32(
     assert "The VAE overflowed in bfloat16; the images were decoded in float32." in result.warnings
     assert np.asarray(result.images[0]).std() > 5
     assert half.base_pipeline().vae.dtype == torch.bfloat16  # given back its precision
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"scheduler": "LCM", "guidance_scale": 1.0},  # the LoRA merged into a bfloat16 UNet
+        {"cache_interval": 2},  # feature caching's shallow steps
+        {"scheduler": "Euler a"},  # noise drawn ahead, in the latents' precision
+    ],
+    ids=["lcm", "feature-caching", "euler-a"],
+)
+def test_the_opt_ins_run_in_bfloat16(settings, astronaut, options):
+    half = Engine(dataclasses.replace(settings, cpu_precision="bfloat16"), device="cpu")
+    result = half.generate("canny", astronaut, "a robot", **{**REQUEST, **options})
+    assert np.asarray(result.images[0]).std() > 5
