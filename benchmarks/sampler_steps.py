@@ -30,24 +30,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from pipelines import step_plan  # noqa: E402
 from pipelines.schedulers import make_scheduler  # noqa: E402
+from tiny_models import _SD15_SCHEDULER as SD15_SCHEDULER  # noqa: E402
 
 SAMPLERS = ("UniPC", "DPM++ 2M Karras", "DDIM", "Euler a")  # Euler a: noise at every step
-SD15_SCHEDULER = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "steps_offset": 1,
-    "set_alpha_to_one": False,
-    "clip_sample": False,
-}
 
 
 class HostTransfers(TorchDispatchMode):

@@ -1,5 +1,6 @@
-"""Planned sampler steps: the plans redo diffusers' own samplers, noisy samplers keep their step,
-and the denoising loop moves nothing from the host once it runs."""
+"""Planned sampler steps: the plans redo diffusers' own samplers (their noise included), samplers
+the weights cannot redo keep their own step, and the denoising loop moves nothing from the host
+once it runs."""
 
 from __future__ import annotations
 
@@ -19,18 +20,7 @@ from pipelines import step_plan
 from pipelines.control import CONTROL_MODES
 from pipelines.denoise import ControlUnit, denoise
 from pipelines.schedulers import make_scheduler
-
-SD15_SCHEDULER = {  # runwayml/stable-diffusion-v1-5's scheduler_config.json
-    "_class_name": "PNDMScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "steps_offset": 1,
-    "set_alpha_to_one": False,
-    "clip_sample": False,
-    "skip_prk_steps": True,
-}
+from tiny_models import _SD15_SCHEDULER as SD15_SCHEDULER  # runwayml/stable-diffusion-v1-5's
 
 
 def _sampler(name: str):
