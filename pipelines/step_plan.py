@@ -95,7 +95,7 @@ def _step_options(scheduler, eta: float) -> dict:
 @contextmanager
 def _noise_drawn_by(scheduler, draw) -> Iterator[None]:
     """The sampler's calls to diffusers' `randn_tensor` (by name, in its module) answered by
-    `draw(shape, dtype)` instead."""
+    `draw(shape)` instead."""
     module = sys.modules[type(scheduler).__module__]
     real = getattr(module, "randn_tensor", None)
     if real is None:  # it draws noise some other way, if at all: the check will tell
@@ -103,7 +103,7 @@ def _noise_drawn_by(scheduler, draw) -> Iterator[None]:
         return
 
     def replacement(shape, generator=None, device=None, dtype=None, layout=None):
-        return draw(tuple(shape), dtype or torch.float32)
+        return draw(tuple(shape))
 
     module.randn_tensor = replacement
     try:
@@ -123,7 +123,7 @@ def _probe(scheduler, eta: float) -> StepPlan:
     sample[0, 0] = 1.0
     draws = 0
 
-    def coordinate(shape, dtype) -> torch.Tensor:
+    def coordinate(shape) -> torch.Tensor:
         nonlocal draws
         if draws == MAX_DRAWS_PER_STEP * steps:
             raise ValueError("the sampler draws noise more often than planned for")
@@ -162,7 +162,7 @@ def _redoes_the_sampler(plan: StepPlan, scheduler, eta: float) -> bool:
     basis[1 + plan.steps :] = noise
     drawn = iter(noise)
 
-    def next_noise(shape, dtype) -> torch.Tensor:
+    def next_noise(shape) -> torch.Tensor:
         return next(drawn)  # more draws than the probe saw: StopIteration, and no plan
 
     options = _step_options(scheduler, eta)
