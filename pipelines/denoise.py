@@ -168,10 +168,7 @@ def denoise(
     if "eta" in step_parameters:
         extra_step_kwargs["eta"] = eta
     # Samplers run as planned weights, their noise drawn ahead: no host transfer in the loop.
-    plan = step_plan.plan_for(scheduler, steps, eta)
-    if plan is not None and plan.steps != len(scheduler.timesteps):
-        plan = None
-    trajectory = None if plan is None else step_plan.Trajectory(plan, latents, generator)
+    trajectory = step_plan.trajectory_for(scheduler, steps, latents, eta, generator)
 
     # 2. CFG: one batch of [unconditional, conditional], like diffusers.
     use_cfg = negative_embeds is not None

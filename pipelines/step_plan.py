@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 _PROBING = threading.Lock()
 MAX_DRAWS_PER_STEP = 2  # noise draws a sampler may make per step (ancestral ones make 1)
+# The history a trajectory keeps grows with steps x batch x size: 1.3 MiB at 512 px, 20 steps,
+# one image. Past this, the sampler keeps its own step: such requests are bound by the GPU's
+# compute, not by the host's waits, and an 8 GB card needs the memory more.
+MAX_HISTORY_BYTES = 128 * 2**20
 CHECK_TOLERANCE = 1e-6  # relative: the plan must redo the sampler's own steps to float64 rounding
 
 
@@ -58,6 +62,23 @@ class StepPlan:
     @property
     def steps(self) -> int:
         return len(self.input_scales)
+
+
+def trajectory_for(
+    scheduler, steps: int, latents: torch.Tensor, eta: float = 0.0, generator=None
+) -> Trajectory | None:
+    """A planned run for the loop, its noise drawn, or None: the sampler keeps its own step (no
+    plan for it, or a history above MAX_HISTORY_BYTES). `scheduler` has its timesteps set."""
+    plan = plan_for(scheduler, steps, eta)
+    if plan is None or plan.steps != len(scheduler.timesteps):
+        return None
+    if history_bytes(plan, latents) > MAX_HISTORY_BYTES:
+        return None
+    return Trajectory(plan, latents, generator)
+
+
+def history_bytes(plan: StepPlan, latents: torch.Tensor) -> int:
+    return plan.weights.shape[1] * latents.numel() * 4  # float32 rows
 
 
 def plan_for(scheduler, steps: int, eta: float = 0.0) -> StepPlan | None:

@@ -204,3 +204,17 @@ def test_probes_give_the_samplers_module_its_noise_function_back():
         thread.join()
     assert module.randn_tensor is real
     assert step_plan._plan.cache_info().currsize == 8
+
+
+def test_a_history_above_its_cap_leaves_the_sampler_its_own_step(tiny, monkeypatch):
+    scheduler = _sampler("UniPC")
+    scheduler.set_timesteps(20)
+    latents = torch.zeros(1, 4, 64, 64)  # 512 px, one image: 21 float32 rows, 1.3 MiB
+    trajectory = step_plan.trajectory_for(scheduler, 20, latents)
+    assert trajectory is not None and trajectory.history.numel() * 4 == 21 * 4 * 64 * 64 * 4
+    assert step_plan.history_bytes(trajectory.plan, latents) <= step_plan.MAX_HISTORY_BYTES
+    pipe, controlnet = tiny
+    planned = _denoise(pipe, controlnet, "cpu", 6)
+    monkeypatch.setattr(step_plan, "MAX_HISTORY_BYTES", 1024)
+    assert step_plan.trajectory_for(scheduler, 20, latents) is None
+    torch.testing.assert_close(_denoise(pipe, controlnet, "cpu", 6), planned, rtol=1e-4, atol=1e-4)
