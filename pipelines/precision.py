@@ -48,7 +48,7 @@ def choose_precision(device: torch.device, cpu_precision: str = "float32") -> Pr
     logger.info("CPU precision probe (ms): %s", timings)
     if gain >= REQUIRED_GAIN:
         return Precision(torch.bfloat16, f"measured {gain:.1f}x faster than float32")
-    return Precision(torch.float32, f"bfloat16 measured {gain:.1f}x of its speed")
+    return Precision(torch.float32, f"bfloat16 measured only {gain:.1f}x as fast")
 
 
 @functools.lru_cache(maxsize=1)

@@ -29,8 +29,8 @@ def test_cuda_takes_fp16_and_a_cpu_takes_what_is_set():
     "timings, dtype, reason",
     [
         ({"float32": 30.0, "bfloat16": 10.0}, torch.bfloat16, "measured 3.0x faster than float32"),
-        ({"float32": 12.0, "bfloat16": 10.0}, torch.float32, "bfloat16 measured 1.2x of its speed"),
-        ({"float32": 10.0, "bfloat16": 40.0}, torch.float32, "bfloat16 measured 0.2x of its speed"),
+        ({"float32": 12.0, "bfloat16": 10.0}, torch.float32, "bfloat16 measured only 1.2x as fast"),
+        ({"float32": 10.0, "bfloat16": 40.0}, torch.float32, "bfloat16 measured only 0.2x as fast"),
     ],
 )
 def test_auto_takes_bfloat16_only_when_clearly_faster(monkeypatch, timings, dtype, reason):
