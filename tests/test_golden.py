@@ -31,9 +31,13 @@ import numpy as np
 import pytest
 import torch
 
-from png_info import compose_restore_values, read_parameters, restore_values
-from png_info import png_bytes_with_parameters
-from settings import Limits, Settings
+from png_info import (
+    compose_restore_values,
+    png_bytes_with_parameters,
+    read_parameters,
+    restore_values,
+)
+from settings import Limits
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 RECORD = os.environ.get("GOLDEN_RECORD") == "1"
@@ -126,7 +130,11 @@ REQUESTS: dict[str, tuple[str, dict]] = {
     ),
     "feature_caching": (
         "generate",
-        {"condition": "canny", "image": "astronaut", "options": {**FAST, "steps": 6, "cache_interval": 3}},
+        {
+            "condition": "canny",
+            "image": "astronaut",
+            "options": {**FAST, "steps": 6, "cache_interval": 3},
+        },
     ),
     "no_cfg_two_images": (
         "generate",
@@ -288,7 +296,9 @@ def test_golden_request(name, golden, golden_engine, images):
     kind, arguments = REQUESTS[name]
     result = run(golden_engine, kind, arguments, images)
     got = arrays_of(result)
-    want = {key.split("/", 1)[1]: value for key, value in arrays.items() if key.startswith(name + "/")}
+    want = {
+        key.split("/", 1)[1]: value for key, value in arrays.items() if key.startswith(name + "/")
+    }
     assert sorted(got) == sorted(want)
     for key, value in got.items():
         assert_close(f"{name}/{key}", value, want[key], exact=same_machine)
@@ -296,4 +306,3 @@ def test_golden_request(name, golden, golden_engine, images):
     assert json.loads(json.dumps(result.parameters)) == expected["parameters"]
     assert restored(kind, result.parameters[0], 3) == expected["restored"]
     assert result.warnings == expected["warnings"]
-
