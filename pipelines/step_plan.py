@@ -209,16 +209,17 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 class Trajectory:
     """One run of a plan on the loop's device: keeps x_0, the noise and every model output so far,
-    and gives each next sample with one matrix-vector product (float32, whatever the model's
-    dtype)."""
+    and gives each next sample with one matrix-vector product (float32 whatever the model's dtype;
+    float64 latents keep float64, so the plan's algebra can be checked to float64 rounding)."""
 
     def __init__(self, plan: StepPlan, latents: torch.Tensor, generator=None):
         self.plan = plan
         self.dtype = latents.dtype
         self.shape = latents.shape
-        self.weights = plan.weights.to(latents.device, torch.float32)  # one host copy
+        exact = torch.float64 if latents.dtype == torch.float64 else torch.float32
+        self.weights = plan.weights.to(latents.device, exact)  # one host copy
         size = (plan.weights.shape[1], math.prod(latents.shape))
-        self.history = latents.new_zeros(size, dtype=torch.float32)
+        self.history = latents.new_zeros(size, dtype=exact)
         self.history[0] = latents.reshape(-1)
         if plan.noise_draws:  # and one more
             self.history[1 + plan.steps :] = draw_noise(plan, latents, generator)

@@ -34,27 +34,36 @@ def _model(model_input: torch.Tensor) -> torch.Tensor:
     return torch.tanh(model_input) * 0.8 + 0.1 * model_input.roll(1, dims=-1)
 
 
-@pytest.mark.parametrize(
-    "name, eta",
-    [
-        ("UniPC", 0.0),
-        ("DDIM", 0.0),
-        ("DPM++ 2M Karras", 0.0),
-        ("Euler", 0.0),
-        ("Euler a", 0.0),  # noise at every step
-        ("LCM", 0.0),  # noise at every step but the last
-        ("DDIM", 0.5),  # noise from eta
-    ],
-)
-@pytest.mark.parametrize("steps", [1, 7, 20])
-def test_a_plan_redoes_the_samplers_own_loop(name, eta, steps):
+SAMPLERS = [
+    ("UniPC", 0.0),
+    ("DDIM", 0.0),
+    ("DPM++ 2M Karras", 0.0),
+    ("Euler", 0.0),
+    ("Euler a", 0.0),  # noise at every step
+    ("LCM", 0.0),  # noise at every step but the last
+    ("DDIM", 0.5),  # noise from eta
+]
+# diffusers' Euler and DPM-Solver steps cast the sample to float32 inside `step` (their upcast
+# for fp16 models), so their own loop on float64 samples is only float32-exact.
+ROUNDS_TO_FLOAT32 = {"Euler", "Euler a", "DPM++ 2M Karras"}
+FLOAT32_EPS = torch.finfo(torch.float32).eps
+# Rounding errors per step, in units of the samples' scale: the plan's dot product sums up to
+# 1 + steps + draws rounded terms (pairwise: a few roundings deep), the sampler's own step a dozen
+# float ops; 16 covers both. The model stand-in is 1-Lipschitz, so errors add up over the steps
+# instead of growing.
+ROUNDINGS_PER_STEP = 16
+
+
+def _run_both(name: str, eta: float, steps: int, dtype: torch.dtype):
+    """Yield (plan's sample, sampler's own sample) after each step, both from the same start and
+    the same per-image noise generators, in `dtype`."""
     scheduler = _sampler(name)
     scheduler.set_timesteps(steps)
     plan = step_plan.plan_for(scheduler, steps, eta)
     assert plan is not None and plan.steps == len(scheduler.timesteps)
     parameters = inspect.signature(scheduler.step).parameters
     options = {"eta": eta} if "eta" in parameters else {}
-    start = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    start = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
     start = start * scheduler.init_noise_sigma
     theirs = start
     generators = [torch.Generator().manual_seed(seed) for seed in (5, 6)]  # one per image
@@ -66,8 +75,31 @@ def test_a_plan_redoes_the_samplers_own_loop(name, eta, steps):
         output = _model(scheduler.scale_model_input(theirs, timestep))
         theirs = scheduler.step(output, timestep, theirs, **options, return_dict=False)[0]
         mine = trajectory.step(index, _model(trajectory.model_input(index, mine)))
-        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+        yield mine, theirs
     assert theirs.abs().max() > 0.1  # a real run, not zeros on both sides
+
+
+@pytest.mark.parametrize("name, eta", SAMPLERS)
+@pytest.mark.parametrize("steps", [1, 7, 20])
+def test_a_plan_is_the_samplers_own_linear_map(name, eta, steps):
+    """The algebra, in float64: the plan's weights are the sampler's steps to float64 rounding."""
+    for index, (mine, theirs) in enumerate(_run_both(name, eta, steps, torch.float64), start=1):
+        assert mine.dtype == theirs.dtype == torch.float64
+        if name in ROUNDS_TO_FLOAT32:
+            bound = ROUNDINGS_PER_STEP * index * FLOAT32_EPS
+        else:
+            bound = 1e-10
+        scale = max(float(theirs.abs().max()), 1.0)
+        assert float((mine - theirs).abs().max()) <= bound * scale, (index, bound)
+
+
+@pytest.mark.parametrize("name, eta", SAMPLERS)
+@pytest.mark.parametrize("steps", [1, 7, 20])
+def test_a_plan_redoes_the_samplers_own_loop_in_float32(name, eta, steps):
+    """The loop the app runs, in float32: within rounding that grows with the steps taken."""
+    for index, (mine, theirs) in enumerate(_run_both(name, eta, steps, torch.float32), start=1):
+        bound = ROUNDINGS_PER_STEP * index * FLOAT32_EPS * max(float(theirs.abs().max()), 1.0)
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=bound)
 
 
 def test_noisy_samplers_draw_their_noise_ahead_from_the_generators():
