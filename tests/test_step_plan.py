@@ -85,10 +85,8 @@ def test_a_plan_is_the_samplers_own_linear_map(name, eta, steps):
     """The algebra, in float64: the plan's weights are the sampler's steps to float64 rounding."""
     for index, (mine, theirs) in enumerate(_run_both(name, eta, steps, torch.float64), start=1):
         assert mine.dtype == theirs.dtype == torch.float64
-        if name in ROUNDS_TO_FLOAT32:
-            bound = ROUNDINGS_PER_STEP * index * FLOAT32_EPS
-        else:
-            bound = 1e-10
+        exact = name not in ROUNDS_TO_FLOAT32
+        bound = 1e-10 if exact else ROUNDINGS_PER_STEP * index * FLOAT32_EPS
         scale = max(float(theirs.abs().max()), 1.0)
         assert float((mine - theirs).abs().max()) <= bound * scale, (index, bound)
 
