@@ -3,7 +3,7 @@
 Each role of `settings.DEFAULT_MODEL_IDS` maps to a Hub repo and a `FileRule` (allow and ignore
 patterns, matched like `huggingface_hub.snapshot_download` matches them). Files land in
 `MODELS_DIR/<org>/<name>/...`, the Hub layout the app loads before ever asking the Hub
-(pipelines/loading.py), so the app then runs offline. They come from the Hub
+(model_sources.py), so the app then runs offline. They come from the Hub
 (`snapshot_download`) or from a local folder laid out the same way (`--source`: air-gapped
 mirrors, and the tests). Files already present with the same size are skipped.
 
@@ -11,7 +11,7 @@ Precision: by default the full-precision weights (`diffusion_pytorch_model.safet
 load everywhere and exactly. `--precision fp16` fetches the fp16 variants instead
 (`*.fp16.safetensors`, half the download: SD1.5 about 4.3 GB -> 2.1 GB, a ControlNet 1.45 GB ->
 0.72 GB), and the full files only where a repo has no fp16 variant. The engine loads whichever a
-folder holds (`pipelines.loading.weight_variants`): fp16 on a GPU runs the same numbers either way;
+folder holds (`model_sources.weight_variants`): fp16 on a GPU runs the same numbers either way;
 a CPU upcasts the fp16 weights to fp32.
 """
 
@@ -30,7 +30,7 @@ from annotators.mlsd import MLSD_WEIGHTS
 from annotators.normal import BAE_WEIGHTS
 from annotators.pose import BODY_WEIGHTS, FACE_WEIGHTS, HAND_WEIGHTS
 from errors import UserFacingError
-from pipelines.loading import hub_offline
+from model_sources import hub_offline
 from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS, V10_MODEL_IDS
 
 FAMILIES = ("v11", "v10")

@@ -75,7 +75,7 @@ FAST_PATH_MODES = ("auto", "on", "off")
 # take several times longer). The no-cudagraphs modes spare the graphs' memory pools.
 COMPILE_MODES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "default")
 # The models' precision on a CPU (CUDA: fp16). auto: bfloat16 where it is measured faster
-# (CPUs with AMX or AVX512-BF16), else float32; see pipelines/precision.py.
+# (CPUs with AMX or AVX512-BF16), else float32; see pipelines/speed/precision.py.
 CPU_PRECISIONS = ("auto", "float32", "bfloat16")
 
 

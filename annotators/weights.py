@@ -1,6 +1,6 @@
 """Finding annotator weights: MODELS_DIR first, then the Hugging Face cache or Hub.
 
-Two kinds of sources, both resolved like the diffusion models (pipelines/loading.py):
+Two kinds of sources, both resolved like the diffusion models (model_sources.py):
 - a single file from a repo, e.g. `ControlNetHED.pth` from `lllyasviel/Annotators`
   (`MODELS_DIR/lllyasviel/Annotators/ControlNetHED.pth` when present);
 - a whole transformers repo, e.g. `Intel/dpt-hybrid-midas` (`MODELS_DIR/Intel/dpt-hybrid-midas/`).
@@ -15,7 +15,7 @@ from typing import Any
 
 from annotators.base import LoadContext
 from errors import ModelUnavailableError
-from pipelines.loading import hub_offline, missing_model_message, resolve_source
+from model_sources import hub_offline, missing_model_message, resolve_source
 
 
 def weights_file(context: LoadContext, filename: str, role: str = "annotators") -> Path:

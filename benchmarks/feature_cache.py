@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.generate import CONTROLNET_CONFIG, UNET_CONFIG, _materialise  # noqa: E402
-from pipelines import feature_cache  # noqa: E402
+from pipelines.speed import feature_cache  # noqa: E402
 
 STEPS = 20
 INTERVALS = (2, 3, 4, 5)

@@ -13,7 +13,7 @@ temporary MODELS_DIR), then runs, in one process, on the same inputs (512x512, 2
 CFG 7.5, one ControlNet):
 
   engine_eager           the app's Engine through its public `generate` (eager, fp16 on CUDA)
-  engine_fast            the same Engine after the fast path (pipelines/fast.py: SDPA,
+  engine_fast            the same Engine after the fast path (pipelines/speed/fast_path.py: SDPA,
                          channels_last, fused QKV, torch.compile fullgraph + CUDA graphs), batch 1
   stock_eager            diffusers' StableDiffusionControlNetPipeline, eager, batch 1
   stock_compiled         stock with unet + controlnet torch.compile(fullgraph, reduce-overhead)
@@ -33,11 +33,13 @@ exact eager images but are not held to --tolerance.
 
 Phases run in that order whatever the order given to --phases: the targets' own numbers first, the
 new-shape compiles of batch 4 last, so a --deadline-s cut drops the least. The engine and the stock
-pipeline stay loaded side by side; engine_fast applies pipelines/fast.py in place to the engine's
-loaded modules (`engine.base_pipeline().unet/.vae`, `engine.controlnet("canny")`), exactly the
+pipeline stay loaded side by side; engine_fast applies pipelines/speed/fast_path.py in place to
+the engine's loaded modules (`engine.base_pipeline().unet/.vae`, `engine.controlnet("canny")`),
+exactly the
 calls the engine makes itself when FAST_PATH is on, after engine_eager has made the references.
 Every call uses the same prompt, so after the first the engine takes its text embeddings from its
-cache (pipelines/prompt_cache.py), as a repeated prompt does in the app; stock encodes it each time.
+cache (pipelines/loop/prompt_embeddings.py), as a repeated prompt does in the app; stock encodes
+it each time.
 
 Output: one JSON line per phase, flushed as soon as it is measured: `seconds_per_image` (median
 of --repeats calls after warm-up, divided by the batch), `min`, `batch`, `warmup_s`, `compile_s`
@@ -78,7 +80,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipelines import fast  # noqa: E402
+from pipelines.speed import fast_path  # noqa: E402
 from settings import COMPILE_MODES, DEFAULT_MODEL_IDS, Limits, Settings  # noqa: E402
 
 ENGINE_PHASES = (
@@ -443,7 +445,7 @@ def measure(
 BREAKDOWN_PARTS = (
     ("encode_prompt", "pipelines.engine", "encode_prompt"),
     ("denoise", "pipelines.engine", "denoise"),
-    ("controlnets", "pipelines.denoise", "control_residuals"),
+    ("controlnets", "pipelines.loop.denoise", "control_residuals"),
     ("decode", "pipelines.engine", "decode_latents"),
 )
 
@@ -454,8 +456,8 @@ def breakdown(call: Callable[[], np.ndarray], cfg: Config) -> dict[str, float]:
     VAE decode, and everything else (`outside`)."""
     import importlib
 
-    from pipelines.schedulers import make_scheduler
-    from pipelines.step_plan import Trajectory
+    from pipelines.loop.schedulers import make_scheduler
+    from pipelines.loop.step_plan import Trajectory
 
     # (name, owner, attribute) of each function timed; the sampler's steps are methods.
     targets = [
@@ -537,7 +539,9 @@ def make_engine(models_dir: Path, cfg: Config):
     limits = Limits(min_resolution=min(Limits().min_resolution, cfg.size))
     options: dict[str, Any] = {"models_dir": models_dir, "limits": limits}
     if "fast_path" in {f.name for f in dataclasses.fields(Settings)}:
-        options["fast_path"] = "off"  # eager; engine_fast applies pipelines/fast.py itself
+        options["fast_path"] = (
+            "off"  # eager; engine_fast applies pipelines/speed/fast_path.py itself
+        )
     return Engine(Settings(**options), device=str(cfg.device))
 
 
@@ -586,35 +590,36 @@ def engine_call(engine, image: np.ndarray, cfg: Config, setup: EngineSetup, warn
 
 
 def apply_fast_path(engine, cfg: Config) -> dict[str, list[str]]:
-    """What the engine will do itself once wired up: pipelines/fast.py on its loaded modules."""
-    fast.configure_torch()
+    """What the engine will do itself once wired up: pipelines/speed/fast_path.py on its loaded
+    modules."""
+    fast_path.configure_torch()
     pipe = engine.base_pipeline()
     controlnet = engine.controlnet(CONTROL_ROLE)
     options = {"compile": cfg.compile, "backend": cfg.backend, "mode": cfg.compile_mode}
-    fast.speed_up_unet(pipe.unet, **options)
-    fast.speed_up_controlnet(controlnet, **options)
-    fast.speed_up_vae(pipe.vae, compile=cfg.compile and cfg.compile_vae, backend=cfg.backend)
+    fast_path.speed_up_unet(pipe.unet, **options)
+    fast_path.speed_up_controlnet(controlnet, **options)
+    fast_path.speed_up_vae(pipe.vae, compile=cfg.compile and cfg.compile_vae, backend=cfg.backend)
     return {
-        "unet": list(fast.applied(pipe.unet)),
-        "controlnet": list(fast.applied(controlnet)),
-        "vae": list(fast.applied(pipe.vae)),
+        "unet": list(fast_path.applied(pipe.unet)),
+        "controlnet": list(fast_path.applied(controlnet)),
+        "vae": list(fast_path.applied(pipe.vae)),
     }
 
 
 def apply_feature_cache_fast_path(engine, cfg: Config) -> dict[str, list[str]]:
     """What the engine does itself for a feature-caching request when FAST_PATH is on: its
     wrappers around the UNet and the ControlNet compiled like them."""
-    from pipelines import feature_cache
+    from pipelines.speed import feature_cache
 
     wrappers = {
         "unet": feature_cache.caching_unet(engine.base_pipeline().unet),
         "controlnet": feature_cache.shallow_controlnet(engine.controlnet(CONTROL_ROLE)),
     }
     for wrapper in wrappers.values():
-        fast.speed_up_wrapper(
+        fast_path.speed_up_wrapper(
             wrapper, compile=cfg.compile, backend=cfg.backend, mode=cfg.compile_mode
         )
-    return {name: list(fast.applied(wrapper)) for name, wrapper in wrappers.items()}
+    return {name: list(fast_path.applied(wrapper)) for name, wrapper in wrappers.items()}
 
 
 ENGINE_SETUPS = {
@@ -821,7 +826,7 @@ class Bench:
         try:
             pipe = engine.base_pipeline()
             engine.controlnet(CONTROL_ROLE)  # the ControlNet stays on the device (0.7 GB)
-            steps = fast.low_memory(pipe, cfg.device)
+            steps = fast_path.low_memory(pipe, cfg.device)
             _free(cfg.device)
             warnings: set[str] = set()
             record, _ = measure(
@@ -974,7 +979,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     selected = [phase for phase in PHASES if phase in args.phases.split(",")]
     if cfg.cuda:
-        fast.configure_torch()  # cuDNN autotuning for every phase alike, stock ones included
+        fast_path.configure_torch()  # cuDNN autotuning for every phase alike, stock ones included
     run = Run()
     setup = {
         "phase": "setup",

@@ -7,7 +7,7 @@ A stand-in model keeps the device busy for about --model-ms per step, as the UNe
 fp16 matmuls on CUDA, nothing on the CPU. What counts is whether the host can queue the next step
 while the device works. diffusers' UniPC copies scalars to the device at every step, and each copy
 waits for the queue to drain; Euler a draws its noise on the CPU and copies it over at every step.
-The plan (pipelines/step_plan.py) is one matrix-vector product per step, with no copy.
+The plan (pipelines/loop/step_plan.py) is one matrix-vector product per step, with no copy.
 
 One JSON line per sampler:
 - `ops_per_step`: aten ops the sampler dispatches per step (its setup spread over the steps);
@@ -35,8 +35,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from pipelines import step_plan  # noqa: E402
-from pipelines.schedulers import make_scheduler  # noqa: E402
+from pipelines.loop import step_plan  # noqa: E402
+from pipelines.loop.schedulers import make_scheduler  # noqa: E402
 from tiny_models import _SD15_SCHEDULER as SD15_SCHEDULER  # noqa: E402
 
 SAMPLERS = ("UniPC", "DPM++ 2M Karras", "DDIM", "Euler a")  # Euler a: noise at every step

@@ -24,16 +24,9 @@ from annotators import ANNOTATORS, Detector, LoadContext, get_annotator, make_co
 from annotators.util import load_image, target_size
 from conditions import Condition, get_condition
 from errors import GpuOutOfMemoryError, InvalidRequestError, ModelUnavailableError
-from pipelines import fast, feature_cache, few_step
-from pipelines.attention import (
-    SDPA,
-    AttentionBackend,
-    apply_attention_backend,
-    probe_attention_backend,
-)
-from pipelines.cache import ModelCache
-from pipelines.control import get_control_mode
-from pipelines.denoise import (
+from model_sources import load_model, resolve_source
+from pipelines.loop.control import get_control_mode
+from pipelines.loop.denoise import (
     ControlUnit,
     broken_images,
     control_image_tensor,
@@ -42,11 +35,18 @@ from pipelines.denoise import (
     runs_at,
     to_uint8,
 )
-from pipelines.loading import load_model, resolve_source
-from pipelines.precision import choose_precision
-from pipelines.prompt_cache import encode_prompt
+from pipelines.loop.prompt_embeddings import encode_prompt
+from pipelines.loop.schedulers import make_scheduler
+from pipelines.models.lru import ModelCache
 from pipelines.request import GenerationOptions, UnitOptions
-from pipelines.schedulers import make_scheduler
+from pipelines.speed import fast_path, feature_cache, lcm_lora
+from pipelines.speed.attention import (
+    SDPA,
+    AttentionBackend,
+    apply_attention_backend,
+    probe_attention_backend,
+)
+from pipelines.speed.precision import choose_precision
 from pipelines.zerogpu import gpu_seconds, gpu_task, on_zero_gpu
 from settings import MAX_SEED, Settings
 
@@ -130,11 +130,11 @@ class Engine:
         # small cards, model CPU offload; each compiled model keeps its graphs per shape.
         self.low_memory = settings.low_memory
         self.fast_path_failure: str | None = None  # why the fast path was left, if it was
-        self.fast_path = fast.fast_path_enabled(
+        self.fast_path = fast_path.fast_path_enabled(
             settings.fast_path, self.device, on_zero_gpu(), low_memory=self.low_memory
         )
         if self.fast_path:
-            fast.configure_torch()
+            fast_path.configure_torch()
         if on_zero_gpu():  # no CUDA outside spaces.GPU functions: no probe at start
             self.attention = AttentionBackend(SDPA, "ZeroGPU: the GPU is attached per request")
         else:  # xformers where it runs and is measured faster; compiled models use SDPA
@@ -224,7 +224,7 @@ class Engine:
             return self._bases.get_or_load(source, lambda: self._load_base(name, source))
 
     def _load_base(self, name: str, source: str):
-        from pipelines.base_models import load_base_pipeline
+        from pipelines.models.base_models import load_base_pipeline
 
         pipe = load_base_pipeline(
             source,
@@ -236,12 +236,12 @@ class Engine:
         pipe.set_progress_bar_config(disable=True)
         apply_attention_backend(self.attention, pipe.unet)
         if self.low_memory:
-            fast.low_memory(pipe, self.device)  # each model visits the GPU only while it runs
+            fast_path.low_memory(pipe, self.device)  # each model visits the GPU only while it runs
         else:
             pipe.to(self.device)
             if self.fast_path:
-                fast.speed_up_unet(pipe.unet, mode=self.settings.compile_mode)
-                fast.speed_up_vae(pipe.vae)
+                fast_path.speed_up_unet(pipe.unet, mode=self.settings.compile_mode)
+                fast_path.speed_up_vae(pipe.vae)
         logger.info("Base model %r ready", name)
         return pipe
 
@@ -279,7 +279,7 @@ class Engine:
         model.to(self.device)
         apply_attention_backend(self.attention, model)
         if self.fast_path:
-            fast.speed_up_controlnet(model, mode=self.settings.compile_mode)
+            fast_path.speed_up_controlnet(model, mode=self.settings.compile_mode)
         return model
 
     def detector(self, annotator: str) -> Detector:
@@ -294,7 +294,7 @@ class Engine:
         """SD's NSFW safety checker, loaded on first use (only when settings turn it on)."""
         with self._lock:
             if self._safety_checker is None:
-                from pipelines.safety import SafetyChecker
+                from pipelines.models.safety import SafetyChecker
 
                 self._safety_checker = SafetyChecker.load(
                     self.settings.model_ids["safety_checker"],
@@ -582,7 +582,7 @@ class Engine:
         ]
         warnings = [warning for control in maps for warning in control.warnings]
         warnings += self._family_warnings(units, options)
-        warnings += few_step.advice(options.scheduler, options.steps, options.guidance_scale)
+        warnings += lcm_lora.advice(options.scheduler, options.steps, options.guidance_scale)
 
         # 3. Models (the base once, each unit's ControlNet from the cache) and the run.
         first_seed = options.seed if options.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
@@ -591,7 +591,7 @@ class Engine:
         with self._lock:
             pipe = self.base_pipeline(base_name)
             # The LCM sampler's LoRA merged into the UNet, or the UNet's own weights back.
-            few_step.use_lora(pipe, self._lora_id(options.scheduler), self.settings.models_dir)
+            lcm_lora.use_lora(pipe, self._lora_id(options.scheduler), self.settings.models_dir)
             model_ids, control_units = [], []
             for unit, control in zip(units, maps, strict=True):
                 role = unit.condition.controlnet_role_for(unit.annotator)
@@ -640,7 +640,7 @@ class Engine:
 
     def _lora_id(self, sampler: str) -> str | None:
         """The LoRA `sampler` needs merged into the UNet (LCM's), from the model table; or None."""
-        role = few_step.lora_role(sampler)
+        role = lcm_lora.lora_role(sampler)
         return self.settings.model_ids[role] if role else None
 
     @staticmethod
@@ -655,7 +655,7 @@ class Engine:
         return []
 
     def _censor(self, images, warnings):
-        from pipelines.safety import censor
+        from pipelines.models.safety import censor
 
         flags = self.safety_checker().flagged(images)
         if any(flags):
@@ -767,13 +767,15 @@ class Engine:
 
         notice = None
         if self.fast_path:  # "first request at this size: compiling, ..." where it does
-            key = fast.ShapeKey(options.num_images, height, width, use_cfg)
+            key = fast_path.ShapeKey(options.num_images, height, width, use_cfg)
             controlnet_key = replace(
                 key, conditional_only=get_control_mode(options.control_mode).conditional_only
             )
             unets, controlnets = self._compiled_models(pipe.unet, units, options.cache_interval)
-            compiling = fast.first_runs(unets, key) + fast.first_runs(controlnets, controlnet_key)
-            notice = fast.compile_notice(compiling, key, self.settings.compile_mode)
+            compiling = fast_path.first_runs(unets, key) + fast_path.first_runs(
+                controlnets, controlnet_key
+            )
+            notice = fast_path.compile_notice(compiling, key, self.settings.compile_mode)
         try:
             latents = run()
         except torch.OutOfMemoryError:
@@ -794,14 +796,16 @@ class Engine:
             return {"UNet": unet}, {unit.label: unit.model for unit in units}
         mode = self.settings.compile_mode
         unets = {
-            "UNet (feature caching)": fast.speed_up_wrapper(
+            "UNet (feature caching)": fast_path.speed_up_wrapper(
                 feature_cache.caching_unet(unet), mode=mode
             )
         }
         controlnets = {}
         for unit in units:
             controlnets[unit.label] = unit.model
-            shallow = fast.speed_up_wrapper(feature_cache.shallow_controlnet(unit.model), mode=mode)
+            shallow = fast_path.speed_up_wrapper(
+                feature_cache.shallow_controlnet(unit.model), mode=mode
+            )
             controlnets[f"{unit.label} (feature caching)"] = shallow
         return unets, controlnets
 
@@ -810,10 +814,10 @@ class Engine:
         logger.exception("The fast path failed to compile; continuing without it")
         self.fast_path = False
         for module in (pipe.unet, pipe.vae, *self._controlnets.values()):
-            fast.uncompile(module)
+            fast_path.uncompile(module)
             wrapper = feature_cache.existing_wrapper(module)
             if wrapper is not None:
-                fast.uncompile(wrapper)
+                fast_path.uncompile(wrapper)
         torch._dynamo.reset()
         cause: BaseException = error  # the compiler's own error, not Dynamo's wrapper
         while (inner := getattr(cause, "inner_exception", None) or cause.__cause__) is not None:

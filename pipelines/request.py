@@ -12,8 +12,8 @@ from typing import Any
 
 from annotators.util import ASPECT_RATIOS, RESIZE_MODES
 from errors import InvalidRequestError
-from pipelines.control import get_control_mode
-from pipelines.schedulers import check_scheduler
+from pipelines.loop.control import get_control_mode
+from pipelines.loop.schedulers import check_scheduler
 from settings import CONTROLNET_VERSIONS, MAX_SEED, Defaults, Limits
 
 

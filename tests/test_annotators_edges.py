@@ -36,7 +36,7 @@ from annotators.mlsd import MLSD_WEIGHTS, MlsdAnnotator
 from annotators.scribble import ScribbleAnnotator
 from annotators.util import HWC3, output_size
 from errors import ModelUnavailableError
-from pipelines.cache import ModelCache
+from pipelines.models.lru import ModelCache
 from settings import DEFAULT_MODEL_IDS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend
 
-from pipelines.attention import (
+from pipelines.speed.attention import (
     SDPA,
     XFORMERS,
     AttentionBackend,

@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from errors import ModelUnavailableError
 from ldm_checkpoint import write_ldm_checkpoint
-from pipelines.base_models import base_source_kind, check_base_source, load_base_pipeline
+from pipelines.models.base_models import base_source_kind, check_base_source, load_base_pipeline
 from tiny_models import BASE_ID, build_tiny_base
 
 COMPONENTS = ("unet", "vae", "text_encoder")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.control import (
+from pipelines.loop.control import (
     CONTROL_MODES,
     SD15_CONNECTION_SIZES_512,
     connection_weights,
     get_control_mode,
     mode_weights,
 )
-from pipelines.denoise import ControlUnit, control_residuals
+from pipelines.loop.denoise import ControlUnit, control_residuals
 
 PAPER_WEIGHTS = [1 / 8] * 3 + [1 / 4] * 3 + [1 / 2] * 3 + [1.0] * 4  # 64 / h_i, middle = 1
 

@@ -9,7 +9,7 @@ import pytest
 
 from conditions import CONDITIONS
 from errors import InvalidRequestError, ModelUnavailableError
-from pipelines.schedulers import SCHEDULERS
+from pipelines.loop.schedulers import SCHEDULERS
 from settings import DEFAULT_MODEL_IDS, Settings
 
 FAST = {"steps": 2, "image_resolution": 256}

@@ -8,8 +8,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipelines import fast
 from pipelines.engine import Engine
+from pipelines.speed import fast_path
 
 REQUEST = {"steps": 3, "image_resolution": 256, "seed": 4}
 
@@ -17,12 +17,12 @@ REQUEST = {"steps": 3, "image_resolution": 256, "seed": 4}
 @pytest.fixture
 def eager_compile(monkeypatch):
     """Capture the graphs (fullgraph: any graph break fails) without Inductor's compile."""
-    real = fast.compile_in_place
+    real = fast_path.compile_in_place
 
     def capture_only(module, **options):
         return real(module, **{**options, "backend": "eager"})
 
-    monkeypatch.setattr(fast, "compile_in_place", capture_only)
+    monkeypatch.setattr(fast_path, "compile_in_place", capture_only)
 
 
 def test_fast_path_engine_matches_the_plain_engine(
@@ -32,13 +32,13 @@ def test_fast_path_engine_matches_the_plain_engine(
     assert fast_engine.fast_path and "Fast path: on" in fast_engine.describe()
     assert "Attention: PyTorch SDPA" in fast_engine.describe()
     steps_begun = []
-    monkeypatch.setattr(fast, "mark_step_begin", lambda: steps_begun.append(1))
+    monkeypatch.setattr(fast_path, "mark_step_begin", lambda: steps_begun.append(1))
     first = fast_engine.generate("canny", astronaut, "a robot", **REQUEST)
     assert len(steps_begun) == REQUEST["steps"]  # CUDA graphs told at each step
     assert any("First request at 256x256" in warning for warning in first.warnings)
-    steps = fast.applied(fast_engine.base_pipeline().unet)
+    steps = fast_path.applied(fast_engine.base_pipeline().unet)
     assert steps[:2] == ("channels_last", "fused_qkv") and steps[2].startswith("compile")
-    assert fast.applied(fast_engine.controlnet("canny"))[-1].startswith("compile")
+    assert fast_path.applied(fast_engine.controlnet("canny"))[-1].startswith("compile")
     again = fast_engine.generate("canny", astronaut, "a robot", **REQUEST)
     assert not any("First request" in warning for warning in again.warnings)  # compiled once
     steps_begun.clear()
@@ -126,13 +126,13 @@ def test_warm_up_compiles_the_default_request_so_the_first_visitor_does_not(
 def test_a_failed_compile_leaves_the_fast_path_and_still_gives_the_images(
     settings, engine, astronaut, monkeypatch
 ):
-    real = fast.compile_in_place
+    real = fast_path.compile_in_place
 
     def no_compiler(graph, example_inputs):
         raise RuntimeError("no C++ compiler found")
 
     monkeypatch.setattr(
-        fast, "compile_in_place", lambda module, **options: real(module, backend=no_compiler)
+        fast_path, "compile_in_place", lambda module, **options: real(module, backend=no_compiler)
     )
     fast_engine = Engine(dataclasses.replace(settings, fast_path="on"), device="cpu")
     first = fast_engine.generate("canny", astronaut, "a robot", **REQUEST)
@@ -142,7 +142,9 @@ def test_a_failed_compile_leaves_the_fast_path_and_still_gives_the_images(
         fast_engine.describe()
     )
     unet = fast_engine.base_pipeline().unet
-    assert not fast.is_compiled(unet) and not fast.is_compiled(fast_engine.controlnet("canny"))
+    assert not fast_path.is_compiled(unet) and not fast_path.is_compiled(
+        fast_engine.controlnet("canny")
+    )
     plain = engine.generate("canny", astronaut, "a robot", **REQUEST)
     assert np.abs(first.images[0].astype(int) - plain.images[0].astype(int)).max() <= 1
     again = fast_engine.generate("canny", astronaut, "a robot", **REQUEST)
@@ -150,14 +152,14 @@ def test_a_failed_compile_leaves_the_fast_path_and_still_gives_the_images(
 
 
 def test_compile_mode_setting_reaches_every_compile_and_the_page(settings, astronaut, monkeypatch):
-    real = fast.compile_in_place
+    real = fast_path.compile_in_place
     modes = []
 
     def capture_only(module, **options):
         modes.append((type(module).__name__, options.get("mode")))
         return real(module, **{**options, "backend": "eager"})
 
-    monkeypatch.setattr(fast, "compile_in_place", capture_only)
+    monkeypatch.setattr(fast_path, "compile_in_place", capture_only)
     tuned = dataclasses.replace(settings, fast_path="on", compile_mode="max-autotune")
     fast_engine = Engine(tuned, device="cpu")
     assert "Fast path: on (max-autotune)" in fast_engine.describe()

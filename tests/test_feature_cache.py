@@ -11,11 +11,11 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from errors import InvalidRequestError
-from pipelines import fast, feature_cache
-from pipelines.control import CONTROL_MODES
-from pipelines.denoise import ControlUnit, control_residuals, denoise
 from pipelines.engine import Engine
-from pipelines.schedulers import make_scheduler
+from pipelines.loop.control import CONTROL_MODES
+from pipelines.loop.denoise import ControlUnit, control_residuals, denoise
+from pipelines.loop.schedulers import make_scheduler
+from pipelines.speed import fast_path, feature_cache
 
 REQUEST = {"steps": 6, "image_resolution": 256, "seed": 4}
 
@@ -182,9 +182,9 @@ def test_unsupported_unets_are_refused_with_a_reason():
 def test_the_fast_path_compiles_the_caching_models_without_graph_breaks(
     settings, engine, astronaut, monkeypatch
 ):
-    real = fast.compile_in_place
+    real = fast_path.compile_in_place
     monkeypatch.setattr(
-        fast,
+        fast_path,
         "compile_in_place",
         lambda module, **options: real(module, **{**options, "backend": "eager"}),
     )
@@ -194,7 +194,7 @@ def test_the_fast_path_compiles_the_caching_models_without_graph_breaks(
     notice = next(w for w in first.warnings if w.startswith("First request"))
     assert "UNet (feature caching)" in notice and "Canny ControlNet (feature caching)" in notice
     unet = fast_engine.base_pipeline().unet
-    assert fast.is_compiled(feature_cache.caching_unet(unet))
+    assert fast_path.is_compiled(feature_cache.caching_unet(unet))
     again = fast_engine.generate("canny", astronaut, "a robot", **request)
     assert not any("First request" in warning for warning in again.warnings)
     plain = engine.generate("canny", astronaut, "a robot", **request)

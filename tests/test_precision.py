@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import precision
 from pipelines.engine import Engine
+from pipelines.speed import precision
 from settings import Settings
 
 REQUEST = {"steps": 4, "image_resolution": 256, "seed": 11}

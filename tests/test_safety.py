@@ -11,7 +11,7 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from skimage import data
 
 from errors import ModelUnavailableError
-from pipelines.safety import SAFETY_CHECKER_ID, SafetyChecker, censor
+from pipelines.models.safety import SAFETY_CHECKER_ID, SafetyChecker, censor
 from tiny_safety import build_tiny_safety_checker
 
 

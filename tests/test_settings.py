@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.loading import missing_model_message, resolve_source
+from model_sources import missing_model_message, resolve_source
 from settings import DEFAULT_MODEL_IDS, Settings
 
 
@@ -55,7 +55,7 @@ def test_missing_model_message_names_every_way_to_provide_it(tmp_path):
 
 
 def test_model_cache_evicts_the_least_recently_used_and_frees_memory():
-    from pipelines.cache import ModelCache
+    from pipelines.models.lru import ModelCache
 
     freed = []
     cache = ModelCache(2, free_memory=lambda: freed.append(list(cache.keys())))

@@ -16,8 +16,8 @@ from diffusers import (
 )
 
 from errors import ModelUnavailableError
+from model_sources import load_model, weight_variants
 from pipelines.engine import Engine
-from pipelines.loading import load_model, weight_variants
 from settings import DEFAULT_MODEL_IDS, Settings
 from tiny_models import BASE_ID, build_tiny_base, build_tiny_controlnet
 
@@ -93,7 +93,7 @@ def hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
 
 @pytest.mark.parametrize("cached", ["full", "half"])
 def test_hub_ids_in_fp16_try_the_variant_then_the_full_files(controlnets, tmp_path, caplog, cached):
-    caplog.set_level(logging.INFO, logger="pipelines.loading")
+    caplog.set_level(logging.INFO, logger="model_sources")
     cache = hub_cache(tmp_path / "hub", CANNY_ID, controlnets[cached])
     assert weight_variants(CANNY_ID, False, True) == ["fp16", None]
     assert weight_variants(CANNY_ID, False, False) == [None]

@@ -14,8 +14,8 @@ import gradio as gr
 from annotators import ANNOTATORS, Param
 from annotators.util import ASPECT_RATIOS, RESIZE_MODES
 from errors import UserFacingError
-from pipelines.control import CONTROL_MODES
-from pipelines.schedulers import SCHEDULERS
+from pipelines.loop.control import CONTROL_MODES
+from pipelines.loop.schedulers import SCHEDULERS
 from settings import CONTROLNET_VERSIONS, MAX_SEED, Defaults, Limits
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from errors import ModelUnavailableError
-from pipelines import fast, few_step
 from pipelines.engine import Engine
+from pipelines.speed import fast_path, lcm_lora
 from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS
 from tiny_models import save_lora_in_kohya_format
 
@@ -26,7 +26,7 @@ def test_lcm_merges_the_lora_and_other_samplers_get_the_exact_unet_back(settings
     own = {name: p.detach().clone() for name, p in unet.named_parameters()}
 
     lcm = engine.generate("canny", astronaut, "a robot", **LCM)
-    assert few_step.merged_lora(unet) is not None and lcm.warnings == []
+    assert lcm_lora.merged_lora(unet) is not None and lcm.warnings == []
     assert lcm.parameters[0]["lora_id"] == settings.model_ids["lcm_lora"]  # in the PNG
     assert before.parameters[0]["lora_id"] is None
     changed = [name for name, p in unet.named_parameters() if not torch.equal(p, own[name])]
@@ -34,7 +34,7 @@ def test_lcm_merges_the_lora_and_other_samplers_get_the_exact_unet_back(settings
     assert all("lora" not in name for name, _ in unet.named_parameters())  # merged, not layered
 
     after = engine.generate("canny", astronaut, "a robot", **EXACT)
-    assert few_step.merged_lora(unet) is None
+    assert lcm_lora.merged_lora(unet) is None
     assert all(torch.equal(p, own[name]) for name, p in unet.named_parameters())
     assert np.array_equal(after.images[0], before.images[0])
     again = engine.generate("canny", astronaut, "a robot", **LCM)  # merged again, the same way
@@ -75,7 +75,7 @@ def test_a_kohya_style_copy_merges_the_same_weights(models_dir, tmp_path):
             models_dir / DEFAULT_MODEL_IDS["base"], controlnet=None, safety_checker=None
         )
         own = {name: weight.clone() for name, weight in pipe.unet.state_dict().items()}
-        few_step.use_lora(pipe, str(source), models_dir)
+        lcm_lora.use_lora(pipe, str(source), models_dir)
         merged.append(pipe.unet.state_dict())
     changed = [name for name in own if not torch.equal(own[name], merged[0][name])]
     assert len(changed) > 50  # attention, feed-forward, resnet convolutions and time projections
@@ -87,9 +87,9 @@ def test_lcm_on_the_fast_path_matches_eager_with_fused_projections(
     settings, astronaut, monkeypatch
 ):
     """The fast path fuses q/k/v into one projection: the merged LoRA must reach it too."""
-    real = fast.compile_in_place
+    real = fast_path.compile_in_place
     monkeypatch.setattr(
-        fast,
+        fast_path,
         "compile_in_place",
         lambda module, **options: real(module, **{**options, "backend": "eager"}),
     )
@@ -98,7 +98,7 @@ def test_lcm_on_the_fast_path_matches_eager_with_fused_projections(
     exact_before = fast_engine.generate("canny", astronaut, "a robot", **EXACT)
     lcm = fast_engine.generate("canny", astronaut, "a robot", **LCM)
     unet = fast_engine.base_pipeline().unet
-    assert "fused_qkv" in fast.applied(unet)
+    assert "fused_qkv" in fast_path.applied(unet)
     fused = [m for m in unet.modules() if isinstance(m, Attention) and m.fused_projections]
     assert fused
     for attention in fused:  # the fused weights are the merged q / k / v ones

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipelines import prompt_cache
 from pipelines.engine import Engine
+from pipelines.loop import prompt_embeddings
 
 REQUEST = {"steps": 2, "image_resolution": 256, "seed": 9}
 
@@ -45,16 +45,16 @@ def test_cached_embeddings_equal_diffusers_for_several_images(engine):
         negative_prompt="a dog",
     )
     for _ in range(2):  # encoded, then from the cache
-        got = prompt_cache.encode_prompt(pipe, engine.device, "a cat", "a dog", 3)
+        got = prompt_embeddings.encode_prompt(pipe, engine.device, "a cat", "a dog", 3)
         for mine, theirs in zip(got, expected, strict=True):
             assert torch.equal(mine, theirs)
             assert not mine.requires_grad
 
 
 def test_the_cache_is_bounded(engine, monkeypatch):
-    monkeypatch.setattr(prompt_cache, "PROMPT_CACHE_SIZE", 2)
+    monkeypatch.setattr(prompt_embeddings, "PROMPT_CACHE_SIZE", 2)
     pipe = engine.base_pipeline()
     for prompt in ("one", "two", "three"):
-        prompt_cache.encode_prompt(pipe, engine.device, prompt, None, 1)
-    kept = list(pipe.__dict__[prompt_cache._CACHE_ATTRIBUTE])
+        prompt_embeddings.encode_prompt(pipe, engine.device, prompt, None, 1)
+    kept = list(pipe.__dict__[prompt_embeddings._CACHE_ATTRIBUTE])
     assert ("one", None) not in kept and kept[-2:] == [("two", None), ("three", None)]

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from errors import ModelUnavailableError
-from pipelines import fast
-from pipelines.loading import hub_offline, missing_model_message, resolve_source
+from model_sources import hub_offline, missing_model_message, resolve_source
+from pipelines.speed import fast_path
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def use_lora(pipe, model_id: str | None, models_dir: Path) -> None:
         raise ModelUnavailableError(
             missing_model_message("lcm_lora", model_id, models_dir)
         ) from failure
-    fast.refresh_fused_projections(unet)
+    fast_path.refresh_fused_projections(unet)
     unet.__dict__[_STATE_ATTRIBUTE]["merged"] = True
 
 

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 
 from errors import ModelUnavailableError
-from pipelines.loading import hub_offline, load_model, missing_model_message, resolve_source
+from model_sources import hub_offline, load_model, missing_model_message, resolve_source
 from settings import (
     SINGLE_FILE_SUFFIX,
     check_base_source,

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines import fast, feature_cache, step_plan
-from pipelines.control import ControlMode, mode_weights
+from pipelines.loop import step_plan
+from pipelines.loop.control import ControlMode, mode_weights
+from pipelines.speed import fast_path, feature_cache
 
 
 @dataclass
@@ -179,12 +180,12 @@ def denoise(
     caching = cache_interval > 1
     caching_unet = feature_cache.caching_unet(unet) if caching else None
     shallow_count = feature_cache.shallow_count(unet) if caching else None
-    compiled = any(fast.is_compiled(module) for module in _modules_run(unet, units, caching))
+    compiled = any(fast_path.is_compiled(module) for module in _modules_run(unet, units, caching))
     zeros = {}  # residuals for steps where no ControlNet runs, made once per depth (compiled only)
     features = None  # feature caching: the last full step's deep features
     for index, timestep in enumerate(timesteps):
         if compiled:
-            fast.mark_step_begin()  # CUDA graphs: last step's outputs are consumed
+            fast_path.mark_step_begin()  # CUDA graphs: last step's outputs are consumed
         model_input = torch.cat([latents] * 2) if use_cfg else latents
         if trajectory is None:
             model_input = scheduler.scale_model_input(model_input, timestep)

@@ -1,4 +1,5 @@
-"""The fast path's logic on CPU (pipelines/fast.py) and the generation benchmark's smoke run.
+"""The fast path's logic on CPU (pipelines/speed/fast_path.py) and the generation benchmark's
+smoke run.
 
 What needs a GPU (fp16, Inductor kernels, CUDA graphs, model CPU offload, the speed targets) is
 measured by `benchmarks/generate.py` on one; here: the switch, that channels_last and fused QKV
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import fast
+from pipelines.speed import fast_path
 from settings import DEFAULT_MODEL_IDS, Limits, Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -73,14 +74,14 @@ def _inputs(batch: int = 2, size: int = 16):
     ],
 )
 def test_fast_path_enabled(mode, device, zero_gpu, expected):
-    assert fast.fast_path_enabled(mode, torch.device(device), zero_gpu) is expected
+    assert fast_path.fast_path_enabled(mode, torch.device(device), zero_gpu) is expected
 
 
 def test_fast_path_off_in_low_memory_mode_and_bad_modes_refused():
-    assert not fast.fast_path_enabled("on", torch.device("cuda"), False, low_memory=True)
-    assert fast.FAST_PATH_MODES == ("auto", "on", "off")
+    assert not fast_path.fast_path_enabled("on", torch.device("cuda"), False, low_memory=True)
+    assert fast_path.FAST_PATH_MODES == ("auto", "on", "off")
     with pytest.raises(ValueError, match="auto, on, off"):
-        fast.fast_path_enabled("fast", torch.device("cuda"), False)
+        fast_path.fast_path_enabled("fast", torch.device("cuda"), False)
 
 
 def test_configure_torch_raises_the_recompile_limit():
@@ -94,8 +95,8 @@ def test_configure_torch_raises_the_recompile_limit():
     )
     try:
         dynamo_config.recompile_limit = 8
-        fast.configure_torch()
-        assert dynamo_config.recompile_limit == fast.RECOMPILE_LIMIT
+        fast_path.configure_torch()
+        assert dynamo_config.recompile_limit == fast_path.RECOMPILE_LIMIT
         assert inductor_config.conv_1x1_as_mm and torch.backends.cudnn.benchmark
     finally:
         (
@@ -110,8 +111,8 @@ def test_unet_speed_up_without_compile_keeps_outputs(unet):
     from diffusers.models.attention_processor import FusedAttnProcessor2_0
 
     latents, timestep, text, _ = _inputs()
-    fast_unet = fast.speed_up_unet(copy.deepcopy(unet), compile=False)
-    assert fast.applied(fast_unet) == ("channels_last", "fused_qkv")
+    fast_unet = fast_path.speed_up_unet(copy.deepcopy(unet), compile=False)
+    assert fast_path.applied(fast_unet) == ("channels_last", "fused_qkv")
     assert {type(p) for p in fast_unet.attn_processors.values()} == {FusedAttnProcessor2_0}
     assert fast_unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -123,7 +124,7 @@ def test_unet_speed_up_without_compile_keeps_outputs(unet):
 def test_controlnet_qkv_is_really_fused_and_outputs_unchanged(controlnet):
     # diffusers' ControlNetModel.fuse_qkv_projections() is a silent no-op on SD1.5's attention
     # classes; ours fuses them.
-    fast_controlnet = fast.speed_up_controlnet(copy.deepcopy(controlnet), compile=False)
+    fast_controlnet = fast_path.speed_up_controlnet(copy.deepcopy(controlnet), compile=False)
     fused = [m for m in fast_controlnet.modules() if getattr(m, "fused_projections", False)]
     assert fused and all(hasattr(m, "to_qkv") or hasattr(m, "to_kv") for m in fused)
     latents, timestep, text, image = _inputs()
@@ -138,8 +139,8 @@ def test_vae_speed_up_keeps_decoding(tiny_dir):
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(tiny_dir / DEFAULT_MODEL_IDS["base"] / "vae")
-    fast_vae = fast.speed_up_vae(copy.deepcopy(vae))  # no compile by default for the VAE
-    assert fast.applied(fast_vae) == ("channels_last", "fused_qkv")
+    fast_vae = fast_path.speed_up_vae(copy.deepcopy(vae))  # no compile by default for the VAE
+    assert fast_path.applied(fast_vae) == ("channels_last", "fused_qkv")
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         torch.testing.assert_close(
@@ -150,18 +151,18 @@ def test_vae_speed_up_keeps_decoding(tiny_dir):
 def test_speed_up_is_idempotent_and_respects_other_attention_backends(unet):
     from diffusers.models.attention_processor import AttnProcessor
 
-    module = fast.speed_up(copy.deepcopy(unet), compile=False)
-    assert fast.speed_up(module, compile=False) is module
-    assert fast.applied(module) == ("channels_last", "fused_qkv")
-    assert fast.fuse_qkv(module)  # already fused: nothing to do
+    module = fast_path.speed_up(copy.deepcopy(unet), compile=False)
+    assert fast_path.speed_up(module, compile=False) is module
+    assert fast_path.applied(module) == ("channels_last", "fused_qkv")
+    assert fast_path.fuse_qkv(module)  # already fused: nothing to do
     other = copy.deepcopy(unet)
     other.set_attn_processor(AttnProcessor())  # e.g. a backend chosen by measurement
-    assert not fast.fuse_qkv(other)
+    assert not fast_path.fuse_qkv(other)
     assert {type(p) for p in other.attn_processors.values()} == {AttnProcessor}
-    assert not fast.fuse_qkv(torch.nn.Linear(2, 2))
+    assert not fast_path.fuse_qkv(torch.nn.Linear(2, 2))
     # Before compiling, attention goes back to SDPA (xformers would break the full graph).
-    fast.speed_up(other, compile=False, sdpa=True)
-    assert fast.applied(other) == ("sdpa", "channels_last", "fused_qkv")
+    fast_path.speed_up(other, compile=False, sdpa=True)
+    assert fast_path.applied(other) == ("sdpa", "channels_last", "fused_qkv")
 
 
 # ---- one graph each: Dynamo fullgraph capture through the engine's real calls --------------------
@@ -185,9 +186,9 @@ def test_unet_and_controlnet_trace_as_one_graph_through_the_engine(tiny_dir):
         counters = torch._dynamo.utils.counters
         counters.clear()
         # fullgraph=True raises on any graph break; the eager backend skips Inductor's codegen.
-        fast.speed_up_unet(pipe.unet, backend="eager")
-        fast.speed_up_controlnet(model, backend="eager")
-        assert fast.applied(model)[-1] == "compile:eager"
+        fast_path.speed_up_unet(pipe.unet, backend="eager")
+        fast_path.speed_up_controlnet(model, backend="eager")
+        assert fast_path.applied(model)[-1] == "compile:eager"
         got = generate(seed=3)
         assert counters["stats"]["unique_graphs"] >= 2  # the UNet and the ControlNet, traced
         assert np.abs(got.astype(int) - expected).max() <= 1
@@ -198,8 +199,8 @@ def test_unet_and_controlnet_trace_as_one_graph_through_the_engine(tiny_dir):
 def test_control_windows_and_guess_mode_keep_one_unet_graph(tiny_dir):
     """Steps outside every control window give the compiled UNet zero residuals, so it never
     compiles a second graph (without residuals) in the middle of a request."""
-    from pipelines.denoise import zero_residuals
     from pipelines.engine import Engine
+    from pipelines.loop.denoise import zero_residuals
 
     engine = Engine(Settings(models_dir=tiny_dir, limits=Limits(min_resolution=64)), device="cpu")
     image = np.zeros((128, 128, 3), np.uint8)
@@ -234,8 +235,8 @@ def test_control_windows_and_guess_mode_keep_one_unet_graph(tiny_dir):
         torch._dynamo.reset()
         counters = torch._dynamo.utils.counters
         counters.clear()
-        fast.speed_up_unet(pipe.unet, backend="eager")
-        fast.speed_up_controlnet(model, backend="eager")
+        fast_path.speed_up_unet(pipe.unet, backend="eager")
+        fast_path.speed_up_controlnet(model, backend="eager")
         for request, eager in zip(requests, expected, strict=True):
             got = generate(seed=5, **request)
             assert np.abs(got.astype(int) - eager).max() <= 1, request
@@ -249,27 +250,32 @@ def test_each_compiled_model_is_announced_once_per_shape():
     unet, controlnet, plain = (torch.nn.Linear(2, 2) for _ in range(3))
     unet.compile(backend="eager")
     controlnet.compile(backend="eager")
-    key = fast.ShapeKey(batch=1, height=512, width=512, cfg=True)
+    key = fast_path.ShapeKey(batch=1, height=512, width=512, cfg=True)
     models = {"UNet": unet, "Canny ControlNet": controlnet, "plain": plain}
-    assert fast.first_runs(models, key) == ["UNet", "Canny ControlNet"]  # plain never compiles
-    message = fast.compile_notice(["UNet", "Canny ControlNet"], key)
+    assert fast_path.first_runs(models, key) == ["UNet", "Canny ControlNet"]  # plain never compiles
+    message = fast_path.compile_notice(["UNet", "Canny ControlNet"], key)
     assert "512x512, 1 image for the UNet and the Canny ControlNet" in message
-    assert fast.first_runs(models, key) == [] and fast.compile_notice([], key) is None
-    assert "4 images" in fast.compile_notice(["UNet"], fast.ShapeKey(4, 512, 512, True))
-    guess = fast.ShapeKey(1, 512, 512, True, conditional_only=True)
-    assert fast.first_runs({"Canny ControlNet": controlnet}, guess) == ["Canny ControlNet"]
-    assert fast.first_runs(models, fast.ShapeKey(1, 512, 768, True)) == ["UNet", "Canny ControlNet"]
+    assert fast_path.first_runs(models, key) == [] and fast_path.compile_notice([], key) is None
+    assert "4 images" in fast_path.compile_notice(["UNet"], fast_path.ShapeKey(4, 512, 512, True))
+    guess = fast_path.ShapeKey(1, 512, 512, True, conditional_only=True)
+    assert fast_path.first_runs({"Canny ControlNet": controlnet}, guess) == ["Canny ControlNet"]
+    assert fast_path.first_runs(models, fast_path.ShapeKey(1, 512, 768, True)) == [
+        "UNet",
+        "Canny ControlNet",
+    ]
 
     # A model loaded again (evicted, then reloaded) is a new object: it compiles and is announced.
     reloaded = torch.nn.Linear(2, 2)
     reloaded.compile(backend="eager")
-    assert fast.first_runs({"Canny ControlNet": reloaded}, key) == ["Canny ControlNet"]
+    assert fast_path.first_runs({"Canny ControlNet": reloaded}, key) == ["Canny ControlNet"]
 
     # Many threads, one new shape: exactly one of them is told it compiles.
-    new_key = fast.ShapeKey(2, 256, 256, False)
+    new_key = fast_path.ShapeKey(2, 256, 256, False)
     firsts = []
     threads = [
-        threading.Thread(target=lambda: firsts.append(fast.first_runs({"UNet": unet}, new_key)))
+        threading.Thread(
+            target=lambda: firsts.append(fast_path.first_runs({"UNet": unet}, new_key))
+        )
         for _ in range(16)
     ]
     for thread in threads:
@@ -289,7 +295,7 @@ def test_low_memory_on_cpu_slices_the_vae(tiny_dir):
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    assert fast.low_memory(pipe, "cpu") == ["vae_slicing"]  # nothing to offload to on a CPU
+    assert fast_path.low_memory(pipe, "cpu") == ["vae_slicing"]  # nothing to offload to on a CPU
     assert pipe.vae.use_slicing
 
 

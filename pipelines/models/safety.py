@@ -17,7 +17,7 @@ import torch
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from transformers import CLIPImageProcessor
 
-from pipelines.loading import load_model
+from model_sources import load_model
 
 SAFETY_CHECKER_ID = "CompVis/stable-diffusion-safety-checker"
 ROLE = "safety_checker"
