@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from annotators import ANNOTATORS, Param
-from errors import InvalidRequestError
+from errors import look_up
 
 
 @dataclass(frozen=True)
@@ -142,9 +142,4 @@ CONDITIONS: dict[str, Condition] = {
 
 
 def get_condition(name: str) -> Condition:
-    try:
-        return CONDITIONS[name]
-    except (KeyError, TypeError):  # TypeError: an unhashable value sent to the API
-        raise InvalidRequestError(
-            f"Unknown condition {name!r}; choose one of: {', '.join(CONDITIONS)}."
-        ) from None
+    return look_up(CONDITIONS, name, "condition")

@@ -4,6 +4,13 @@ The UI and the API show `str(error)` of a `UserFacingError` as it is, so each me
 wrong and what to do instead. Anything else is a bug and is logged with its traceback.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+Entry = TypeVar("Entry")
+
 
 class UserFacingError(Exception):
     """An error the person can act on; its message is shown verbatim in the UI and the API."""
@@ -23,3 +30,17 @@ class ModelUnavailableError(UserFacingError):
 
 class GpuOutOfMemoryError(UserFacingError):
     """The request did not fit in GPU memory; memory was freed and a smaller one will work."""
+
+
+def look_up(registry: Mapping[str, Entry], name: Any, what: str) -> Entry:
+    """`registry[name]`, or an InvalidRequestError naming `what` and listing the choices.
+
+    `name` comes from a person or the API, so it may be anything: an unknown name, a number, an
+    unhashable value (a list sent as JSON) all get the same message.
+    """
+    try:
+        return registry[name]
+    except (KeyError, TypeError):  # TypeError: an unhashable value sent to the API
+        raise InvalidRequestError(
+            f"Unknown {what} {name!r}; choose one of: {', '.join(registry)}."
+        ) from None

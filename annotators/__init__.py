@@ -33,7 +33,7 @@ from annotators.util import (
     resize_image,
     resize_to,
 )
-from errors import InvalidRequestError
+from errors import look_up
 
 ANNOTATORS: dict[str, Annotator] = {
     annotator.name: annotator
@@ -66,12 +66,7 @@ __all__ = [
 
 
 def get_annotator(name: str) -> Annotator:
-    try:
-        return ANNOTATORS[name]
-    except (KeyError, TypeError):  # TypeError: an unhashable value sent to the API
-        raise InvalidRequestError(
-            f"Unknown annotator {name!r}; choose one of: {', '.join(ANNOTATORS)}."
-        ) from None
+    return look_up(ANNOTATORS, name, "annotator")
 
 
 def make_control_map(
@@ -96,10 +91,7 @@ def make_control_map(
     if size is None:
         size = output_size(image.shape[0], image.shape[1], image_resolution)
     height, width = size
-    if resize_mode not in RESIZE_MODES:
-        raise InvalidRequestError(
-            f"Unknown resize mode {resize_mode!r}; choose one of: {', '.join(RESIZE_MODES)}."
-        )
+    look_up(RESIZE_MODES, resize_mode, "resize mode")
     if resize_mode == "resize_and_fill":
         inner_height, inner_width = fitted_size(image.shape[0], image.shape[1], height, width)
         inner = _map_at(

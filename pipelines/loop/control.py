@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from errors import InvalidRequestError
+from errors import look_up
 
 # Latent sizes of the 13 connections for a 512 x 512 image (64 x 64 latents): conv_in and two
 # resnets at 64, a downsampler and two resnets at 32, ... , two resnets at 8, then the middle block.
@@ -52,12 +52,7 @@ CONTROL_MODES: dict[str, ControlMode] = {
 
 
 def get_control_mode(name: str) -> ControlMode:
-    try:
-        return CONTROL_MODES[name]
-    except (KeyError, TypeError):  # TypeError: an unhashable value sent to the API
-        raise InvalidRequestError(
-            f"Unknown control mode {name!r}; choose one of: {', '.join(CONTROL_MODES)}."
-        ) from None
+    return look_up(CONTROL_MODES, name, "control mode")
 
 
 def connection_weights(latent_sizes: Sequence[int], gamma: float) -> list[float]:

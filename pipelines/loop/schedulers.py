@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from errors import InvalidRequestError
+from errors import look_up
 
 # name -> (diffusers class, options on top of the base model's scheduler config)
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -21,16 +21,15 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
         "DPMSolverMultistepScheduler",
         {"use_karras_sigmas": True, "algorithm_type": "dpmsolver++"},
     ),
-    # Latent consistency: 4-8 steps, with the LCM-LoRA merged into the UNet (pipelines/few_step).
+    # Latent consistency: 4-8 steps, with the LCM-LoRA merged into the UNet
+    # (pipelines/speed/lcm_lora.py).
     "LCM": ("LCMScheduler", {}),
 }
 
 
 def check_scheduler(name: Any) -> str:
-    if not isinstance(name, str) or name not in SCHEDULERS:
-        raise InvalidRequestError(
-            f"Unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}."
-        )
+    """`name` if it is a sampler of `SCHEDULERS`, else an InvalidRequestError listing them."""
+    look_up(SCHEDULERS, name, "scheduler")
     return name
 
 
