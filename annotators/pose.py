@@ -248,30 +248,33 @@ def _openpose_body(path: Path, device: str) -> Any:
     from controlnet_aux.open_pose.body import Body
     from controlnet_aux.open_pose.model import bodypose_model
 
-    body = Body.__new__(Body)
-    body.model = _loaded(bodypose_model(), path, caffe_names=True).to(device)
-    return body
+    return _estimator(Body, bodypose_model(), path, device, caffe_names=True)
 
 
 def _openpose_hand(path: Path, device: str) -> Any:
     from controlnet_aux.open_pose.hand import Hand
     from controlnet_aux.open_pose.model import handpose_model
 
-    hand = Hand.__new__(Hand)
-    hand.model = _loaded(handpose_model(), path, caffe_names=True).to(device)
-    return hand
+    return _estimator(Hand, handpose_model(), path, device, caffe_names=True)
 
 
 def _openpose_face(path: Path, device: str) -> Any:
     from controlnet_aux.open_pose.face import Face, FaceNet
     from controlnet_aux.open_pose.face import params as face_params
 
-    face = Face.__new__(Face)
+    face = _estimator(Face, FaceNet(), path, device, caffe_names=False)
     face.inference_size = face_params["inference_img_size"]
     face.sigma = face_params["gaussian_sigma"]
     face.threshold = face_params["heatmap_peak_thresh"]
-    face.model = _loaded(FaceNet(), path, caffe_names=False).to(device)
     return face
+
+
+def _estimator(kind: type, model: Any, path: Path, device: str, caffe_names: bool) -> Any:
+    """A controlnet_aux estimator (`Body`, `Hand`, `Face`) made without its constructor, holding
+    `model` with the tensors of `path`, on `device`."""
+    estimator = kind.__new__(kind)
+    estimator.model = _loaded(model, path, caffe_names=caffe_names).to(device)
+    return estimator
 
 
 def _loaded(model: Any, path: Path, caffe_names: bool) -> Any:
@@ -294,21 +297,24 @@ def _loaded(model: Any, path: Path, caffe_names: bool) -> Any:
 
 
 # --- annotators ----------------------------------------------------------------------------------
-class MediapipePoseAnnotator(Annotator):
-    name = "mediapipe_pose"
-    label = "Pose (MediaPipe, no download)"
+class PoseAnnotator(Annotator):
+    """What both backends share: the hands and face switches, detection at 512 px."""
+
     params = POSE_PARAMS
     default_detect_resolution = 512
+
+
+class MediapipePoseAnnotator(PoseAnnotator):
+    name = "mediapipe_pose"
+    label = "Pose (MediaPipe, no download)"
 
     def load(self, context: LoadContext) -> MediapipePoseDetector:
         return MediapipePoseDetector()
 
 
-class OpenposeAnnotator(Annotator):
+class OpenposeAnnotator(PoseAnnotator):
     name = "openpose"
     label = "OpenPose"
-    params = POSE_PARAMS
-    default_detect_resolution = 512
 
     def load(self, context: LoadContext) -> PoseDetector:
         try:
