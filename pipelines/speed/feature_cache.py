@@ -81,13 +81,17 @@ def _up(block, hidden, skips, emb, embeds, upsample_size):
     )
 
 
-class CachingUNet(torch.nn.Module):
+class _Wrapper(torch.nn.Module):
+    """A module around one model (`self.model`, its only submodule) that calls into its parts."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+
+class CachingUNet(_Wrapper):
     """`forward(..., cached=None)` is a full step that also returns the features to keep;
     `forward(..., cached=features)` is a shallow step on them. Returns (noise, features)."""
-
-    def __init__(self, unet: torch.nn.Module):
-        super().__init__()
-        self.unet = unet
 
     def forward(
         self,
@@ -98,7 +102,7 @@ class CachingUNet(torch.nn.Module):
         middle: torch.Tensor | None = None,  # full steps only
         cached: torch.Tensor | None = None,  # the last up block's input from a full step
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        unet = self.unet
+        unet = self.model
         _onload(unet)
         # 1. Time embedding, and whether upsamplers must be told their size (odd latent sizes).
         factor = 2**unet.num_upsamplers
@@ -143,13 +147,9 @@ def _middle(block, hidden, emb, embeds):
     return block(hidden, emb)
 
 
-class ShallowControlNet(torch.nn.Module):
+class ShallowControlNet(_Wrapper):
     """A ControlNet's first `count` residuals only, unweighted: what `ControlNetModel.forward`
     computes for them, without the blocks below."""
-
-    def __init__(self, controlnet: torch.nn.Module):
-        super().__init__()
-        self.controlnet = controlnet
 
     def forward(
         self,
@@ -159,7 +159,7 @@ class ShallowControlNet(torch.nn.Module):
         control: torch.Tensor,  # (B, 3, H, W) in [0, 1]
         count: int,
     ) -> list[torch.Tensor]:
-        controlnet = self.controlnet
+        controlnet = self.model
         _onload(controlnet)
         if controlnet.config.controlnet_conditioning_channel_order == "bgr":
             control = torch.flip(control, dims=[1])
@@ -186,7 +186,7 @@ def shallow_controlnet(controlnet: torch.nn.Module) -> ShallowControlNet:
     return _wrapper(controlnet, ShallowControlNet)
 
 
-def _wrapper(module: torch.nn.Module, kind: type[torch.nn.Module]):
+def _wrapper(module: torch.nn.Module, kind: type[_Wrapper]):
     wrapper = module.__dict__.get(_WRAPPER_ATTRIBUTE)
     if wrapper is None:
         wrapper = kind(module)
