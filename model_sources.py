@@ -1,4 +1,4 @@
-"""Where models come from: MODELS_DIR first, then the Hugging Face cache or Hub (DESIGN.md §4).
+"""Where models come from: MODELS_DIR first, then the Hugging Face cache or Hub.
 
 `MODELS_DIR/<org>/<name>` mirrors the Hub repo `<org>/<name>`; when it exists it is loaded and the
 Hub is never asked. Only safetensors are loaded (no pickle), and never with remote code. When a

@@ -1,4 +1,4 @@
-"""Canny edges: white edges on black, `cv2.Canny(image, low, high)` (DESIGN.md §3)."""
+"""Canny edges: white edges on black, `cv2.Canny(image, low, high)`, as the Canny models saw."""
 
 import cv2
 import numpy as np

@@ -1,4 +1,4 @@
-"""Depth: MiDaS relative inverse depth (DPT-Hybrid), min-max normalised, near bright (DESIGN.md §3).
+"""Depth: MiDaS relative inverse depth (DPT-Hybrid), min-max normalised to 0-255, near bright.
 
 Adapted from lllyasviel/ControlNet `annotator/midas/__init__.py` (Apache-2.0), which runs MiDaS'
 own DPT-Hybrid checkpoint on the image scaled to [-1, 1] and returns `(depth - min) / max * 255`.
@@ -128,7 +128,7 @@ def _accept_any_square(model: Any) -> bool:
 class MidasDepthAnnotator(Annotator):
     name = "depth_midas"
     label = "Depth (MiDaS, DPT-Hybrid)"
-    default_detect_resolution = 384  # the reference depth app's default (DESIGN.md §2)
+    default_detect_resolution = 384  # the reference depth app's default
 
     def load(self, context: LoadContext) -> Detector:
         estimate = load_depth_estimator(context)

@@ -5,7 +5,7 @@ itself lllyasviel/ControlNet v1.1 `annotator/hed` (Apache-2.0). The network is c
 `ControlNetHED_Apache2` (RGB in, 0-255, no normalisation) with the weights `ControlNetHED.pth` of
 lllyasviel/Annotators: its five side outputs are resized to the image, averaged and squashed by a
 sigmoid. The three annotators share one loaded network (annotators/shared.py). Fake scribbles
-follow the reference scribble app (DESIGN.md §3), reusing controlnet_aux's `nms` and `safe_step`.
+follow the reference fake-scribble app, reusing controlnet_aux's `nms` and `safe_step`.
 torch and controlnet_aux are imported in `load`, never at import.
 """
 

@@ -1,4 +1,4 @@
-"""Straight lines (M-LSD): white 1-px line segments on black (DESIGN.md §3).
+"""Straight lines (M-LSD): white 1-px line segments on black, as the M-LSD models saw.
 
 Adapted from controlnet_aux 0.0.10 `controlnet_aux/mlsd/__init__.py` (`MLSDdetector`,
 Apache-2.0), itself lllyasviel/ControlNet `annotator/mlsd` (Apache-2.0) and M-LSD (NAVER Corp.,

@@ -1,4 +1,4 @@
-"""Normal maps: from MiDaS depth for the v1.0 model, from NormalBAE for v1.1 (DESIGN.md §3).
+"""Normal maps: from MiDaS depth for the v1.0 model, from NormalBAE for the v1.1 one.
 
 - `normal_midas` is lllyasviel/ControlNet's v1.0 recipe (`annotator/midas/__init__.py`, Apache-2.0,
   `apply_midas(image, a=np.pi * 2.0, bg_th)`): Sobel x / y of the raw depth, z = a, x and y zeroed
@@ -74,7 +74,7 @@ class MidasNormalAnnotator(Annotator):
             info="Farther than this (0 = farthest, 1 = nearest) counts as flat background",
         ),
     )
-    default_detect_resolution = 384  # the reference normal app's default (DESIGN.md §2)
+    default_detect_resolution = 384  # the reference normal app's default
 
     def load(self, context: LoadContext) -> Detector:
         estimate = load_depth_estimator(context)

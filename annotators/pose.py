@@ -1,4 +1,4 @@
-"""Human pose maps in OpenPose's format, from OpenPose or from MediaPipe (DESIGN.md §3).
+"""Human pose maps in OpenPose's format, from OpenPose or from MediaPipe.
 
 Both backends find `PoseKeypoints` (COCO-18 body, 21-point hands, 70-point face) and draw them
 with one function (annotators/pose_draw.py), so their maps look alike to the OpenPose ControlNet:

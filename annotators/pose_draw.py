@@ -1,7 +1,7 @@
 """Drawing pose maps in OpenPose's format: COCO-18 body, 21-point hands, 70-point face, on black.
 
-This is the picture the OpenPose ControlNets were trained on (DESIGN.md §3), drawn the same way for
-both pose backends (annotators/pose.py): OpenPose and MediaPipe fill in the same `PoseKeypoints`.
+This is the picture the OpenPose ControlNets were trained on, drawn the same way for both pose
+backends (annotators/pose.py): OpenPose and MediaPipe fill in the same `PoseKeypoints`.
 
 Adapted from controlnet_aux 0.0.10 `open_pose/util.py` (`draw_bodypose`, `draw_handpose`,
 `draw_facepose`; Apache-2.0), itself lllyasviel/ControlNet's `annotator/openpose/util.py` after

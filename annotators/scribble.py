@@ -1,4 +1,4 @@
-"""Scribbles: dark strokes on light paper become white strokes on black (DESIGN.md §3).
+"""Scribbles: dark strokes on light paper become white strokes on black, as the models saw.
 
 Used both for an uploaded drawing and for the interactive canvas, whose black brush strokes on a
 white (or transparent, composited onto white) canvas go through the same conversion.

@@ -2,9 +2,9 @@
 
 ControlNet's own annotator is UniFormer-S + UperNet in a vendored mmsegmentation
 (`upernet_global_small.pth`); diffusers' seg examples use `openmmlab/upernet-convnext-small`
-instead (DESIGN.md §4), which predicts the same 150 ADE20K classes, so its maps are painted with
-the same palette (annotators/ade20k.py). The map is made at the detect resolution and resized to
-the output with nearest neighbour, so every pixel keeps a palette colour.
+instead, which predicts the same 150 ADE20K classes, so its maps are painted with the same palette
+(annotators/ade20k.py). The map is made at the detect resolution and resized to the output with
+nearest neighbour, so every pixel keeps a palette colour.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class UpernetSegAnnotator(Annotator):
                 logits = model(pixel_values=inputs.pixel_values.to(context.device)).logits
                 # Class ids (H, W), 0 = wall. The same as the processor's
                 # post_process_semantic_segmentation(target_sizes=[(H, W)]), minus its
-                # same-size bilinear pass over all 150 channels (half the CPU time of this step).
+                # bilinear resize of all 150 channels to the size they already have.
                 labels = logits[0].argmax(dim=0)
             return colorize(labels.cpu().numpy())
 

@@ -17,13 +17,15 @@ Function = TypeVar("Function", bound=Callable)
 MAX_GPU_SECONDS = 120
 # Loading the base and a ControlNet onto the GPU on a cold start, plus decoding.
 OVERHEAD_SECONDS = 20
-# Per denoising step of one 512 x 512 image with CFG, fp16, on a ZeroGPU slice (an estimate with
-# margin: an H100/H200 runs such a step in ~0.05 s eager, DESIGN.md §6).
+# Per denoising step of one 512 x 512 image with CFG, fp16, on a ZeroGPU slice: an estimate with a
+# wide margin over an eager step on such a GPU, because a function that outlives its slice loses
+# the GPU mid-request.
 SECONDS_PER_STEP_512 = 0.25
-# A ControlNet costs about a third of the UNet (0.57 vs 1.61 TFLOP per step, DESIGN.md §6).
+# A ControlNet is a copy of the UNet's encoder and middle block only: about a third of its work.
 CONTROLNET_SHARE = 0.35
-# A feature-caching shallow step (UNet and ControlNet shallow branches) costs 40% of a full step's
-# FLOPs at 512 px (868 of 2,173 GFLOP with CFG, benchmarks/feature_cache.py).
+# A feature-caching shallow step skips the deep blocks but still runs the full-resolution ones
+# (the first down block and the last up block of the UNet, the ControlNet's first down block),
+# the costliest per block: it counts as 40% of a full step.
 SHALLOW_STEP_SHARE = 0.4
 
 

@@ -1,4 +1,4 @@
-"""Control modes and the per-connection weights of the ControlNet's 13 outputs (DESIGN.md §1).
+"""Control modes and the per-connection weights of the ControlNet's 13 outputs.
 
 A ControlNet adds 13 residuals to the locked UNet: 12 skip connections (latent sizes 64, 32, 16, 8
 at 512 px, three each) and the middle block (8). The paper's CFG Resolution Weighting multiplies

@@ -4,7 +4,7 @@ diffusers' multistep samplers compute each step with small tensors. UniPC, for e
 sigmas to the GPU one scalar at a time and solves a tiny linear system there. Each copy from
 pageable host memory waits for the GPU to finish its queue (PyTorch ends a `non_blocking=False`
 copy with `cudaStreamSynchronize`). So the host cannot queue the next step while the UNet runs,
-and every step's ~150 small launches add to the GPU's time instead of hiding behind it. Samplers
+and every step's many small launches add to the GPU's time instead of hiding behind it. Samplers
 that add noise draw it from the request's CPU generators at each step and copy it over: the same
 wait.
 

@@ -3,8 +3,9 @@
 The candidates are PyTorch SDPA's kernels, each timed alone (flash, memory-efficient, cuDNN: torch
 prefers flash, then memory-efficient, then the math fallback, and only then cuDNN, which Hopper
 often runs fastest), and xformers where it runs. xformers kernels only load when xformers was
-built against the installed torch exactly (0.0.35 is built for torch 2.10 and fails on 2.11,
-DESIGN.md §6), so importing it is not enough: a tiny attention call on the device is the probe.
+built against the installed torch exactly (xformers 0.0.35, built for torch 2.10, does not load
+them on torch 2.11), so importing it is not enough: a tiny attention call on the device is the
+probe.
 
 Each candidate is timed on SD1.5's attentions at 512 px with CFG (batch 2, 8 heads): at each latent
 level, self-attention and cross-attention to the 77 prompt tokens. The fastest is used: an SDPA

@@ -1,11 +1,12 @@
-"""The fast path (issue 7): what makes a dedicated GPU generate in a fraction of a second.
+"""The fast path: what makes generating on a dedicated GPU fast.
 
 Each step is a separate switch, so each can be tested (on CPU, without compiling) and measured:
 
 - channels_last weights: fp16 convolutions on tensor cores prefer NHWC;
 - fused QKV projections: one matmul for q, k and v (self-attention) or k and v (cross-attention);
 - `torch.compile(fullgraph=True, mode="reduce-overhead")`: Inductor kernels replayed as CUDA graphs.
-  Eager SD1.5 at batch 1 is launch-bound (DESIGN.md §6), so the graphs are where the time goes.
+  Eager SD1.5 at batch 1 is launch-bound: the GPU waits for the host to launch its many small
+  kernels, and replaying a recorded graph launches a whole model in one call.
   Each model compiles once per input shape (batch, height, width, CFG), then reuses it;
   `first_runs` tells the page which request pays that compile.
 
@@ -246,9 +247,10 @@ def speed_up_vae(
 ) -> torch.nn.Module:
     """The VAE: channels_last and fused QKV; its decoder compiled only on request.
 
-    Decoding runs once per request and is compute-bound (2.5 TFLOP per 512 px image), so CUDA
-    graphs gain little there while each new batch size would cost another compile; when asked,
-    the decoder is compiled without CUDA graphs (`mode=None`) to spare graph-pool memory.
+    Decoding runs once per request and is compute-bound (large convolutions at the image's full
+    size), so CUDA graphs gain little there while each new batch size would cost another compile;
+    when asked, the decoder is compiled without CUDA graphs (`mode=None`) to spare graph-pool
+    memory.
     """
     target = getattr(vae, "decoder", vae)
     return speed_up(vae, compile=compile, mode=mode, compile_target=target, **options)
@@ -317,8 +319,8 @@ def compile_notice(
     """The page's message when `names` (models) compile for `key`; None when nothing does."""
     if not names:
         return None
-    # DESIGN.md §6: 85-117 s per shape on an H200 with reduce-overhead; autotuning times every
-    # kernel candidate on top of that.
+    # Autotuning also times every kernel candidate of every matmul and convolution, on top of the
+    # plain compile: several times longer.
     duration = "several minutes" if mode and "autotune" in mode else "about a minute"
     return (
         f"First request at {key.describe()} for the {' and the '.join(names)}: the fast path "
