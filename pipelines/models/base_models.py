@@ -1,7 +1,7 @@
 """Base models from settings: a Hub id, a local diffusers folder, or a single-file checkpoint.
 
 - A Hub id (or its `MODELS_DIR/<org>/<name>` mirror) and an absolute diffusers folder go through
-  `loading.load_model`: `from_pretrained` with safetensors only.
+  `model_sources.load_model`: `from_pretrained` with safetensors only.
 - A single-file original-layout checkpoint (LDM / A1111 / Civitai style), absolute or relative
   to MODELS_DIR, is loaded with `from_single_file`. Only `.safetensors` are accepted: pickle
   files (.ckpt, .pt, .pth, .bin) can run code when loaded. The file holds only weights, so the
