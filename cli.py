@@ -12,6 +12,7 @@ like the app's (settings.py). Exit status: 0 done, 1 some inputs or repos failed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Callable
@@ -19,8 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from errors import ModelUnavailableError, UserFacingError
-from pipelines.request import GenerationOptions
+from errors import InvalidImageError, ModelUnavailableError, UserFacingError
+from pipelines.request import SHARED_OPTIONS, UNIT_OPTIONS, Option
 
 if TYPE_CHECKING:
     import numpy as np
@@ -30,12 +31,11 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 # (engine, image, output stem, progress callback) -> lines to print: a summary, then warnings.
 RunOne = Callable[[Any, Path, str, Callable[[int, int], None]], list[str]]
-# generate's options, passed to the engine when given (else its defaults): the engine's own fields
-OPTION_NAMES = tuple(
-    name
-    for name in GenerationOptions.__dataclass_fields__
-    if name not in ("prompt", "annotator_params")
-)
+OPTIONS: dict[str, Option] = {**SHARED_OPTIONS, **UNIT_OPTIONS}
+# Options both commands take (the output's geometry and the annotator's resolution); generate
+# takes every other request option as well (--prompt has its own flag).
+MAP_OPTIONS = ("image_resolution", "detect_resolution", "aspect_ratio", "resize_mode")
+GENERATE_OPTIONS = tuple(name for name in OPTIONS if name not in (*MAP_OPTIONS, "prompt"))
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -79,20 +79,16 @@ def output_stems(images: list[Path]) -> list[str]:
     ]
 
 
-def check_params(params: dict[str, Any], annotator_names: tuple[str, ...]) -> None:
-    """Refuse unknown annotator parameters and bad values before any model loads."""
-    from annotators import get_annotator
+def given_options(args: argparse.Namespace, names) -> dict[str, Any]:
+    """The options given on the command line (the others take the request's defaults)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
-    annotators = [get_annotator(name) for name in annotator_names]
-    known = {param.name for annotator in annotators for param in annotator.params}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise UserFacingError(
-            f"Unknown parameter(s): {', '.join(unknown)}. "
-            f"Parameters here: {', '.join(sorted(known)) or 'none'}."
-        )
-    for annotator in annotators:
-        annotator.check_params(params)
+
+def check_first(build: Callable[[Path], Any], images: list[Path]) -> None:
+    """Build the first input's request, so that a bad option (the same for every input) stops
+    everything before any model loads; an unreadable image fails only its own input, later."""
+    with contextlib.suppress(InvalidImageError):
+        build(images[0])
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -133,36 +129,23 @@ def quiet_libraries() -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from conditions import get_condition
+    from pipelines.request import GenerationRequest
 
     settings = load_settings(args)
-    condition = get_condition(args.condition)
-    annotator = args.annotator or condition.annotators[0]
-    if annotator not in condition.annotators:
-        raise UserFacingError(
-            f"The {condition.name} condition has no annotator {annotator!r}; choose one of: "
-            f"{', '.join(condition.annotators)}."
-        )
-    options = {
-        name: getattr(args, name) for name in OPTION_NAMES if getattr(args, name) is not None
-    }
-    checked = GenerationOptions.checked(
-        settings.limits, settings.defaults, prompt=args.prompt, **options
-    )
+    options = given_options(args, (*MAP_OPTIONS, *GENERATE_OPTIONS))
     params = dict(args.param)
-    check_params(params, condition.annotators)
     images = find_images(args.image)
 
-    def run(engine, image: Path, stem: str, progress) -> list[str]:
-        result = engine.generate(
-            condition.name,
-            image,
-            args.prompt,
-            annotator=annotator,
-            on_progress=progress,
-            **options,
+    def build(image: Path) -> GenerationRequest:
+        return GenerationRequest.build(
+            settings, args.condition, image, args.prompt, annotator=args.annotator, **options,
             **params,
-        )
+        )  # fmt: skip
+
+    check_first(build, images)
+
+    def run(engine, image: Path, stem: str, progress) -> list[str]:
+        result = engine.run(build(image), on_progress=progress)
         written = [save_png(result.control_map, args.out / f"{stem}_map.png")]
         for index, (picture, parameters) in enumerate(
             zip(result.images, result.parameters, strict=True)
@@ -171,28 +154,25 @@ def run_generate(args: argparse.Namespace) -> int:
         names = ", ".join(path.name for path in written)
         return [f"{image.name}: seed {result.seed} -> {names}", *result.warnings]
 
-    return run_each(args, settings, images, run, steps=checked.steps)
+    steps = options.get("steps") or OPTIONS["steps"].default
+    return run_each(args, settings, images, run, steps=steps)
 
 
 def run_annotate(args: argparse.Namespace) -> int:
-    from annotators import get_annotator
+    from pipelines.request import MapRequest
 
     settings = load_settings(args)
-    annotator = get_annotator(args.annotator).name
+    options = given_options(args, MAP_OPTIONS)
     params = dict(args.param)
-    check_params(params, (annotator,))
     images = find_images(args.image)
 
+    def build(image: Path) -> MapRequest:
+        return MapRequest.build(settings, image, args.annotator, **options, **params)
+
+    check_first(build, images)
+
     def run(engine, image: Path, stem: str, progress) -> list[str]:
-        result = engine.annotate(
-            image,
-            annotator,
-            args.image_resolution,
-            args.detect_resolution,
-            args.aspect_ratio,
-            args.resize_mode,
-            **params,
-        )
+        result = engine.run_map(build(image))
         path = save_png(result.image, args.out / f"{stem}_map.png")
         return [f"{image.name} -> {path.name}", *result.warnings]
 
@@ -267,6 +247,20 @@ def run_download(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def add_option_flags(parser: argparse.ArgumentParser, names) -> None:
+    """One flag per request option (`--steps`, `--control-mode`, ...), from its declaration."""
+    types = {"whole": int, "number": float}
+    for name in names:
+        spec = OPTIONS[name]
+        choices = f" ({', '.join(spec.choices)})" if spec.choices else ""
+        default = "" if spec.default is None else f"; default {spec.default}"
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=types.get(spec.kind, str),
+            help=f"{spec.label}{choices}{default}".replace("%", "%%"),
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cli", description=__doc__.splitlines()[0], allow_abbrev=False
@@ -277,12 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine_common = argparse.ArgumentParser(add_help=False, parents=[common])
     engine_common.add_argument("--image", type=Path, required=True, help="an image or a folder")
     engine_common.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
-    engine_common.add_argument("--image-resolution", type=int, help="output short side")
-    engine_common.add_argument("--detect-resolution", type=int, help="annotator network input")
-    engine_common.add_argument("--aspect-ratio", help="image (default), 1:1, 4:3, 16:9, ...")
-    engine_common.add_argument(
-        "--resize-mode", help="just_resize, crop_and_resize (default) or resize_and_fill"
-    )
+    add_option_flags(engine_common, MAP_OPTIONS)
     engine_common.add_argument(
         "--param",
         type=parse_param,
@@ -299,24 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--condition", required=True, help="canny, mlsd, hed, depth, ...")
     generate.add_argument("--prompt", default="")
     generate.add_argument("--annotator", help="default: the condition's first (e.g. canny)")
-    generate.add_argument("--num-images", type=int)
-    generate.add_argument("--steps", type=int)
-    generate.add_argument("--seed", type=int, help="-1 or absent: random per input")
-    generate.add_argument("--guidance-scale", type=float)
-    generate.add_argument("--strength", type=float, help="control strength, 0-2")
-    generate.add_argument("--control-start", type=float, help="fraction of the steps, 0-1")
-    generate.add_argument("--control-end", type=float, help="fraction of the steps, 0-1")
-    generate.add_argument("--base-model", help="a name from BASE_MODELS (default: the first)")
-    generate.add_argument("--controlnet-version", help="v1.1 (default) or v1.0")
-    generate.add_argument("--control-mode", help="balanced, prompt or controlnet")
-    generate.add_argument("--resolution-weighting", type=float)
-    generate.add_argument("--scheduler", help="UniPC, DDIM, 'Euler a', 'DPM++ 2M Karras'")
-    generate.add_argument("--eta", type=float)
-    generate.add_argument(
-        "--cache-interval", type=int, help="feature caching: a full UNet step every N steps"
-    )
-    generate.add_argument("--added-prompt")
-    generate.add_argument("--negative-prompt")
+    add_option_flags(generate, GENERATE_OPTIONS)
     generate.set_defaults(func=run_generate)
 
     annotate = commands.add_parser(

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-PARAMETERS_KEY = "controlnet-demo"
-APP = "controlnet-demo"
+from pipelines.request import APP, recorded_values
+
+PARAMETERS_KEY = APP
 A1111_KEY = "parameters"
 COMPRESS_LEVEL = 4
 
@@ -44,12 +45,6 @@ _CONTROL_MODES = {
     "prompt": "My prompt is more important",
     "controlnet": "ControlNet is more important",
 }
-_SHARED_KEYS = (
-    "prompt", "added_prompt", "negative_prompt", "seed", "steps", "guidance_scale", "scheduler",
-    "eta", "cache_interval", "control_mode", "resolution_weighting", "image_resolution",
-    "aspect_ratio", "resize_mode", "base_model", "controlnet_version",
-)  # fmt: skip
-_UNIT_KEYS = ("condition", "annotator", "strength", "control_start", "control_end")
 
 
 def _quote(value: Any) -> str:
@@ -202,32 +197,22 @@ def read_parameters(source: str | Path | bytes | Image.Image) -> dict | None:
         return None
 
 
-def _unit_values(unit: Any) -> dict:
-    """One unit's flat values: its options, detect resolution (when it has one) and params."""
-    if not isinstance(unit, dict):
+def _flat(unit: dict | None) -> dict:
+    """One unit's values flat: its options, then its annotator's params by name."""
+    if unit is None:
         return {}
-    values = {key: unit[key] for key in _UNIT_KEYS if key in unit}
-    if unit.get("detect_resolution") is not None:
-        values["detect_resolution"] = unit["detect_resolution"]
-    params = unit.get("params")
-    if isinstance(params, dict):
-        for key, value in params.items():
-            values.setdefault(key, value)
+    values = {key: value for key, value in unit.items() if key != "params"}
+    for key, value in unit.get("params", {}).items():
+        values.setdefault(key, value)
     return values
-
-
-def _units(parameters: dict) -> list:
-    units = parameters.get("units")
-    return units if isinstance(units, list) else []
 
 
 def restore_values(parameters: dict) -> dict:
     """Flat UI/API values for a single-condition tab: shared options plus unit 0's settings and
     annotator params. Keys missing from the file (older versions) are left out."""
-    values = {key: parameters[key] for key in _SHARED_KEYS if key in parameters}
-    units = _units(parameters)
+    values, units = recorded_values(parameters)
     if units:
-        values.update(_unit_values(units[0]))
+        values.update(_flat(units[0]))
     return values
 
 
@@ -238,10 +223,9 @@ def compose_restore_values(parameters: dict, unit_count: int) -> dict:
     Slots beyond the file's units get `enabled_k` False (the file made no use of them); units
     beyond `unit_count` are left out. Keys missing from the file are left out.
     """
-    values = {key: parameters[key] for key in _SHARED_KEYS if key in parameters}
-    units = _units(parameters)
+    values, units = recorded_values(parameters)
     for number in range(1, unit_count + 1):
         unit = units[number - 1] if number <= len(units) else None
-        values[f"enabled_{number}"] = isinstance(unit, dict)
-        values.update({f"{key}_{number}": value for key, value in _unit_values(unit).items()})
+        values[f"enabled_{number}"] = unit is not None
+        values.update({f"{key}_{number}": value for key, value in _flat(unit).items()})
     return values

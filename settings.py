@@ -1,7 +1,8 @@
 """Everything the operator can tune, read from the environment in one place.
 
-Defaults follow the reference gradio apps of lllyasviel/ControlNet (see shared DESIGN.md §2) and the
-model table of DESIGN.md §4. Every model id can be overridden with an environment variable
+The request options' defaults live with the options (pipelines/request.py); the operator can
+override a few here. The model table maps each role to its Hub id. Every model id can be
+overridden with an environment variable
 `MODEL_<ROLE>` (e.g. `MODEL_CANNY=my-org/my-canny-controlnet` or a local folder), and
 `MODELS_DIR` points at a folder laid out like the Hub (`MODELS_DIR/<org>/<name>/...`) that is
 used before the Hub.
@@ -14,6 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 
@@ -44,7 +46,7 @@ OPTIONAL_MODEL_IDS: dict[str, str] = {
     "lcm_lora": "latent-consistency/lcm-lora-sdv1-5",
 }
 
-# The paper's own v1.0 ControlNets (DESIGN.md §4), for the family switch.
+# The paper's own v1.0 ControlNets (lllyasviel/sd-controlnet-*), for the family switch.
 V10_MODEL_IDS: dict[str, str] = {
     role: f"lllyasviel/sd-controlnet-{name}"
     for role, name in {
@@ -61,7 +63,7 @@ V10_MODEL_IDS: dict[str, str] = {
 
 MAX_SEED = 2**31 - 1  # the reference UI's seed range
 
-# The ControlNet families (DESIGN.md §4): v1.1 by default, or the paper's own v1.0 models.
+# The ControlNet families: v1.1 by default, or the paper's own v1.0 models.
 CONTROLNET_VERSIONS = ("v1.1", "v1.0")
 DEFAULT_BASE_NAME = "Stable Diffusion 1.5"
 # Single files that are pickles can run code when loaded: only .safetensors single files load.
@@ -172,9 +174,6 @@ class Limits:
     max_guidance: float = 30.0
     max_strength: float = 2.0
     max_resolution_weighting: float = 3.0
-    # Feature caching: a full UNet step every N steps. Beyond ~5 the images drift visibly; 10 is
-    # a generous ceiling that still bounds how stale the deep features get.
-    max_cache_interval: int = 10
     max_units: int = 3  # ControlNets composed in one generation (the Compose tab)
     # CLIP reads 77 tokens; longer prompts are cut with a warning. This only bounds the work of
     # tokenising what a caller sends.
@@ -185,41 +184,14 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class Defaults:
-    """The reference UI's defaults (DESIGN.md §2)."""
-
-    num_images: int = 1
-    image_resolution: int = 512
-    detect_resolution: int = 512  # the control-map tab's starting value; tabs use their own
-    strength: float = 1.0
-    control_mode: str = "balanced"
-    resolution_weighting: float = 1.0  # gamma = 1 is the paper's w_i = 64 / h_i
-    scheduler: str = "UniPC"
-    steps: int = 20
-    guidance_scale: float = 9.0
-    seed: int = -1  # -1 draws a random seed; the one used is returned
-    eta: float = 0.0
-    cache_interval: int = 1  # feature caching off: the exact images
-    control_start: float = 0.0  # fraction of the steps where control starts ...
-    control_end: float = 1.0  # ... and ends
-    aspect_ratio: str = "image"  # the output keeps the input image's aspect
-    resize_mode: str = "crop_and_resize"  # the AUTOMATIC1111 extension's default
-    controlnet_version: str = "v1.1"
-    added_prompt: str = "best quality, extremely detailed"
-    negative_prompt: str = (
-        "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
-        "cropped, worst quality, low quality"
-    )
-
-
-@dataclass(frozen=True)
 class Settings:
     models_dir: Path = PROJECT_ROOT / "models"
     model_ids: Mapping[str, str] = field(
         default_factory=lambda: {**DEFAULT_MODEL_IDS, **OPTIONAL_MODEL_IDS}
     )
     limits: Limits = field(default_factory=Limits)
-    defaults: Defaults = field(default_factory=Defaults)
+    # Operator defaults on top of the request's own (pipelines/request.py): option name -> value.
+    default_overrides: Mapping[str, Any] = field(default_factory=dict)
     # How many ControlNets stay loaded at once; each SD1.5 ControlNet is ~0.7 GB in fp16.
     controlnet_cache_size: int = 2
     # Annotators with weights (HED, pose, depth, segmentation) loaded at once.
@@ -266,12 +238,14 @@ class Settings:
             max_upload_bytes=_env_int(env, "MAX_UPLOAD_BYTES", base_limits.max_upload_bytes),
             max_upload_pixels=_env_int(env, "MAX_UPLOAD_PIXELS", base_limits.max_upload_pixels),
         )
-        defaults = Defaults(
-            num_images=min(_env_int(env, "DEFAULT_NUM_IMAGES", 1), limits.max_images),
-            image_resolution=min(
-                _env_int(env, "DEFAULT_IMAGE_RESOLUTION", 512), limits.max_resolution
-            ),
-        )
+        default_overrides = {
+            name: min(_env_int(env, variable, 0), maximum)
+            for name, variable, maximum in (
+                ("num_images", "DEFAULT_NUM_IMAGES", limits.max_images),
+                ("image_resolution", "DEFAULT_IMAGE_RESOLUTION", limits.max_resolution),
+            )
+            if env.get(variable)
+        }
         v10_model_ids = dict(V10_MODEL_IDS)
         for role in v10_model_ids:
             override = env.get(f"MODEL_V10_{role.upper()}")
@@ -299,7 +273,7 @@ class Settings:
             models_dir=Path(env.get("MODELS_DIR") or PROJECT_ROOT / "models"),
             model_ids=model_ids,
             limits=limits,
-            defaults=defaults,
+            default_overrides=default_overrides,
             controlnet_cache_size=max(1, _env_int(env, "CONTROLNET_CACHE_SIZE", 2)),
             annotator_cache_size=max(1, _env_int(env, "ANNOTATOR_CACHE_SIZE", 3)),
             device=env.get("DEVICE") or None,

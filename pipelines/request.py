@@ -1,22 +1,38 @@
-"""A generation request, checked against the limits in settings before any work starts.
+"""The request: what a generation, a composition or a control map needs, checked once where it
+enters, with names resolved into objects.
 
-API callers can send anything (strings for numbers, NaN, 10**6 steps): every field is checked here,
-in the engine, not only by the UI's slider bounds.
+The page, the API and the CLI build requests through the same constructors
+(`GenerationRequest.build`, `GenerationRequest.composed`, `MapRequest.build`), from raw values: API
+callers can send anything (strings for numbers, NaN, 10**6 steps), so every field is checked here,
+not only by the page's slider bounds.
+
+Each option is declared once, as a field with its `Option` (default, check, label, how the page
+and the CLI show it). The page's controls, the CLI's flags, the PNG parameters and their restore all
+come from these declarations, so an option is added in one place and used where it acts.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from annotators.util import ASPECT_RATIOS, RESIZE_MODES
-from errors import InvalidRequestError
-from pipelines.loop.control import get_control_mode
-from pipelines.loop.schedulers import check_scheduler
-from settings import CONTROLNET_VERSIONS, MAX_SEED, Defaults, Limits
+import numpy as np
+
+from annotators import ANNOTATORS, Annotator, get_annotator
+from annotators.util import ASPECT_RATIOS, RESIZE_MODES, load_image, target_size
+from conditions import Condition, get_condition
+from errors import InvalidImageError, InvalidRequestError
+from pipelines.loop.control import CONTROL_MODES, ControlMode, get_control_mode
+from pipelines.loop.schedulers import SCHEDULERS, check_scheduler
+from settings import CONTROLNET_VERSIONS, MAX_SEED, Limits, Settings
+
+APP = "controlnet-demo"  # marks the PNG parameters as this app's
+_VERSION_LABELS = {"v1.0": "v1.0 (the paper's models)"}
 
 
+# ---- value checks --------------------------------------------------------------------------------
 def _number(name: str, value: Any, minimum: float, maximum: float) -> float:
     if isinstance(value, str):
         try:
@@ -39,24 +55,6 @@ def _whole(name: str, value: Any, minimum: int, maximum: int) -> int:
     return int(number)
 
 
-def _choice(name: str, value: Any, choices) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise InvalidRequestError(f"Unknown {name} {value!r}; choose one of: {', '.join(choices)}.")
-    return value
-
-
-def _window(start: Any, end: Any, suffix: str = "") -> tuple[float, float]:
-    """The control window as fractions of the steps: 0 <= start <= end <= 1."""
-    start = _number(f"control_start{suffix}", start, 0.0, 1.0)
-    end = _number(f"control_end{suffix}", end, 0.0, 1.0)
-    if start > end:
-        raise InvalidRequestError(
-            f"`control_start{suffix}` ({start:g}) must not be after `control_end{suffix}` "
-            f"({end:g})."
-        )
-    return start, end
-
-
 def _text(name: str, value: Any, max_chars: int) -> str:
     if value is None:
         return ""
@@ -70,114 +68,586 @@ def _text(name: str, value: Any, max_chars: int) -> str:
     return "".join(ch for ch in value if ch.isprintable() or ch in "\n\t").strip()
 
 
+# ---- options as data -----------------------------------------------------------------------------
 @dataclass(frozen=True)
-class GenerationOptions:
-    """Everything about a generation except the condition, the image and the annotator."""
+class Option:
+    """One request option: its check, and how the page and the CLI show it.
 
-    prompt: str = ""
-    num_images: int = 1
-    image_resolution: int = 512
-    detect_resolution: int | None = None  # None: the chosen annotator's own default
-    strength: float = 1.0
-    control_mode: str = "balanced"
-    resolution_weighting: float = 1.0
-    scheduler: str = "UniPC"
-    steps: int = 20
-    guidance_scale: float = 9.0
-    seed: int = -1
-    eta: float = 0.0
-    control_start: float = 0.0
-    control_end: float = 1.0
-    aspect_ratio: str = "image"
-    resize_mode: str = "crop_and_resize"
-    base_model: str | None = None  # a name from Settings.base_models; None: the first
-    controlnet_version: str = "v1.1"
-    added_prompt: str = ""
-    negative_prompt: str = ""
-    cache_interval: int = 1  # feature caching: a full UNet step every N steps (1: every step)
-    annotator_params: dict[str, Any] = field(default_factory=dict)
+    `kind`: "number", "whole", "choice" (one of `choices`, value -> label) or "text". Bounds are
+    numbers or the names of `Limits` fields (operator limits). `resolve` turns a checked choice into
+    the object the engine uses. `group` says where the page puts the control (and so where its API
+    keyword goes): "output", "unit", "sampling", "model" or "speed". `recorded`: written into the
+    PNG parameters and restored from them.
+    """
+
+    kind: str
+    label: str
+    minimum: float | str = 0.0
+    maximum: float | str = 1.0
+    choices: Mapping[str, str] | None = None
+    resolve: Callable[[str], Any] | None = None
+    widget: str = "slider"  # slider | number | dropdown | radio | text
+    step: float = 1.0
+    slider_minimum: float | None = None  # where the page's slider starts, if not at `minimum`
+    info: str = ""
+    group: str = "sampling"
+    recorded: bool = True
+    noun: str = ""  # what an unknown choice is called in messages (default: the label)
+    name: str = ""  # filled in from the field
+    default: Any = None  # filled in from the field
+
+    def bounds(self, limits: Limits) -> tuple[float, float]:
+        def bound(value):
+            return getattr(limits, value) if isinstance(value, str) else value
+
+        return bound(self.minimum), bound(self.maximum)
+
+    def check(self, value: Any, limits: Limits, name: str | None = None) -> Any:
+        """`value` checked (None: the default); `name`: the API keyword to name in a message."""
+        name = name or self.name
+        if value is None:
+            value = self.default
+            if value is None:
+                return None
+        if self.kind == "text":
+            return _text(name, value, limits.max_prompt_chars)
+        if self.kind == "choice":
+            if self.resolve is not None:
+                return self.resolve(value)
+            if not isinstance(value, str) or value not in self.choices:
+                raise InvalidRequestError(
+                    f"Unknown {self.noun or self.label.lower()} {value!r}; choose one of: "
+                    f"{', '.join(self.choices)}."
+                )
+            return value
+        minimum, maximum = self.bounds(limits)
+        if self.kind == "whole":
+            return _whole(name, value, int(minimum), int(maximum))
+        return _number(name, value, minimum, maximum)
+
+
+def option(default: Any, **spec: Any) -> Any:
+    """A dataclass field holding an option: its default and its `Option`."""
+    return field(default=default, metadata={"option": Option(**spec)})
+
+
+def options_of(cls) -> dict[str, Option]:
+    """The options a request class declares, by API keyword, in declaration order."""
+    return {
+        item.name: replace(item.metadata["option"], name=item.name, default=item.default)
+        for item in fields(cls)
+        if "option" in item.metadata
+    }
+
+
+def _value_of(value: Any) -> Any:
+    """What the PNG parameters record for a checked value: an object's name."""
+    return getattr(value, "name", value)
+
+
+# ---- the requests --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UnitRequest:
+    """One ControlNet unit: its condition, annotator, image, strength, window and map settings."""
+
+    condition: Condition
+    annotator: Annotator
+    image: np.ndarray = field(repr=False)  # RGB uint8 (H, W, 3), the upload
+    strength: float = option(
+        1.0,
+        kind="number",
+        label="Control strength",
+        maximum="max_strength",
+        step=0.05,
+        group="unit",
+    )
+    control_start: float = option(
+        0.0,
+        kind="number",
+        label="Control start",
+        step=0.05,
+        info="Fraction of the steps before control starts.",
+        group="unit",
+    )
+    control_end: float = option(
+        1.0,
+        kind="number",
+        label="Control end",
+        step=0.05,
+        info="Fraction of the steps after which control stops (the ControlNet is not run).",
+        group="unit",
+    )
+    # None: the annotator's own default (classical annotators run at the output size).
+    detect_resolution: int | None = option(
+        None,
+        kind="whole",
+        label="Annotator resolution",
+        minimum="min_detect_resolution",
+        maximum="max_detect_resolution",
+        step=64,
+        group="map",
+    )
+    # The annotator's parameters as sent (what the PNG records), and checked with the
+    # annotator's defaults filled in (what it runs with).
+    given_params: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def detect_at(self) -> int | None:
+        """The short side the annotator's network runs at; None: at the output size."""
+        if self.annotator.default_detect_resolution is None:
+            return None
+        return self.detect_resolution or self.annotator.default_detect_resolution
+
+    @property
+    def controlnet_role(self) -> str:
+        return self.condition.controlnet_role_for(self.annotator.name)
+
+    @classmethod
+    def build(
+        cls,
+        limits: Limits,
+        condition: Any,
+        annotator: Any,
+        image: Any,
+        *,
+        suffix: str = "",
+        what: str = "an image",
+        params: Mapping[str, Any] | None = None,
+        **given: Any,
+    ) -> UnitRequest:
+        """One unit from raw values; `suffix` ("_2") names a composition's unit in messages."""
+        chosen = get_condition(condition)
+        annotator = annotator or chosen.annotators[0]
+        if not isinstance(annotator, str) or annotator not in chosen.annotators:
+            raise InvalidRequestError(
+                f"The {chosen.label} condition has no annotator {annotator!r}; choose one "
+                f"of: {', '.join(chosen.annotators)}."
+            )
+        values = {
+            name: spec.check(given.get(name), limits, name + suffix)
+            for name, spec in UNIT_OPTIONS.items()
+        }
+        if values["control_start"] > values["control_end"]:
+            raise InvalidRequestError(
+                f"`control_start{suffix}` ({values['control_start']:g}) must not be after "
+                f"`control_end{suffix}` ({values['control_end']:g})."
+            )
+        params = dict(params or {})
+        refuse_unknown_params(params, chosen.annotators)
+        source = checked_image(limits, image, what)
+        return cls(
+            chosen,
+            ANNOTATORS[annotator],
+            source,
+            given_params=params,
+            params=ANNOTATORS[annotator].check_params(params),
+            **values,
+        )
+
+    def parameters(self, model_id: str) -> dict[str, Any]:
+        return {
+            "condition": self.condition.name,
+            "annotator": self.annotator.name,
+            **{name: getattr(self, name) for name in UNIT_OPTIONS},
+            "params": dict(self.given_params),
+            "model_id": model_id,
+        }
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A generation: the shared options and one or more units (a composition sums their
+    ControlNets' residuals)."""
+
+    units: tuple[UnitRequest, ...]
+    prompt: str = option("", kind="text", label="Prompt", widget="text", group="prompt")
+    num_images: int = option(
+        1, kind="whole", label="Images", minimum=1, maximum="max_images", group="output",
+        recorded=False,
+    )  # fmt: skip
+    image_resolution: int = option(
+        512,
+        kind="whole",
+        label="Image resolution (short side)",
+        minimum="min_resolution",
+        maximum="max_resolution",
+        step=64,
+        info="Sizes are rounded to multiples of 64; the aspect ratio is kept.",
+        group="output",
+    )
+    aspect_ratio: str = option(
+        "image",  # the output keeps the input image's aspect
+        kind="choice",
+        label="Aspect ratio (width:height)",
+        noun="aspect ratio",
+        choices={name: "Same as the image" if name == "image" else name for name in ASPECT_RATIOS},
+        widget="dropdown",
+        group="output",
+    )
+    resize_mode: str = option(
+        "crop_and_resize",  # the AUTOMATIC1111 extension's default
+        kind="choice",
+        label="Resize mode",
+        choices=RESIZE_MODES,
+        widget="radio",
+        info="When the control image's aspect differs from the output's: stretch it, crop it to "
+        "cover, or fit it inside and fill the border.",
+        group="output",
+    )
+    control_mode: ControlMode = option(
+        "balanced",
+        kind="choice",
+        label="Control mode",
+        choices={mode.name: mode.label for mode in CONTROL_MODES.values()},
+        resolve=get_control_mode,
+        widget="radio",
+        info="Balanced adds control to both CFG branches. 'ControlNet is more important' is the "
+        "paper's CFG resolution weighting: control on the prompt branch only.",
+    )
+    resolution_weighting: float = option(
+        1.0,  # gamma = 1 is the paper's w_i = 64 / h_i
+        kind="number",
+        label="Resolution weighting (gamma)",
+        maximum="max_resolution_weighting",
+        step=0.05,
+        info="Connection i gets weight (h_min / h_i) ** gamma: 0 = uniform, 1 = the paper's "
+        "64 / h_i. Used by the two non-balanced modes.",
+    )
+    scheduler: str = option(
+        "UniPC",
+        kind="choice",
+        label="Sampler",
+        choices={name: name for name in SCHEDULERS},
+        resolve=check_scheduler,
+        widget="dropdown",
+        info="LCM: 4-8 steps at guidance 1-2, with LCM-LoRA (other images, much faster).",
+    )
+    steps: int = option(20, kind="whole", label="Steps", minimum=1, maximum="max_steps")
+    guidance_scale: float = option(
+        9.0,
+        kind="number",
+        label="Guidance scale",
+        minimum="min_guidance",
+        maximum="max_guidance",
+        step=0.1,
+        slider_minimum=0.1,
+    )
+    seed: int = option(
+        -1,  # -1 draws a random seed; the one used is returned
+        kind="whole",
+        label="Seed (-1 = random; image i uses seed + i)",
+        minimum=-1,
+        maximum=MAX_SEED,
+        widget="number",
+    )
+    eta: float = option(0.0, kind="number", label="eta (DDIM)", widget="number")
+    added_prompt: str = option(
+        "best quality, extremely detailed", kind="text", label="Added prompt", widget="text"
+    )
+    negative_prompt: str = option(
+        "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
+        "cropped, worst quality, low quality",
+        kind="text",
+        label="Negative prompt",
+        widget="text",
+    )
+    base_model: str = option(
+        None,  # the operator's first
+        kind="choice",
+        label="Base model",
+        widget="dropdown",
+        info="ControlNets transfer to community SD1.5 checkpoints (paper Fig. 12).",
+        group="model",
+    )
+    controlnet_version: str = option(
+        "v1.1",
+        kind="choice",
+        label="ControlNet version",
+        noun="ControlNet version",
+        choices={version: _VERSION_LABELS.get(version, version) for version in CONTROLNET_VERSIONS},
+        widget="radio",
+        group="model",
+    )
+    # Feature caching: a full UNet step every N steps (1: every step, the exact images). Beyond
+    # about 5 the images drift visibly; 10 still bounds how stale the deep features get.
+    cache_interval: int = option(
+        1,
+        kind="whole",
+        label="Feature caching interval (DeepCache)",
+        minimum=1,
+        maximum=10,
+        info="1 = off, the exact images. N > 1 runs the deep UNet and ControlNet blocks only at "
+        "every N-th step and reuses their features in between: faster, slightly different "
+        "images.",
+        group="speed",
+    )
 
     @property
     def full_prompt(self) -> str:
         """The prompt with the added prompt, as the reference joins them (`prompt, added`)."""
         return ", ".join(part for part in (self.prompt, self.added_prompt) if part)
 
+    @property
+    def use_cfg(self) -> bool:
+        return self.guidance_scale > 1.0  # at <= 1, CFG adds nothing but cost
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The output (H, W), set by the first unit's image."""
+        image = self.units[0].image
+        return target_size(image.shape[0], image.shape[1], self.image_resolution, self.aspect_ratio)
+
+    # -- constructors (the page, the API and the CLI use these) --
     @classmethod
-    def checked(cls, limits: Limits, defaults: Defaults, **given: Any) -> GenerationOptions:
-        """Options from raw values (API or UI); missing ones take the defaults; all checked."""
-        known = {name for name in cls.__dataclass_fields__ if name != "annotator_params"}
-        values = {name: given.pop(name) for name in list(given) if name in known}
-
-        def get(name: str) -> Any:
-            value = values.get(name)
-            return getattr(defaults, name) if value is None else value
-
-        control_start, control_end = _window(get("control_start"), get("control_end"))
-        base_model = values.get("base_model")
-        if base_model is not None and not isinstance(base_model, str):
-            raise InvalidRequestError(f"`base_model` must be a name, got {base_model!r}.")
-        return cls(
-            prompt=_text("prompt", values.get("prompt"), limits.max_prompt_chars),
-            num_images=_whole("num_images", get("num_images"), 1, limits.max_images),
-            image_resolution=_whole(
-                "image_resolution",
-                get("image_resolution"),
-                limits.min_resolution,
-                limits.max_resolution,
-            ),
-            detect_resolution=None
-            if values.get("detect_resolution") is None
-            else _whole(
-                "detect_resolution",
-                values["detect_resolution"],
-                limits.min_detect_resolution,
-                limits.max_detect_resolution,
-            ),
-            strength=_number("strength", get("strength"), 0.0, limits.max_strength),
-            control_mode=get_control_mode(get("control_mode")).name,
-            resolution_weighting=_number(
-                "resolution_weighting",
-                get("resolution_weighting"),
-                0.0,
-                limits.max_resolution_weighting,
-            ),
-            scheduler=check_scheduler(get("scheduler")),
-            steps=_whole("steps", get("steps"), 1, limits.max_steps),
-            guidance_scale=_number(
-                "guidance_scale", get("guidance_scale"), limits.min_guidance, limits.max_guidance
-            ),
-            seed=_whole("seed", get("seed"), -1, MAX_SEED),
-            eta=_number("eta", get("eta"), 0.0, 1.0),
-            control_start=control_start,
-            control_end=control_end,
-            aspect_ratio=_choice("aspect ratio", get("aspect_ratio"), ASPECT_RATIOS),
-            resize_mode=_choice("resize mode", get("resize_mode"), RESIZE_MODES),
-            base_model=base_model or None,
-            controlnet_version=_choice(
-                "ControlNet version", get("controlnet_version"), CONTROLNET_VERSIONS
-            ),
-            added_prompt=_text("added_prompt", get("added_prompt"), limits.max_prompt_chars),
-            negative_prompt=_text(
-                "negative_prompt", get("negative_prompt"), limits.max_prompt_chars
-            ),
-            cache_interval=_whole(
-                "cache_interval", get("cache_interval"), 1, limits.max_cache_interval
-            ),
-            annotator_params=given,
+    def build(
+        cls,
+        settings: Settings,
+        condition: Any,
+        image: Any,
+        prompt: Any = "",
+        *,
+        annotator: Any = None,
+        **given: Any,
+    ) -> GenerationRequest:
+        """One condition: its annotator's map steers one ControlNet. Unit options (strength,
+        window, detect resolution) and the annotator's parameters come with the shared ones."""
+        unit_values = {name: given.pop(name) for name in list(given) if name in UNIT_OPTIONS}
+        shared = {name: given.pop(name) for name in list(given) if name in SHARED_OPTIONS}
+        chosen = get_condition(condition)
+        refuse_unknown_params(given, chosen.annotators)
+        values = cls._shared_values(settings, prompt=prompt, **shared)
+        unit = UnitRequest.build(
+            settings.limits, chosen.name, annotator, image, params=given, **unit_values
         )
+        return cls((unit,), **values)
+
+    @classmethod
+    def composed(
+        cls,
+        settings: Settings,
+        units: Sequence[Mapping[str, Any]],
+        prompt: Any = "",
+        **given: Any,
+    ) -> GenerationRequest:
+        """Several conditions at once (paper Fig. 6). Each unit is a mapping with keys from
+        `UNIT_KEYS`; a unit without an image of its own uses the first unit's image, a unit with
+        `enabled` False is left out."""
+        limits = settings.limits
+        unknown = sorted(set(given) - set(SHARED_OPTIONS))
+        if unknown:
+            raise InvalidRequestError(
+                f"Unknown parameter(s): {', '.join(unknown)}. In a composition each unit takes "
+                "its annotator's parameters in its `params`."
+            )
+        values = cls._shared_values(settings, prompt=prompt, **given)
+        if not isinstance(units, Sequence) or not 1 <= len(units) <= limits.max_units:
+            raise InvalidRequestError(f"Give between 1 and {limits.max_units} control units.")
+        shared_image = units[0].get("image") if isinstance(units[0], Mapping) else None
+        built = [
+            unit
+            for number, raw in enumerate(units, start=1)
+            if (unit := _composed_unit(limits, number, raw, shared_image)) is not None
+        ]
+        if not built:
+            raise InvalidRequestError("Every control unit is switched off: switch one on.")
+        return cls(tuple(built), **values)
+
+    @classmethod
+    def _shared_values(cls, settings: Settings, **given: Any) -> dict[str, Any]:
+        """Every shared option checked; missing ones (None) take this server's defaults."""
+        given = {
+            **settings.default_overrides,
+            **{name: value for name, value in given.items() if value is not None},
+        }
+        values = {
+            name: spec.check(given.get(name), settings.limits)
+            for name, spec in SHARED_OPTIONS.items()
+            if name != "base_model"
+        }
+        values["base_model"] = check_base_model(settings, given.get("base_model"))
+        return values
+
+    # -- its PNG parameters, and back --
+    def parameters(
+        self, model_ids: Sequence[str], base_model_id: str, lora_id: str | None
+    ) -> dict[str, Any]:
+        """Everything needed to make the images again but each one's seed (it goes into the
+        PNG's text chunk)."""
+        height, width = self.size
+        recorded = {
+            name: _value_of(getattr(self, name))
+            for name, spec in SHARED_OPTIONS.items()
+            if spec.recorded
+        }
+        return {
+            "app": APP,
+            **recorded,
+            "width": width,
+            "height": height,
+            "base_model_id": base_model_id,
+            "lora_id": lora_id,  # the LoRA merged into the UNet (the LCM sampler's), if any
+            "units": [
+                unit.parameters(model_id)
+                for unit, model_id in zip(self.units, model_ids, strict=True)
+            ],
+        }
+
+
+def recorded_values(parameters: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The mirror of `GenerationRequest.parameters`: the shared options and each unit's values
+    (condition, annotator, options, params) as `build` / `composed` take them. Keys missing
+    from the file (older versions) are left out."""
+    shared = {
+        name: parameters[name]
+        for name, spec in SHARED_OPTIONS.items()
+        if spec.recorded and name in parameters
+    }
+    units = parameters.get("units")
+    unit_values = []
+    for unit in units if isinstance(units, list) else []:
+        if not isinstance(unit, Mapping):
+            unit_values.append(None)
+            continue
+        values = {key: unit[key] for key in ("condition", "annotator") if key in unit}
+        values.update({key: unit[key] for key in UNIT_OPTIONS if unit.get(key) is not None})
+        if isinstance(unit.get("params"), Mapping):
+            values["params"] = dict(unit["params"])
+        unit_values.append(values)
+    return shared, unit_values
 
 
 @dataclass(frozen=True)
-class UnitOptions:
-    """One ControlNet of a composed generation: its strength and control window."""
+class MapRequest:
+    """A control map alone: one annotator on one image, at the output size."""
 
-    strength: float = 1.0
-    control_start: float = 0.0
-    control_end: float = 1.0
+    unit: UnitRequest
+    image_resolution: int
+    aspect_ratio: str
+    resize_mode: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        image = self.unit.image
+        return target_size(image.shape[0], image.shape[1], self.image_resolution, self.aspect_ratio)
 
     @classmethod
-    def checked(cls, limits: Limits, number: int, strength, start, end) -> UnitOptions:
-        suffix = f"_{number}"
-        start, end = _window(0.0 if start is None else start, 1.0 if end is None else end, suffix)
-        strength = 1.0 if strength is None else strength
-        return cls(_number(f"strength{suffix}", strength, 0.0, limits.max_strength), start, end)
+    def build(
+        cls,
+        settings: Settings,
+        image: Any,
+        annotator: Any,
+        image_resolution: Any = None,
+        detect_resolution: Any = None,
+        aspect_ratio: Any = None,
+        resize_mode: Any = None,
+        **params: Any,
+    ) -> MapRequest:
+        chosen = get_annotator(annotator)
+        refuse_unknown_params(params, ANNOTATORS)
+        limits = settings.limits
+        geometry = {
+            name: SHARED_OPTIONS[name].check(value, limits)
+            for name, value in (
+                ("image_resolution", image_resolution),
+                ("aspect_ratio", aspect_ratio),
+                ("resize_mode", resize_mode),
+            )
+        }
+        detect = UNIT_OPTIONS["detect_resolution"].check(detect_resolution, limits)
+        source = checked_image(limits, image)
+        unit = UnitRequest(
+            _ANY_CONDITION,
+            chosen,
+            source,
+            detect_resolution=detect,
+            given_params=params,
+            params=chosen.check_params(params),
+        )
+        return cls(unit, **geometry)
+
+
+# ---- shared checks -------------------------------------------------------------------------------
+def check_base_model(settings: Settings, name: Any) -> str:
+    """`name` checked against the operator's list (None or "": the first); never a path or id."""
+    names = list(settings.base_models)
+    if name is None or name == "":
+        return names[0]
+    if not isinstance(name, str) or name not in settings.base_models:
+        raise InvalidRequestError(
+            f"Unknown base model {name!r}; choose one of: {', '.join(names)}. Only the "
+            "models the operator listed can be used."
+        )
+    return name
+
+
+def checked_image(limits: Limits, source: Any, what: str = "an image") -> np.ndarray:
+    """The upload as RGB uint8 (H, W, 3), within the size and aspect limits."""
+    if source is None:
+        raise InvalidRequestError(f"No image given: upload {what} (or draw one).")
+    image = load_image(
+        source, max_bytes=limits.max_upload_bytes, max_pixels=limits.max_upload_pixels
+    )
+    height, width = image.shape[:2]
+    if max(height, width) / min(height, width) > limits.max_aspect_ratio:
+        raise InvalidImageError(
+            f"The image is {width}x{height}; its aspect ratio is over "
+            f"{limits.max_aspect_ratio:g}:1. Crop it first."
+        )
+    return image
+
+
+def refuse_unknown_params(params: Mapping[str, Any], annotator_names) -> None:
+    known = {param.name for name in annotator_names for param in ANNOTATORS[name].params}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise InvalidRequestError(
+            f"Unknown parameter(s): {', '.join(unknown)}. "
+            f"Annotator parameters here: {', '.join(sorted(known)) or 'none'}."
+        )
+
+
+def _composed_unit(limits: Limits, number: int, raw: Any, shared_image: Any) -> UnitRequest | None:
+    if not isinstance(raw, Mapping):
+        raise InvalidRequestError(f"Control unit {number} must be a mapping of options.")
+    unknown = sorted(set(raw) - set(UNIT_KEYS))
+    if unknown:
+        raise InvalidRequestError(
+            f"Control unit {number}: unknown key(s) {', '.join(map(str, unknown))}; "
+            f"use: {', '.join(UNIT_KEYS)}."
+        )
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise InvalidRequestError(f"`enabled_{number}` must be true or false.")
+    if not enabled:
+        return None
+    params = raw.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise InvalidRequestError(f"Control unit {number}: `params` must be a mapping.")
+    image = raw.get("image")
+    return UnitRequest.build(
+        limits,
+        raw.get("condition"),
+        raw.get("annotator"),
+        image if image is not None else shared_image,
+        suffix=f"_{number}",
+        what=f"an image for control unit {number} (or one for unit 1, which it then shares)",
+        params=params,
+        **{name: raw.get(name) for name in UNIT_OPTIONS},
+    )
+
+
+UNIT_OPTIONS: dict[str, Option] = options_of(UnitRequest)
+SHARED_OPTIONS: dict[str, Option] = options_of(GenerationRequest)
+# What a composition's unit mapping may hold.
+UNIT_KEYS = ("image", "enabled", "condition", "annotator", *UNIT_OPTIONS, "params")
+# A control map alone belongs to no condition.
+_ANY_CONDITION = Condition("annotate", "Control map", "", tuple(ANNOTATORS))
+
+
+def defaults(settings: Settings) -> dict[str, Any]:
+    """Every option's default on this server (the operator's overrides applied), by keyword."""
+    values = {name: spec.default for name, spec in {**SHARED_OPTIONS, **UNIT_OPTIONS}.items()}
+    values.update(settings.default_overrides)
+    values["base_model"] = next(iter(settings.base_models))
+    return values

@@ -24,7 +24,7 @@ def test_environment_overrides_models_and_limits(tmp_path):
     assert settings.model_ids["canny"] == "my-org/my-canny"
     assert settings.model_ids["base"] == DEFAULT_MODEL_IDS["base"]
     assert settings.limits.max_images == 4 and settings.limits.max_steps == 50
-    assert settings.defaults.num_images == 4  # a default never exceeds its limit
+    assert settings.default_overrides["num_images"] == 4  # a default never exceeds its limit
     assert settings.warm_up and not Settings.from_env({"WARM_UP": "0"}).warm_up
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gradio as gr
 
 from conditions import CONDITIONS
+from pipelines.request import defaults as request_defaults
 from settings import Settings
 from ui.compose import build_compose_tab
 from ui.controls import model_controls
@@ -25,10 +26,10 @@ def build_demo(engine, settings: Settings) -> gr.Blocks:
             "Upload an image or draw, type a prompt, press Run."
         )
         gr.Markdown(engine.describe(), elem_id="engine-info")
+        limits, defaults = settings.limits, request_defaults(settings)
         with gr.Row():
-            models = model_controls(engine.base_model_names, settings.defaults)
+            models = model_controls(engine.base_model_names, limits, defaults)
         store = PngStore()
-        limits, defaults = settings.limits, settings.defaults
         with gr.Tabs():
             for condition in CONDITIONS.values():
                 build_condition_tab(condition, engine, limits, defaults, models, store)

@@ -25,19 +25,19 @@ import gradio as gr
 from annotators import ANNOTATORS, Annotator, Param
 from conditions import CONDITIONS
 from png_info import compose_restore_values
-from settings import PROJECT_ROOT, Defaults, Limits
+from settings import PROJECT_ROOT, Limits
 from ui.controls import (
     GPU_QUEUE,
+    MAP_DETECT_RESOLUTION,
     detect_resolution_slider,
     generation_controls,
     name_input_errors,
     param_control,
     restore_file,
     speed_controls,
-    strength_slider,
+    unit_controls,
     upload_image,
     user_errors,
-    window_sliders,
 )
 from ui.results import PngStore, png_settings, restored_values, stream_generation
 from ui.tab import CANVAS_SIZE, canvas_image
@@ -153,10 +153,9 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
                 show_label=False,
             )
             use_sketch = gr.Button("Use this drawing", size="sm")
-        controls["strength"] = strength_slider(limits, defaults, label="Strength")
-        controls.update(window_sliders(defaults))
+        controls.update(unit_controls(limits, defaults, label="Strength"))
         # The preset's default annotator decides what shows first; then the choice is followed.
-        shown = _settings_updates(condition_name, "", defaults.detect_resolution)
+        shown = _settings_updates(condition_name, "", MAP_DETECT_RESOLUTION)
         with gr.Accordion("Annotator settings", open=False):
             settings = {
                 "detect_resolution": detect_resolution_slider(limits, shown[0]["value"]),
@@ -172,13 +171,13 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
     # the condition, annotator and settings together; `.change` would then reset the latter two.
     # Whatever sets a condition in code sends `_condition_updates` itself.
     condition.input(
-        lambda name: _condition_updates(name, "", defaults.detect_resolution),
+        lambda name: _condition_updates(name, "", MAP_DETECT_RESOLUTION),
         inputs=condition,
         outputs=[annotator, *followers],
         api_visibility="private",
     )
     annotator.input(
-        lambda name, chosen: _settings_updates(name, chosen, defaults.detect_resolution),
+        lambda name, chosen: _settings_updates(name, chosen, MAP_DETECT_RESOLUTION),
         inputs=[condition, annotator],
         outputs=followers,
         api_visibility="private",
@@ -190,7 +189,7 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
                 canvas_image(value),
                 "scribble",
                 True,
-                *_condition_updates("scribble", "", defaults.detect_resolution),
+                *_condition_updates("scribble", "", MAP_DETECT_RESOLUTION),
             )
         ),
         inputs=sketch,
@@ -254,7 +253,7 @@ def _restored_composition(
 def build_compose_tab(
     engine,
     limits: Limits,
-    defaults: Defaults,
+    defaults: dict[str, Any],
     models: dict[str, gr.components.Component],
     store: PngStore,
 ) -> None:
@@ -351,7 +350,7 @@ def build_compose_tab(
     notes = [note for _, _, note in unit_columns]
     restore.upload(
         fn=lambda file: _restored_composition(
-            file, restorable, unit_columns, defaults.detect_resolution
+            file, restorable, unit_columns, MAP_DETECT_RESOLUTION
         ),
         inputs=restore,
         outputs=[*restorable.values(), *notes],

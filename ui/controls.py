@@ -8,19 +8,19 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import gradio as gr
 
 from annotators import ANNOTATORS, Param
-from annotators.util import ASPECT_RATIOS, RESIZE_MODES
 from errors import UserFacingError
-from pipelines.loop.control import CONTROL_MODES
-from pipelines.loop.schedulers import SCHEDULERS
-from settings import CONTROLNET_VERSIONS, MAX_SEED, Defaults, Limits
+from pipelines.request import SHARED_OPTIONS, UNIT_OPTIONS, Option
+from settings import Limits
 
 logger = logging.getLogger(__name__)
 
 GPU_QUEUE = "gpu"  # every event that runs the diffusion model shares this concurrency id
+MAP_DETECT_RESOLUTION = 512  # the control-map tab's annotator resolution to start from
 
 
 def upload_image(**kwargs) -> gr.Image:
@@ -74,181 +74,96 @@ def annotator_choice(names: Iterable[str], label: str = "Annotator") -> gr.Radio
     )
 
 
-def resolution_slider(limits: Limits, defaults: Defaults) -> gr.Slider:
-    return gr.Slider(
-        label="Image resolution (short side)",
-        minimum=limits.min_resolution,
-        maximum=limits.max_resolution,
-        value=defaults.image_resolution,
-        step=64,
-        info="Sizes are rounded to multiples of 64; the aspect ratio is kept.",
-    )
+def option_control(
+    spec: Option, limits: Limits, value: Any, **overrides: Any
+) -> gr.components.Component:
+    """The page's control for a request option, from its declaration (`pipelines.request`)."""
+    common = {"label": spec.label, "value": value, "info": spec.info or None, **overrides}
+    if spec.widget == "text":
+        return gr.Textbox(**common)
+    if spec.kind == "choice":
+        choices = overrides.pop("choices", None) or [
+            (label, name) for name, label in (spec.choices or {}).items()
+        ]
+        widget = gr.Dropdown if spec.widget == "dropdown" else gr.Radio
+        return widget(**{**common, "choices": choices})
+    minimum, maximum = spec.bounds(limits)
+    if spec.widget == "number":
+        precision = {"precision": 0} if spec.kind == "whole" else {}
+        return gr.Number(minimum=minimum, maximum=maximum, **precision, **common)
+    slider_minimum = minimum if spec.slider_minimum is None else spec.slider_minimum
+    return gr.Slider(minimum=slider_minimum, maximum=maximum, step=spec.step, **common)
+
+
+def controls_for(
+    group: str, limits: Limits, defaults: dict[str, Any], **overrides: dict[str, Any]
+) -> dict[str, gr.components.Component]:
+    """The controls of one group of request options, keyed by their API keyword names, in
+    declaration order; `overrides` gives a control's extra arguments by keyword."""
+    specs = {**SHARED_OPTIONS, **UNIT_OPTIONS}
+    return {
+        name: option_control(spec, limits, defaults[name], **overrides.get(name, {}))
+        for name, spec in specs.items()
+        if spec.group == group
+    }
+
+
+def resolution_slider(limits: Limits, defaults: dict[str, Any]) -> gr.Slider:
+    spec = SHARED_OPTIONS["image_resolution"]
+    return option_control(spec, limits, defaults["image_resolution"])
 
 
 def detect_resolution_slider(limits: Limits, default: int) -> gr.Slider:
-    return gr.Slider(
-        label="Annotator resolution",
-        minimum=limits.min_detect_resolution,
-        maximum=limits.max_detect_resolution,
-        value=default,
-        step=64,
-    )
+    return option_control(UNIT_OPTIONS["detect_resolution"], limits, default)
 
 
-def strength_slider(limits: Limits, defaults: Defaults, label: str = "Control strength"):
-    return gr.Slider(
-        label=label, minimum=0.0, maximum=limits.max_strength, value=defaults.strength, step=0.05
-    )
-
-
-def window_sliders(defaults: Defaults) -> dict[str, gr.Slider]:
-    """Control start / end: the fraction of the steps where the ControlNet runs."""
-    return {
-        "control_start": gr.Slider(
-            label="Control start",
-            minimum=0.0,
-            maximum=1.0,
-            value=defaults.control_start,
-            step=0.05,
-            info="Fraction of the steps before control starts.",
-        ),
-        "control_end": gr.Slider(
-            label="Control end",
-            minimum=0.0,
-            maximum=1.0,
-            value=defaults.control_end,
-            step=0.05,
-            info="Fraction of the steps after which control stops (the ControlNet is not run).",
-        ),
-    }
+def unit_controls(
+    limits: Limits, defaults: dict[str, Any], label: str | None = None
+) -> dict[str, gr.components.Component]:
+    """A unit's control strength and window (a composition sets them per unit)."""
+    overrides = {"strength": {"label": label}} if label else {}
+    return controls_for("unit", limits, defaults, **overrides)
 
 
 def model_controls(
-    base_models: list[str], defaults: Defaults
+    base_models: list[str], limits: Limits, defaults: dict[str, Any]
 ) -> dict[str, gr.components.Component]:
     """The page-wide model choice: a base from the operator's list, and the ControlNet family."""
-    return {
-        "base_model": gr.Dropdown(
-            label="Base model",
-            choices=base_models,
-            value=base_models[0],
-            info="ControlNets transfer to community SD1.5 checkpoints (paper Fig. 12).",
-            scale=2,
-        ),
-        "controlnet_version": gr.Radio(
-            label="ControlNet version",
-            choices=[
-                ("v1.1", "v1.1"),
-                ("v1.0 (the paper's models)", "v1.0"),
-            ],
-            value=defaults.controlnet_version
-            if defaults.controlnet_version in CONTROLNET_VERSIONS
-            else CONTROLNET_VERSIONS[0],
-            scale=1,
-        ),
-    }
+    return controls_for(
+        "model",
+        limits,
+        defaults,
+        base_model={"choices": base_models, "scale": 2},
+        controlnet_version={"scale": 1},
+    )
 
 
-def geometry_controls(defaults: Defaults) -> dict[str, gr.components.Component]:
+def geometry_controls(
+    limits: Limits, defaults: dict[str, Any]
+) -> dict[str, gr.components.Component]:
     """The output's aspect ratio, and how a control image of another aspect is fitted."""
-    return {
-        "aspect_ratio": gr.Dropdown(
-            label="Aspect ratio (width:height)",
-            choices=[("Same as the image", "image")]
-            + [(name, name) for name in ASPECT_RATIOS if name != "image"],
-            value=defaults.aspect_ratio,
-        ),
-        "resize_mode": gr.Radio(
-            label="Resize mode",
-            choices=[(label, name) for name, label in RESIZE_MODES.items()],
-            value=defaults.resize_mode,
-            info="When the control image's aspect differs from the output's: stretch it, crop "
-            "it to cover, or fit it inside and fill the border.",
-        ),
-    }
+    output = controls_for("output", limits, defaults)
+    return {name: output[name] for name in ("aspect_ratio", "resize_mode")}
 
 
 def generation_controls(
-    limits: Limits, defaults: Defaults, per_unit: bool = True
+    limits: Limits, defaults: dict[str, Any], per_unit: bool = True
 ) -> dict[str, gr.components.Component]:
     """The options every generate endpoint shares, keyed by their API keyword names.
 
     `per_unit`: include the control strength and window (a composition sets them per unit).
     """
-    controls: dict[str, gr.components.Component] = {
-        "num_images": gr.Slider(
-            label="Images", minimum=1, maximum=limits.max_images, value=defaults.num_images, step=1
-        ),
-        "image_resolution": resolution_slider(limits, defaults),
-        **geometry_controls(defaults),
-    }
+    controls = controls_for("output", limits, defaults)
     if per_unit:
-        controls["strength"] = strength_slider(limits, defaults)
-        controls.update(window_sliders(defaults))
-    controls.update(
-        {
-            "control_mode": gr.Radio(
-                label="Control mode",
-                choices=[(mode.label, mode.name) for mode in CONTROL_MODES.values()],
-                value=defaults.control_mode,
-                info="Balanced adds control to both CFG branches. 'ControlNet is more important' "
-                "is the paper's CFG resolution weighting: control on the prompt branch only.",
-            ),
-            "resolution_weighting": gr.Slider(
-                label="Resolution weighting (gamma)",
-                minimum=0.0,
-                maximum=limits.max_resolution_weighting,
-                value=defaults.resolution_weighting,
-                step=0.05,
-                info="Connection i gets weight (h_min / h_i) ** gamma: 0 = uniform, 1 = the "
-                "paper's 64 / h_i. Used by the two non-balanced modes.",
-            ),
-            "scheduler": gr.Dropdown(
-                label="Sampler",
-                choices=list(SCHEDULERS),
-                value=defaults.scheduler,
-                info="LCM: 4-8 steps at guidance 1-2, with LCM-LoRA (other images, much faster).",
-            ),
-            "steps": gr.Slider(
-                label="Steps", minimum=1, maximum=limits.max_steps, value=defaults.steps, step=1
-            ),
-            "guidance_scale": gr.Slider(
-                label="Guidance scale",
-                minimum=0.1,
-                maximum=limits.max_guidance,
-                value=defaults.guidance_scale,
-                step=0.1,
-            ),
-            "seed": gr.Number(
-                label="Seed (-1 = random; image i uses seed + i)",
-                value=defaults.seed,
-                precision=0,
-                minimum=-1,
-                maximum=MAX_SEED,
-            ),
-            "eta": gr.Number(label="eta (DDIM)", value=defaults.eta, minimum=0.0, maximum=1.0),
-            "added_prompt": gr.Textbox(label="Added prompt", value=defaults.added_prompt),
-            "negative_prompt": gr.Textbox(label="Negative prompt", value=defaults.negative_prompt),
-        }
-    )
+        controls.update(unit_controls(limits, defaults))
+    controls.update(controls_for("sampling", limits, defaults))
     return controls
 
 
-def speed_controls(limits: Limits, defaults: Defaults) -> dict[str, gr.components.Component]:
+def speed_controls(limits: Limits, defaults: dict[str, Any]) -> dict[str, gr.components.Component]:
     """Options that trade exact images for speed. Their API keywords come after all the others,
     so positional callers of older versions are not shifted."""
-    return {
-        "cache_interval": gr.Slider(
-            label="Feature caching interval (DeepCache)",
-            minimum=1,
-            maximum=limits.max_cache_interval,
-            value=defaults.cache_interval,
-            step=1,
-            info="1 = off, the exact images. N > 1 runs the deep UNet and ControlNet blocks only "
-            "at every N-th step and reuses their features in between: faster, slightly "
-            "different images.",
-        )
-    }
+    return controls_for("speed", limits, defaults)
 
 
 def restore_file() -> gr.File:

@@ -16,9 +16,10 @@ import numpy as np
 from annotators import ANNOTATORS
 from conditions import Condition
 from errors import InvalidRequestError
-from settings import PROJECT_ROOT, Defaults, Limits
+from settings import PROJECT_ROOT, Limits
 from ui.controls import (
     GPU_QUEUE,
+    MAP_DETECT_RESOLUTION,
     annotator_choice,
     detect_resolution_slider,
     generation_controls,
@@ -62,7 +63,7 @@ def build_condition_tab(
     condition: Condition,
     engine,
     limits: Limits,
-    defaults: Defaults,
+    defaults: dict[str, Any],
     models: dict[str, gr.components.Component],
     store: PngStore,
 ) -> None:
@@ -208,7 +209,7 @@ def _show_params_of_chosen_annotator(
     }
 
 
-def build_annotate_tab(engine, limits: Limits, defaults: Defaults) -> None:
+def build_annotate_tab(engine, limits: Limits, defaults: dict[str, Any]) -> None:
     """Every annotator's map on its own: the page's map tool and the /annotate endpoint."""
     with gr.Tab("Control maps", id="annotate"):
         gr.Markdown("Make a control map without generating: preview it, or download it to reuse.")
@@ -222,10 +223,8 @@ def build_annotate_tab(engine, limits: Limits, defaults: Defaults) -> None:
                         value=next(iter(ANNOTATORS)),
                     ),
                     "image_resolution": resolution_slider(limits, defaults),
-                    "detect_resolution": detect_resolution_slider(
-                        limits, defaults.detect_resolution
-                    ),
-                    **geometry_controls(defaults),
+                    "detect_resolution": detect_resolution_slider(limits, MAP_DETECT_RESOLUTION),
+                    **geometry_controls(limits, defaults),
                 }
                 for annotator in ANNOTATORS.values():
                     for param in annotator.params:
