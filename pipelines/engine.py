@@ -12,7 +12,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ import torch
 
 from annotators import Detector, get_annotator, make_control_map
 from errors import GpuOutOfMemoryError
+from pipelines.loop.decode import decode_checked
 from pipelines.loop.denoise import (
     ControlUnit,
-    broken_images,
     control_image_tensor,
     decode_latents,
     denoise,
@@ -36,7 +35,8 @@ from pipelines.models.store import ModelStore
 from pipelines.notices import COMPILE, Notices
 from pipelines.request import GenerationRequest, MapRequest, UnitRequest, check_base_model
 from pipelines.request import defaults as request_defaults
-from pipelines.speed import fast_path, feature_cache, lcm_lora
+from pipelines.results import ControlMap, GenerationResult
+from pipelines.speed import compile_guard, feature_cache, lcm_lora
 from pipelines.zerogpu import gpu_seconds, gpu_task
 from settings import MAX_SEED, Settings
 
@@ -49,39 +49,6 @@ CPU_HINT = (
 )
 PREVIEWS_PER_RUN = 4  # TAESD previews shown while denoising (about every quarter of the steps)
 PreviewCallback = Callable[[list[np.ndarray], int, int], None]  # (images, steps done, total)
-
-
-@dataclass
-class ControlMap:
-    image: np.ndarray  # RGB uint8 (H, W, 3), at the output size
-    notices: Notices = field(default_factory=Notices)  # e.g. an annotator's fallback
-
-    @property
-    def warnings(self) -> list[str]:
-        return self.notices.texts
-
-
-@dataclass
-class GenerationResult:
-    control_maps: list[np.ndarray]  # RGB uint8 (H, W, 3), one per ControlNet unit
-    images: list[np.ndarray]  # RGB uint8 (H, W, 3) each
-    seeds: list[int]  # each image's own seed: image i used seed + i
-    parameters: list[dict[str, Any]]  # each image's full parameters (for its PNG text chunk)
-    notices: Notices = field(default_factory=Notices)
-    map_labels: list[str] = field(default_factory=list)  # what each control map is
-
-    @property
-    def warnings(self) -> list[str]:
-        return self.notices.texts
-
-    @property
-    def control_map(self) -> np.ndarray:
-        return self.control_maps[0]
-
-    @property
-    def seed(self) -> int:
-        """The seed asked for (or drawn): the first image's."""
-        return self.seeds[0]
 
 
 class Engine:
@@ -419,7 +386,11 @@ class Engine:
                 cache_interval=request.cache_interval,
             )
 
-        compiling = self._compile_notice(pipe, units, request) if self.fast_path else None
+        compiling = None
+        if self.fast_path:  # "first request at this size: compiling ..." where it does
+            compiling = compile_guard.compile_notice(
+                pipe.unet, units, request, self.settings.compile_mode
+            )
         try:
             latents = run()
         except torch.OutOfMemoryError:
@@ -431,47 +402,16 @@ class Engine:
             notices.add(self._leave_fast_path(error, pipe))
             latents = run()
         notices.add(compiling, COMPILE)
-        return self._decode(pipe.vae, latents, notices)
-
-    def _compile_notice(self, pipe, units: list[ControlUnit], request) -> str | None:
-        """ "First request at this size: compiling ..." where a compiled model meets a new shape."""
-        height, width = request.size
-        key = fast_path.ShapeKey(request.num_images, height, width, request.use_cfg)
-        controlnet_key = replace(key, conditional_only=request.control_mode.conditional_only)
-        unets, controlnets = self._compiled_models(pipe.unet, units, request.cache_interval)
-        compiling = fast_path.first_runs(unets, key)
-        compiling += fast_path.first_runs(controlnets, controlnet_key)
-        return fast_path.compile_notice(compiling, key, self.settings.compile_mode)
-
-    def _compiled_models(self, unet, units: list[ControlUnit], cache_interval: int):
-        """The models a request runs, by the name the page gives them: ({UNet}, {ControlNets}).
-        With feature caching, its wrappers run (and are compiled) instead of the plain UNet."""
-        if cache_interval <= 1:
-            return {"UNet": unet}, {unit.label: unit.model for unit in units}
-        mode = self.settings.compile_mode
-        caching_unet = feature_cache.caching_unet(unet)
-        unets = {"UNet (feature caching)": fast_path.speed_up_wrapper(caching_unet, mode=mode)}
-        controlnets = {}
-        for unit in units:
-            controlnets[unit.label] = unit.model
-            shallow = feature_cache.shallow_controlnet(unit.model)
-            controlnets[f"{unit.label} (feature caching)"] = fast_path.speed_up_wrapper(
-                shallow, mode=mode
-            )
-        return unets, controlnets
+        return decode_checked(pipe.vae, latents, notices)
 
     def _leave_fast_path(self, error: Exception, pipe) -> str:
         """A compile failed: run eagerly from now on (this request too) and say why."""
         logger.exception("The fast path failed to compile; continuing without it")
         self.models.leave_fast_path(pipe)
-        cause: BaseException = error  # the compiler's own error, not Dynamo's wrapper
-        while (inner := getattr(cause, "inner_exception", None) or cause.__cause__) is not None:
-            cause = inner
-        reason = (f"{type(cause).__name__}: {cause}".strip().splitlines() or ["?"])[0][:200]
-        self.fast_path_failure = reason
+        self.fast_path_failure = compile_guard.failure_reason(error)
         return (
-            f"The fast path could not compile ({reason}); this and later requests run without "
-            "it, eagerly (slower, same images)."
+            f"The fast path could not compile ({self.fast_path_failure}); this and later "
+            "requests run without it, eagerly (slower, same images)."
         )
 
     def _previewer(self, on_preview: PreviewCallback | None, steps: int):
@@ -486,30 +426,6 @@ class Engine:
                 on_preview(to_uint8(decode_latents(decoder, latents)), step, total)
 
         return preview
-
-    def _decode(self, vae, latents: torch.Tensor, notices: Notices) -> list[np.ndarray]:
-        """Decode; NaN or black images are decoded again with the VAE in fp32, then reported."""
-        images = decode_latents(vae, latents)
-        if broken_images(images):
-            dtype = vae.dtype
-            vae.to(torch.float32)  # the fp16 VAE overflows on some latents; fp32 does not
-            try:
-                images = decode_latents(vae, latents.float())
-            finally:
-                vae.to(dtype)
-            still_broken = broken_images(images)
-            if still_broken:
-                numbers = ", ".join(str(index + 1) for index in still_broken)
-                notices.add(
-                    f"Image {numbers} came out empty (NaN or black) even with the VAE in fp32. "
-                    "Try another seed, fewer steps or a lower guidance scale."
-                )
-            else:
-                precision = str(dtype).removeprefix("torch.")
-                notices.add(
-                    f"The VAE overflowed in {precision}; the images were decoded in float32."
-                )
-        return to_uint8(images)
 
 
 def _family_advice(request: GenerationRequest) -> list[str]:

@@ -70,15 +70,15 @@ def test_the_engine_generates_in_bfloat16_close_to_float32(settings, engine, ast
 def test_a_vae_that_overflows_in_bfloat16_decodes_again_in_float32(
     settings, astronaut, monkeypatch
 ):
-    from pipelines import engine as engine_module
+    from pipelines.loop import decode as decode_module
 
-    real = engine_module.decode_latents
+    real = decode_module.decode_latents
 
     def overflowing(vae, latents):  # what an fp16 VAE does on some latents: NaN
         images = real(vae, latents)
         return images if vae.dtype == torch.float32 else torch.full_like(images, float("nan"))
 
-    monkeypatch.setattr(engine_module, "decode_latents", overflowing)
+    monkeypatch.setattr(decode_module, "decode_latents", overflowing)
     half = Engine(dataclasses.replace(settings, cpu_precision="bfloat16"), device="cpu")
     result = half.generate("canny", astronaut, "a robot", **REQUEST)
     assert "The VAE overflowed in bfloat16; the images were decoded in float32." in result.warnings
