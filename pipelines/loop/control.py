@@ -8,7 +8,7 @@ We generalise it with an exponent gamma:
     w_i = (h_min / h_i) ** gamma      gamma = 0: uniform, gamma = 1: the paper, gamma > 1: steeper
 
 The reference code's `0.825 ** (12 - i)` (diffusers' guess mode: `logspace(-1, 0, 13)`, 0.1 to 1.0)
-has the same shape.
+has the same shape. docs/architecture.md sets the modes beside the rest of the method.
 """
 
 from __future__ import annotations
