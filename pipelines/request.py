@@ -13,9 +13,8 @@ come from these declarations, so an option is added in one place and used where 
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,123 +25,11 @@ from conditions import Condition, get_condition
 from errors import InvalidImageError, InvalidRequestError
 from pipelines.loop.control import CONTROL_MODES, ControlMode, get_control_mode
 from pipelines.loop.schedulers import SCHEDULERS, check_scheduler
+from pipelines.options import Option, choice, number, options_of, recorded_value, text, whole
 from settings import CONTROLNET_VERSIONS, MAX_SEED, Limits, Settings
 
 APP = "controlnet-demo"  # marks the PNG parameters as this app's
 _VERSION_LABELS = {"v1.0": "v1.0 (the paper's models)"}
-
-
-# ---- value checks --------------------------------------------------------------------------------
-def _number(name: str, value: Any, minimum: float, maximum: float) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise InvalidRequestError(f"`{name}` must be a number, got {value!r}.") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequestError(f"`{name}` must be a number, got {type(value).__name__}.")
-    if not math.isfinite(value) or not minimum <= value <= maximum:
-        raise InvalidRequestError(
-            f"`{name}` must be between {minimum:g} and {maximum:g}, got {value!r}."
-        )
-    return float(value)
-
-
-def _whole(name: str, value: Any, minimum: int, maximum: int) -> int:
-    number = _number(name, value, minimum, maximum)
-    if not number.is_integer():
-        raise InvalidRequestError(f"`{name}` must be a whole number, got {value!r}.")
-    return int(number)
-
-
-def _text(name: str, value: Any, max_chars: int) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise InvalidRequestError(f"`{name}` must be text, got {type(value).__name__}.")
-    if len(value) > max_chars:
-        raise InvalidRequestError(
-            f"`{name}` is {len(value)} characters long; the limit is {max_chars}."
-        )
-    # Control characters (other than whitespace) confuse the tokenizer and logs: drop them.
-    return "".join(ch for ch in value if ch.isprintable() or ch in "\n\t").strip()
-
-
-# ---- options as data -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Option:
-    """One request option: its check, and how the page and the CLI show it.
-
-    `kind`: "number", "whole", "choice" (one of `choices`, value -> label) or "text". Bounds are
-    numbers or the names of `Limits` fields (operator limits). `resolve` turns a checked choice into
-    the object the engine uses. `group` says where the page puts the control (and so where its API
-    keyword goes): "output", "unit", "sampling", "model" or "speed". `recorded`: written into the
-    PNG parameters and restored from them.
-    """
-
-    kind: str
-    label: str
-    minimum: float | str = 0.0
-    maximum: float | str = 1.0
-    choices: Mapping[str, str] | None = None
-    resolve: Callable[[str], Any] | None = None
-    widget: str = "slider"  # slider | number | dropdown | radio | text
-    step: float = 1.0
-    slider_minimum: float | None = None  # where the page's slider starts, if not at `minimum`
-    info: str = ""
-    group: str = "sampling"
-    recorded: bool = True
-    noun: str = ""  # what an unknown choice is called in messages (default: the label)
-    name: str = ""  # filled in from the field
-    default: Any = None  # filled in from the field
-
-    def bounds(self, limits: Limits) -> tuple[float, float]:
-        def bound(value):
-            return getattr(limits, value) if isinstance(value, str) else value
-
-        return bound(self.minimum), bound(self.maximum)
-
-    def check(self, value: Any, limits: Limits, name: str | None = None) -> Any:
-        """`value` checked (None: the default); `name`: the API keyword to name in a message."""
-        name = name or self.name
-        if value is None:
-            value = self.default
-            if value is None:
-                return None
-        if self.kind == "text":
-            return _text(name, value, limits.max_prompt_chars)
-        if self.kind == "choice":
-            if self.resolve is not None:
-                return self.resolve(value)
-            if not isinstance(value, str) or value not in self.choices:
-                raise InvalidRequestError(
-                    f"Unknown {self.noun or self.label.lower()} {value!r}; choose one of: "
-                    f"{', '.join(self.choices)}."
-                )
-            return value
-        minimum, maximum = self.bounds(limits)
-        if self.kind == "whole":
-            return _whole(name, value, int(minimum), int(maximum))
-        return _number(name, value, minimum, maximum)
-
-
-def option(default: Any, **spec: Any) -> Any:
-    """A dataclass field holding an option: its default and its `Option`."""
-    return field(default=default, metadata={"option": Option(**spec)})
-
-
-def options_of(cls) -> dict[str, Option]:
-    """The options a request class declares, by API keyword, in declaration order."""
-    return {
-        item.name: replace(item.metadata["option"], name=item.name, default=item.default)
-        for item in fields(cls)
-        if "option" in item.metadata
-    }
-
-
-def _value_of(value: Any) -> Any:
-    """What the PNG parameters record for a checked value: an object's name."""
-    return getattr(value, "name", value)
 
 
 # ---- the requests --------------------------------------------------------------------------------
@@ -153,40 +40,25 @@ class UnitRequest:
     condition: Condition
     annotator: Annotator
     image: np.ndarray = field(repr=False)  # RGB uint8 (H, W, 3), the upload
-    strength: float = option(
-        1.0,
-        kind="number",
-        label="Control strength",
-        maximum="max_strength",
-        step=0.05,
-        group="unit",
+    # One option per field: its default, label, bounds and where the page shows it.
+    # fmt: off
+    strength: float = number(
+        1.0, "Control strength", maximum="max_strength", step=0.05, group="unit"
     )
-    control_start: float = option(
-        0.0,
-        kind="number",
-        label="Control start",
-        step=0.05,
+    control_start: float = number(
+        0.0, "Control start", step=0.05, group="unit",
         info="Fraction of the steps before control starts.",
-        group="unit",
     )
-    control_end: float = option(
-        1.0,
-        kind="number",
-        label="Control end",
-        step=0.05,
+    control_end: float = number(
+        1.0, "Control end", step=0.05, group="unit",
         info="Fraction of the steps after which control stops (the ControlNet is not run).",
-        group="unit",
     )
     # None: the annotator's own default (classical annotators run at the output size).
-    detect_resolution: int | None = option(
-        None,
-        kind="whole",
-        label="Annotator resolution",
-        minimum="min_detect_resolution",
-        maximum="max_detect_resolution",
-        step=64,
-        group="map",
+    detect_resolution: int | None = whole(
+        None, "Annotator resolution", step=64, group="map",
+        minimum="min_detect_resolution", maximum="max_detect_resolution",
     )
+    # fmt: on
     # The annotator's parameters as sent (what the PNG records), and checked with the
     # annotator's defaults filled in (what it runs with).
     given_params: Mapping[str, Any] = field(default_factory=dict)
@@ -261,127 +133,78 @@ class GenerationRequest:
     ControlNets' residuals)."""
 
     units: tuple[UnitRequest, ...]
-    prompt: str = option("", kind="text", label="Prompt", widget="text", group="prompt")
-    num_images: int = option(
-        1, kind="whole", label="Images", minimum=1, maximum="max_images", group="output",
-        recorded=False,
-    )  # fmt: skip
-    image_resolution: int = option(
-        512,
-        kind="whole",
-        label="Image resolution (short side)",
-        minimum="min_resolution",
-        maximum="max_resolution",
-        step=64,
+    # One option per field: its default, label, bounds and where the page shows it.
+    # fmt: off
+    prompt: str = text("", "Prompt", group="prompt")
+    num_images: int = whole(
+        1, "Images", minimum=1, maximum="max_images", group="output", recorded=False
+    )
+    image_resolution: int = whole(
+        512, "Image resolution (short side)", step=64, group="output",
+        minimum="min_resolution", maximum="max_resolution",
         info="Sizes are rounded to multiples of 64; the aspect ratio is kept.",
-        group="output",
     )
-    aspect_ratio: str = option(
-        "image",  # the output keeps the input image's aspect
-        kind="choice",
-        label="Aspect ratio (width:height)",
-        noun="aspect ratio",
+    aspect_ratio: str = choice(
+        "image", "Aspect ratio (width:height)", widget="dropdown", group="output",
+        noun="aspect ratio",  # "image": the output keeps the input image's aspect
         choices={name: "Same as the image" if name == "image" else name for name in ASPECT_RATIOS},
-        widget="dropdown",
-        group="output",
     )
-    resize_mode: str = option(
-        "crop_and_resize",  # the AUTOMATIC1111 extension's default
-        kind="choice",
-        label="Resize mode",
+    resize_mode: str = choice(
+        "crop_and_resize", "Resize mode", widget="radio", group="output",  # A1111's default
         choices=RESIZE_MODES,
-        widget="radio",
         info="When the control image's aspect differs from the output's: stretch it, crop it to "
         "cover, or fit it inside and fill the border.",
-        group="output",
     )
-    control_mode: ControlMode = option(
-        "balanced",
-        kind="choice",
-        label="Control mode",
+    control_mode: ControlMode = choice(
+        "balanced", "Control mode", widget="radio", resolve=get_control_mode,
         choices={mode.name: mode.label for mode in CONTROL_MODES.values()},
-        resolve=get_control_mode,
-        widget="radio",
         info="Balanced adds control to both CFG branches. 'ControlNet is more important' is the "
         "paper's CFG resolution weighting: control on the prompt branch only.",
     )
-    resolution_weighting: float = option(
-        1.0,  # gamma = 1 is the paper's w_i = 64 / h_i
-        kind="number",
-        label="Resolution weighting (gamma)",
-        maximum="max_resolution_weighting",
-        step=0.05,
+    resolution_weighting: float = number(
+        1.0, "Resolution weighting (gamma)", maximum="max_resolution_weighting", step=0.05,
         info="Connection i gets weight (h_min / h_i) ** gamma: 0 = uniform, 1 = the paper's "
         "64 / h_i. Used by the two non-balanced modes.",
-    )
-    scheduler: str = option(
-        "UniPC",
-        kind="choice",
-        label="Sampler",
+    )  # gamma = 1 is the paper's w_i = 64 / h_i
+    scheduler: str = choice(
+        "UniPC", "Sampler", widget="dropdown", resolve=check_scheduler,
         choices={name: name for name in SCHEDULERS},
-        resolve=check_scheduler,
-        widget="dropdown",
         info="LCM: 4-8 steps at guidance 1-2, with LCM-LoRA (other images, much faster).",
     )
-    steps: int = option(20, kind="whole", label="Steps", minimum=1, maximum="max_steps")
-    guidance_scale: float = option(
-        9.0,
-        kind="number",
-        label="Guidance scale",
-        minimum="min_guidance",
-        maximum="max_guidance",
-        step=0.1,
+    steps: int = whole(20, "Steps", minimum=1, maximum="max_steps")
+    guidance_scale: float = number(
+        9.0, "Guidance scale", minimum="min_guidance", maximum="max_guidance", step=0.1,
         slider_minimum=0.1,
     )
-    seed: int = option(
-        -1,  # -1 draws a random seed; the one used is returned
-        kind="whole",
-        label="Seed (-1 = random; image i uses seed + i)",
-        minimum=-1,
-        maximum=MAX_SEED,
+    # -1 draws a random seed; the one used is returned.
+    seed: int = whole(
+        -1, "Seed (-1 = random; image i uses seed + i)", minimum=-1, maximum=MAX_SEED,
         widget="number",
     )
-    eta: float = option(0.0, kind="number", label="eta (DDIM)", widget="number")
-    added_prompt: str = option(
-        "best quality, extremely detailed", kind="text", label="Added prompt", widget="text"
-    )
-    negative_prompt: str = option(
+    eta: float = number(0.0, "eta (DDIM)", widget="number")
+    added_prompt: str = text("best quality, extremely detailed", "Added prompt")
+    negative_prompt: str = text(
         "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
         "cropped, worst quality, low quality",
-        kind="text",
-        label="Negative prompt",
-        widget="text",
+        "Negative prompt",
     )
-    base_model: str = option(
-        None,  # the operator's first
-        kind="choice",
-        label="Base model",
-        widget="dropdown",
+    base_model: str = choice(
+        None, "Base model", widget="dropdown", group="model",  # None: the operator's first
         info="ControlNets transfer to community SD1.5 checkpoints (paper Fig. 12).",
-        group="model",
     )
-    controlnet_version: str = option(
-        "v1.1",
-        kind="choice",
-        label="ControlNet version",
-        noun="ControlNet version",
+    controlnet_version: str = choice(
+        "v1.1", "ControlNet version", widget="radio", group="model", noun="ControlNet version",
         choices={version: _VERSION_LABELS.get(version, version) for version in CONTROLNET_VERSIONS},
-        widget="radio",
-        group="model",
     )
     # Feature caching: a full UNet step every N steps (1: every step, the exact images). Beyond
     # about 5 the images drift visibly; 10 still bounds how stale the deep features get.
-    cache_interval: int = option(
-        1,
-        kind="whole",
-        label="Feature caching interval (DeepCache)",
-        minimum=1,
-        maximum=10,
+    cache_interval: int = whole(
+        1, "Feature caching interval (DeepCache)", minimum=1, maximum=10, group="speed",
         info="1 = off, the exact images. N > 1 runs the deep UNet and ControlNet blocks only at "
         "every N-th step and reuses their features in between: faster, slightly different "
         "images.",
-        group="speed",
     )
+    # fmt: on
 
     @property
     def full_prompt(self) -> str:
@@ -476,7 +299,7 @@ class GenerationRequest:
         PNG's text chunk)."""
         height, width = self.size
         recorded = {
-            name: _value_of(getattr(self, name))
+            name: recorded_value(getattr(self, name))
             for name, spec in SHARED_OPTIONS.items()
             if spec.recorded
         }

@@ -11,7 +11,7 @@ from conditions import CONDITIONS
 from pipelines.request import defaults as request_defaults
 from settings import Settings
 from ui.compose import build_compose_tab
-from ui.controls import model_controls
+from ui.controls import Page, model_controls
 from ui.results import PngStore
 from ui.tab import build_annotate_tab, build_condition_tab
 
@@ -29,11 +29,11 @@ def build_demo(engine, settings: Settings) -> gr.Blocks:
         limits, defaults = settings.limits, request_defaults(settings)
         with gr.Row():
             models = model_controls(engine.base_model_names, limits, defaults)
-        store = PngStore()
+        page = Page(engine, limits, defaults, models, PngStore())
         with gr.Tabs():
             for condition in CONDITIONS.values():
-                build_condition_tab(condition, engine, limits, defaults, models, store)
-            build_compose_tab(engine, limits, defaults, models, store)
-            build_annotate_tab(engine, limits, defaults)
+                build_condition_tab(condition, page)
+            build_compose_tab(page)
+            build_annotate_tab(page)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
     return demo

@@ -25,21 +25,22 @@ import gradio as gr
 from annotators import ANNOTATORS, Annotator, Param
 from conditions import CONDITIONS
 from png_info import compose_restore_values
-from settings import PROJECT_ROOT, Limits
+from settings import PROJECT_ROOT
 from ui.controls import (
     GPU_QUEUE,
-    MAP_DETECT_RESOLUTION,
+    Page,
     detect_resolution_slider,
     generation_controls,
     name_input_errors,
     param_control,
-    restore_file,
+    result_column,
+    shown_settings,
     speed_controls,
     unit_controls,
     upload_image,
     user_errors,
 )
-from ui.results import PngStore, png_settings, restored_values, stream_generation
+from ui.results import png_settings, restored_values, stream_generation
 from ui.tab import CANVAS_SIZE, canvas_image
 
 # (condition, switched on) for each unit slot: the paper's pose + depth, then edges, off.
@@ -100,26 +101,22 @@ def _unit_settings(condition: Any, annotator: Any, values: dict[str, Any]) -> di
     }
 
 
-def _settings_updates(condition: Any, annotator: Any, default_detect: int) -> list[dict]:
+def _settings_updates(condition: Any, annotator: Any) -> list[dict]:
     """Updates for [detect resolution, each of `UNIT_PARAMS`, the "no settings" note]: show only
-    the chosen annotator's, and reset its resolution to its reference default (384 for MiDaS)."""
+    the chosen annotator's, and reset its resolution to its reference default."""
     chosen = _chosen_annotator(condition, annotator) or _chosen_annotator(condition, "")
-    own = {param.name for param in chosen.params} if chosen else set()
-    resolution = chosen.default_detect_resolution if chosen else None
-    return [
-        gr.update(visible=resolution is not None, value=resolution or default_detect),
-        *(gr.update(visible=name in own) for name in UNIT_PARAMS),
-        gr.update(visible=resolution is None and not own),
-    ]
+    detect, params = shown_settings(chosen, UNIT_PARAMS, reset=True)
+    has_none = chosen is None or (chosen.default_detect_resolution is None and not chosen.params)
+    return [detect, *params, gr.update(visible=has_none)]
 
 
-def _condition_updates(condition_name: str, annotator: str, default_detect: int) -> list[dict]:
+def _condition_updates(condition_name: str, annotator: str) -> list[dict]:
     """Updates for [annotator, detect resolution, each of `UNIT_PARAMS`, the note] when a unit
     takes `condition_name`: its annotator choices, `annotator` chosen ("" = its default)."""
     value = annotator or CONDITIONS[condition_name].annotators[0]
     return [
         gr.update(choices=_annotator_choices(condition_name), value=value),
-        *_settings_updates(condition_name, annotator, default_detect),
+        *_settings_updates(condition_name, annotator),
     ]
 
 
@@ -155,7 +152,7 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
             use_sketch = gr.Button("Use this drawing", size="sm")
         controls.update(unit_controls(limits, defaults, label="Strength"))
         # The preset's default annotator decides what shows first; then the choice is followed.
-        shown = _settings_updates(condition_name, "", MAP_DETECT_RESOLUTION)
+        shown = _settings_updates(condition_name, "")
         with gr.Accordion("Annotator settings", open=False):
             settings = {
                 "detect_resolution": detect_resolution_slider(limits, shown[0]["value"]),
@@ -171,13 +168,13 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
     # the condition, annotator and settings together; `.change` would then reset the latter two.
     # Whatever sets a condition in code sends `_condition_updates` itself.
     condition.input(
-        lambda name: _condition_updates(name, "", MAP_DETECT_RESOLUTION),
+        lambda name: _condition_updates(name, ""),
         inputs=condition,
         outputs=[annotator, *followers],
         api_visibility="private",
     )
     annotator.input(
-        lambda name, chosen: _settings_updates(name, chosen, MAP_DETECT_RESOLUTION),
+        lambda name, chosen: _settings_updates(name, chosen),
         inputs=[condition, annotator],
         outputs=followers,
         api_visibility="private",
@@ -189,7 +186,7 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
                 canvas_image(value),
                 "scribble",
                 True,
-                *_condition_updates("scribble", "", MAP_DETECT_RESOLUTION),
+                *_condition_updates("scribble", ""),
             )
         ),
         inputs=sketch,
@@ -218,7 +215,6 @@ def _restored_composition(
     file: Any,
     controls: dict[str, gr.components.Component],
     unit_columns: list[tuple[dict, dict, gr.Markdown]],
-    default_detect: int,
 ) -> dict[gr.components.Component, Any]:
     """Values for `controls` (by API keyword name) from a PNG made by this app: its shared
     settings, and unit k in slot k (the other slots switched off). Images are not restored."""
@@ -238,9 +234,7 @@ def _restored_composition(
         condition = values.get(f"condition_{number}")
         if condition is None:
             continue
-        updates = _condition_updates(
-            condition, values.get(f"annotator_{number}", ""), default_detect
-        )
+        updates = _condition_updates(condition, values.get(f"annotator_{number}", ""))
         for component, update in zip(
             [unit["annotator"], *settings.values(), note], updates, strict=True
         ):
@@ -250,13 +244,8 @@ def _restored_composition(
     return restored
 
 
-def build_compose_tab(
-    engine,
-    limits: Limits,
-    defaults: dict[str, Any],
-    models: dict[str, gr.components.Component],
-    store: PngStore,
-) -> None:
+def build_compose_tab(page: Page) -> None:
+    engine, limits, defaults, models, store = page
     units = UNIT_PRESETS[: limits.max_units]
     with gr.Tab("Compose", id="compose"):
         gr.Markdown(
@@ -282,13 +271,7 @@ def build_compose_tab(
                     inputs=[unit_columns[0][0]["image"], prompt],
                 )
             with gr.Column():
-                gallery = gr.Gallery(
-                    label="Control maps, then images", format="png", columns=2, height="auto"
-                )
-                seed_used = gr.Number(
-                    label="Seed used", precision=0, interactive=False, placeholder="after a run"
-                )
-                restore = restore_file()
+                gallery, seed_used, restore = result_column("Control maps, then images")
 
     # API keywords: unit 1's image is `image`; every other unit field gets the suffix `_k`.
     first_image = unit_columns[0][0].pop("image")
@@ -349,9 +332,7 @@ def build_compose_tab(
     }
     notes = [note for _, _, note in unit_columns]
     restore.upload(
-        fn=lambda file: _restored_composition(
-            file, restorable, unit_columns, MAP_DETECT_RESOLUTION
-        ),
+        fn=lambda file: _restored_composition(file, restorable, unit_columns),
         inputs=restore,
         outputs=[*restorable.values(), *notes],
         api_visibility="private",

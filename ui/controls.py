@@ -8,11 +8,11 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 
-from annotators import ANNOTATORS, Param
+from annotators import ANNOTATORS, Annotator, Param
 from errors import UserFacingError
 from pipelines.request import SHARED_OPTIONS, UNIT_OPTIONS, Option
 from settings import Limits
@@ -72,6 +72,17 @@ def annotator_choice(names: Iterable[str], label: str = "Annotator") -> gr.Radio
         value=names[0],
         visible=len(names) > 1,
     )
+
+
+class Page(NamedTuple):
+    """What every tab is built from: the engine, the limits and defaults its controls show, the
+    page-wide model choice (base model, ControlNet version) and the store for result PNGs."""
+
+    engine: Any
+    limits: Limits
+    defaults: dict[str, Any]
+    models: dict[str, gr.components.Component]
+    store: Any
 
 
 def option_control(
@@ -166,14 +177,33 @@ def speed_controls(limits: Limits, defaults: dict[str, Any]) -> dict[str, gr.com
     return controls_for("speed", limits, defaults)
 
 
-def restore_file() -> gr.File:
-    return gr.File(
+def shown_settings(
+    chosen: Annotator | None, names: Iterable[str], reset: bool
+) -> tuple[dict, list[dict]]:
+    """Updates that show only `chosen`'s own settings: (its annotator resolution, each of the
+    parameters `names`). `reset`: set the resolution to the annotator's reference default (384
+    for MiDaS) too, as when the person picks it; a restore keeps the restored value."""
+    own = {param.name for param in chosen.params} if chosen else set()
+    resolution = chosen.default_detect_resolution if chosen else None
+    value = {"value": resolution or MAP_DETECT_RESOLUTION} if reset else {}
+    detect = gr.update(visible=resolution is not None, **value)
+    return detect, [gr.update(visible=name in own) for name in names]
+
+
+def result_column(label: str) -> tuple[gr.Gallery, gr.Number, gr.File]:
+    """The results: the gallery (control maps first), the seed used, and the restore drop."""
+    gallery = gr.Gallery(label=label, format="png", columns=2, height="auto")
+    seed_used = gr.Number(
+        label="Seed used", precision=0, interactive=False, placeholder="after a run"
+    )
+    restore = gr.File(
         label="Restore settings: drop a PNG made here",
         file_types=[".png"],
         type="filepath",
         height=120,
         elem_classes=["restore-settings"],
     )
+    return gallery, seed_used, restore
 
 
 def name_input_errors(controls: dict[str, gr.components.Component]) -> None:

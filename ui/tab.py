@@ -16,10 +16,11 @@ import numpy as np
 from annotators import ANNOTATORS
 from conditions import Condition
 from errors import InvalidRequestError
-from settings import PROJECT_ROOT, Limits
+from settings import PROJECT_ROOT
 from ui.controls import (
     GPU_QUEUE,
     MAP_DETECT_RESOLUTION,
+    Page,
     annotator_choice,
     detect_resolution_slider,
     generation_controls,
@@ -27,12 +28,13 @@ from ui.controls import (
     name_input_errors,
     param_control,
     resolution_slider,
-    restore_file,
+    result_column,
+    shown_settings,
     speed_controls,
     upload_image,
     user_errors,
 )
-from ui.results import PngStore, restored_settings, stream_generation
+from ui.results import restored_settings, stream_generation
 
 CANVAS_SIZE = (512, 512)  # the reference interactive scribble canvas
 
@@ -59,15 +61,8 @@ def input_component(condition: Condition) -> gr.components.Component:
     return upload_image(label="Input image", sources=["upload", "clipboard"])
 
 
-def build_condition_tab(
-    condition: Condition,
-    engine,
-    limits: Limits,
-    defaults: dict[str, Any],
-    models: dict[str, gr.components.Component],
-    store: PngStore,
-) -> None:
-    """`models`: the page-wide base model and ControlNet version; `store` writes result PNGs."""
+def build_condition_tab(condition: Condition, page: Page) -> None:
+    engine, limits, defaults, models, store = page
     with gr.Tab(condition.label, id=condition.name):
         if condition.description:
             gr.Markdown(condition.description)
@@ -107,13 +102,7 @@ def build_condition_tab(
                         inputs=[image, prompt],
                     )
             with gr.Column():
-                gallery = gr.Gallery(
-                    label="Control map, then images", format="png", columns=2, height="auto"
-                )
-                seed_used = gr.Number(
-                    label="Seed used", precision=0, interactive=False, placeholder="after a run"
-                )
-                restore = restore_file()
+                gallery, seed_used, restore = result_column("Control map, then images")
 
     @user_errors
     def generate(image, prompt, progress=gr.Progress(), **kwargs):
@@ -187,14 +176,8 @@ def _show_params_of_chosen_annotator(
         return None
 
     def updates(annotator: str, reset: bool) -> list[dict]:
-        chosen = ANNOTATORS[annotator]
-        own = {param.name for param in chosen.params}
-        result = [gr.update(visible=name in own) for name in names]
-        if detect:
-            resolution = chosen.default_detect_resolution
-            value = {"value": resolution or 512} if reset else {}
-            result.append(gr.update(visible=resolution is not None, **value))
-        return result
+        detect_update, param_updates = shown_settings(ANNOTATORS[annotator], names, reset)
+        return param_updates + ([detect_update] if detect else [])
 
     choice.input(
         lambda annotator: updates(annotator, reset=True),
@@ -209,7 +192,8 @@ def _show_params_of_chosen_annotator(
     }
 
 
-def build_annotate_tab(engine, limits: Limits, defaults: dict[str, Any]) -> None:
+def build_annotate_tab(page: Page) -> None:
+    engine, limits, defaults = page.engine, page.limits, page.defaults
     """Every annotator's map on its own: the page's map tool and the /annotate endpoint."""
     with gr.Tab("Control maps", id="annotate"):
         gr.Markdown("Make a control map without generating: preview it, or download it to reuse.")
