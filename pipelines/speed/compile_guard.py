@@ -4,11 +4,14 @@ compile now, and the page says so), and the reason to show when a compile fails.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 
-from pipelines.loop.denoise import ControlUnit
 from pipelines.speed import fast_path, feature_cache
+
+if TYPE_CHECKING:  # a type only: speed/ does not import the loop
+    from pipelines.loop.denoise import ControlUnit
 
 
 def compile_notice(unet, units: list[ControlUnit], request, mode: str) -> str | None:
