@@ -1,6 +1,6 @@
 """CPU latency of every registered annotator at 512x512, on full-size networks with random weights.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/annotators.py [--repeats 3] [--only hed mlsd]
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.annotators [--repeats 3] [--only hed mlsd]
         [--detect-resolution 512]
 
 Builds every network at its real size (HED, M-LSD large, NormalBAE, DPT-Hybrid MiDaS, UperNet
@@ -32,8 +32,6 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' load
 # controlnet_aux's imports: torch.jit and timm deprecations, timm registry overwrites.
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", message="Overwriting .* in registry")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -45,6 +43,7 @@ from annotators.mlsd import MLSD_WEIGHTS  # noqa: E402
 from annotators.normal import BAE_WEIGHTS, build_normal_bae  # noqa: E402
 from annotators.util import output_size  # noqa: E402
 from settings import DEFAULT_MODEL_IDS  # noqa: E402
+from testkit.paths import ASSETS, PROJECT_ROOT  # noqa: E402
 
 IMAGE_RESOLUTION = 512
 
@@ -184,7 +183,8 @@ def main() -> None:
         parser.error("--repeats must be at least 1")
 
     if not {"openpose", "mediapipe_pose"} & ANNOTATORS.keys():
-        where = "is not registered" if (ROOT / "annotators" / "pose.py").exists() else "is absent"
+        pose_module = PROJECT_ROOT / "annotators" / "pose.py"
+        where = "is not registered" if pose_module.exists() else "is absent"
         note(f"annotators/pose.py {where} in ANNOTATORS: pose annotators skipped")
     # An annotator with weights missing from WEIGHTS fails to load (offline) and is reported.
     names = args.only or list(ANNOTATORS)
@@ -194,7 +194,7 @@ def main() -> None:
         f"{os.getloadavg()[0]:.2f}"
     )
 
-    image = np.asarray(Image.open(ROOT / "assets" / "astronaut.png").convert("RGB"))
+    image = np.asarray(Image.open(ASSETS / "astronaut.png").convert("RGB"))
     output_side = min(output_size(image.shape[0], image.shape[1], IMAGE_RESOLUTION))
     failed = []
     with tempfile.TemporaryDirectory() as folder:

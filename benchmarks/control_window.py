@@ -1,9 +1,9 @@
-"""What skipping the ControlNet outside its control window saves (issue 4).
+"""What skipping the ControlNet outside its control window saves.
 
-    python benchmarks/control_window.py [--device cpu] [--size 256] [--steps 10] [--repeats 3]
-    python benchmarks/control_window.py --tiny      # smoke test on tiny models (make test)
+    python -m benchmarks.control_window [--device cpu] [--size 256] [--steps 10] [--repeats 3]
+    python -m benchmarks.control_window --tiny      # smoke test on tiny models
 
-Builds SD1.5-size models with random weights (benchmarks/generate.py's builder: same FLOPs as the
+Builds SD1.5-size models with random weights (testkit/sd15_full_size.py: same FLOPs as the
 real checkpoints, no download) into a temporary MODELS_DIR, then times the app's Engine through
 its public `generate` at the same seed with the control window [start, end] set to the full run,
 half of it, a quarter, and nothing (start = end = 0), plus strength 0. Prints one JSON line per
@@ -22,15 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.generate import build_full_models, build_tiny  # noqa: E402
-from pipelines.engine import Engine  # noqa: E402
-from settings import Settings  # noqa: E402
+from pipelines.engine import Engine
+from settings import Settings
+from testkit.models_dir import build_tiny_canny
+from testkit.sd15_full_size import build_full_models
 
 WINDOWS = {  # name -> generate options
     "full": {"control_start": 0.0, "control_end": 1.0},
@@ -85,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as folder:
         models_dir = Path(folder)
-        built = build_tiny(models_dir) if args.tiny else build_full_models(models_dir, device)
+        if args.tiny:
+            started = time.perf_counter()
+            build_tiny_canny(models_dir)
+            built = {"build_s": time.perf_counter() - started}
+        else:
+            built = build_full_models(models_dir, device)
         engine = Engine(Settings(models_dir=models_dir), device=args.device)
         rng = np.random.default_rng(0)
         image = (rng.random((args.size, args.size, 3)) > 0.9).astype(np.uint8) * 255

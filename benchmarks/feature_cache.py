@@ -1,9 +1,9 @@
 """What feature caching (DeepCache) saves per step: FLOPs counted, and seconds measured.
 
-    python benchmarks/feature_cache.py [--size 512] [--time-size 256] [--repeats 3] [--device cpu]
-    python benchmarks/feature_cache.py --tiny    # the same code on tiny models (make test)
+    python -m benchmarks.feature_cache [--size 512] [--time-size 256] [--repeats 3] [--device cpu]
+    python -m benchmarks.feature_cache --tiny    # the same code on tiny models (make test)
 
-SD1.5-size UNet and ControlNet (benchmarks/generate.py's configs, random weights) for one
+SD1.5-size UNet and ControlNet (testkit/sd15_full_size.py's configs, random weights) for one
 denoising step with CFG (batch 2) and one ControlNet:
 
 - `flops`: counted with `torch.utils.flop_counter` on the meta device (no memory, no weights), for
@@ -15,7 +15,7 @@ denoising step with CFG (batch 2) and one ControlNet:
   FLOPs (what a compute-bound GPU can gain at most) and from the measured seconds.
 
 One JSON line per measurement. The images feature caching gives are checked in the tests; how fast
-a whole request runs with it is `benchmarks/generate.py`'s cache_eager / cache_fast phases.
+a whole request runs with it is `python -m benchmarks.generate`'s cache_eager / cache_fast phases.
 """
 
 from __future__ import annotations
@@ -26,17 +26,14 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from benchmarks.generate import CONTROLNET_CONFIG, UNET_CONFIG, _materialise  # noqa: E402
 from pipelines.speed import feature_cache  # noqa: E402
+from testkit.sd15_full_size import CONTROLNET_CONFIG, UNET_CONFIG, materialise  # noqa: E402
 
 STEPS = 20
 INTERVALS = (2, 3, 4, 5)
@@ -56,7 +53,7 @@ def build(device: torch.device, dtype: torch.dtype, tiny: bool):
         controlnet = ControlNetModel(**controlnet_config)
     if device.type != "meta":
         for seed, model in enumerate((unet, controlnet)):
-            _materialise(model, device, dtype, seed)
+            materialise(model, device, dtype, seed)
     return unet.eval(), controlnet.eval()
 
 

@@ -1,16 +1,16 @@
-"""Generation speed and memory: stock diffusers vs this app's engine, eager vs fast path (issue 7).
+"""Generation speed and memory: stock diffusers vs this app's engine, eager vs fast path.
 
-    python benchmarks/generate.py [--device cuda] [--size 512] [--steps 20] [--repeats 5]
+    python -m benchmarks.generate [--device cuda] [--size 512] [--steps 20] [--repeats 5]
         [--phases engine_eager,engine_fast,...] [--budget-s 240] [--deadline-s 480]
         [--compile auto|on|off] [--compile-mode reduce-overhead|max-autotune|...]
         [--compile-vae] [--tolerance 2.0] [--models-dir DIR]
-    python benchmarks/generate.py --tiny        # CPU smoke test on tiny models (make test)
-    python benchmarks/generate.py --build-only  # only build + save the full-size models, timed
+    python -m benchmarks.generate --tiny        # CPU smoke test on tiny models (make test)
+    python -m benchmarks.generate --build-only  # only build + save the full-size models, timed
 
-Builds SD1.5-size UNet, ControlNet, VAE and CLIP text encoder with random weights (no download:
-the configs are written out below, the weights filled on the device in seconds, saved in fp16 to a
-temporary MODELS_DIR), then runs, in one process, on the same inputs (512x512, 20 UniPC steps,
-CFG 7.5, one ControlNet):
+Run from the repository root. Builds SD1.5-size UNet, ControlNet, VAE and CLIP text encoder with
+random weights (testkit/sd15_full_size.py: no download, the weights filled on the device, saved
+in fp16 to a temporary MODELS_DIR), then runs, in one process, on the same inputs (512x512, 20
+UniPC steps, CFG 7.5, one ControlNet):
 
   engine_eager           the app's Engine through its public `generate` (eager, fp16 on CUDA)
   engine_fast            the same Engine after the fast path (pipelines/speed/fast_path.py: SDPA,
@@ -35,20 +35,20 @@ Phases run in that order whatever the order given to --phases: the targets' own 
 new-shape compiles of batch 4 last, so a --deadline-s cut drops the least. The engine and the stock
 pipeline stay loaded side by side; engine_fast applies pipelines/speed/fast_path.py in place to
 the engine's loaded modules (`engine.base_pipeline().unet/.vae`, `engine.controlnet("canny")`),
-exactly the
-calls the engine makes itself when FAST_PATH is on, after engine_eager has made the references.
-Every call uses the same prompt, so after the first the engine takes its text embeddings from its
-cache (pipelines/loop/prompt_embeddings.py), as a repeated prompt does in the app; stock encodes
-it each time.
+exactly the calls the engine makes itself when FAST_PATH is on, after engine_eager has made the
+references. Every call uses the same prompt, so after the first the engine takes its text
+embeddings from its cache (pipelines/loop/prompt_embeddings.py), as a repeated prompt does in the
+app; stock encodes it each time.
 
-Output: one JSON line per phase, flushed as soon as it is measured: `seconds_per_image` (median
-of --repeats calls after warm-up, divided by the batch), `min`, `batch`, `warmup_s`, `compile_s`
-(warm-up time beyond that of ordinary calls), the configuration's own memory (`weights_gib`, plus
-what its calls added: `peak_gib` allocated, `peak_reserved_gib` reserved, CUDA-graph pools
-included), and for fast phases `max_abs_diff` / `mean_abs_diff` / `matches_eager` against the
-eager engine's images at the same seed (uint8 levels; the eager vs fast check the issue asks for).
-The engine_eager, engine_fast and engine_fast_batch4 records also hold `breakdown_s`: one more
-call timed part by part (text encoding, denoising loop, its ControlNets and sampler steps, VAE
+Output: one JSON line per phase, flushed as soon as it is measured (benchmarks/timing.py):
+`seconds_per_image` (median of --repeats calls after warm-up, divided by the batch), `min`,
+`batch`, `warmup_s`, `compile_s` (warm-up time beyond that of ordinary calls), the
+configuration's own memory (`weights_gib`, plus what its calls added: `peak_gib` allocated,
+`peak_reserved_gib` reserved, CUDA-graph pools included), and for fast phases `max_abs_diff` /
+`mean_abs_diff` / `matches_eager` against the eager engine's images at the same seed (uint8
+levels: whether the fast path changes the images). The engine_eager, engine_fast and
+engine_fast_batch4 records also hold `breakdown_s`: one more call timed part by part
+(benchmarks/breakdown.py: text encoding, denoising loop, its ControlNets and sampler steps, VAE
 decode, the rest), with a device synchronisation around each part.
 A phase that fails prints {"phase": ..., "error": ...} and the run goes on; a phase past its
 --budget-s stops repeating; phases that would start after --deadline-s print
@@ -60,28 +60,34 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
-import json
 import os
-import statistics
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.breakdown import breakdown  # noqa: E402
+from benchmarks.timing import (  # noqa: E402
+    Config,
+    Run,
+    compare,
+    free,
+    measure,
+    memory_now,
+    reset_compiled,
+    weight_bytes,
+)
 from pipelines.speed import fast_path  # noqa: E402
 from settings import COMPILE_MODES, DEFAULT_MODEL_IDS, Limits, Settings  # noqa: E402
+from testkit.sd15_full_size import build_full_models  # noqa: E402
 
 ENGINE_PHASES = (
     "engine_eager",
@@ -93,9 +99,9 @@ ENGINE_PHASES = (
     "lcm_fast",  # LCM-LoRA: 4 steps without CFG, other images
 )
 STOCK_PHASES = ("stock_eager", "stock_compiled", "stock_eager_batch4", "stock_compiled_batch4")
-# The run order: what the issue's targets need first (batch 1 beside stock compiled), so that a
+# The run order: what the speed targets need first (batch 1 beside stock compiled), so that a
 # --deadline-s cut, or a device lease running out, drops the least. Each compile of a new shape
-# costs a minute or two on an H200 (DESIGN.md §6), so the batch-4 compiles come last.
+# is the slowest part of a phase, so the batch-4 compiles come last.
 PHASES = (
     "engine_eager",
     "cache_eager",  # eager: seconds, no compile
@@ -116,162 +122,14 @@ LCM_STEPS = 4  # LCM-LoRA's fewest advised steps
 PROMPT = "a photo of a house by a lake"
 NEGATIVE = "lowres, bad anatomy, worst quality, low quality"
 CONTROL_ROLE = "canny"
-GIB = 2**30
-
-# ---- SD1.5 at full size (Hub configs of stable-diffusion-v1-5 and control_v11p_sd15_canny) ----
-_SD15_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
-_SD15_UP = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
-# What the UNet's encoder and the ControlNet (its trainable copy, paper §3.2) share.
-_SD15_ENCODER: dict[str, Any] = {
-    "in_channels": 4,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "down_block_types": _SD15_DOWN,
-    "block_out_channels": (320, 640, 1280, 1280),
-    "layers_per_block": 2,
-    "downsample_padding": 1,
-    "mid_block_scale_factor": 1,
-    "act_fn": "silu",
-    "norm_num_groups": 32,
-    "norm_eps": 1e-5,
-    "cross_attention_dim": 768,
-    "attention_head_dim": 8,
-}
-UNET_CONFIG: dict[str, Any] = {
-    **_SD15_ENCODER,
-    "sample_size": 64,
-    "out_channels": 4,
-    "center_input_sample": False,
-    "up_block_types": _SD15_UP,
-}
-CONTROLNET_CONFIG: dict[str, Any] = {
-    **_SD15_ENCODER,
-    "conditioning_channels": 3,
-    "conditioning_embedding_out_channels": (16, 32, 96, 256),
-    "controlnet_conditioning_channel_order": "rgb",
-}
-VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2,
-    "act_fn": "silu",
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 512,
-    "scaling_factor": 0.18215,
-}
-# CLIP ViT-L/14's text tower (openai/clip-vit-large-patch14, SD1.5's text_encoder).
-CLIP_TEXT_CONFIG: dict[str, Any] = {
-    "vocab_size": 49408,
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "max_position_embeddings": 77,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
-    "projection_dim": 768,
-}
-_POOL = 1 << 22  # random values shared by every weight: filling 1.2 B parameters takes seconds
-
-
-def _fill_random(model: torch.nn.Module, seed: int) -> None:
-    """Random weights at a sane scale, fast on any device: matrices and kernels ~ N(0, 1 / (3 x
-    fan_in)) (PyTorch's default Linear scale), norm scales 1, biases 0. Values are slices of one
-    random pool taken at different offsets, so no per-parameter random generation is needed."""
-    first = next(model.parameters())
-    generator = torch.Generator("cpu").manual_seed(seed)
-    pool = torch.randn(_POOL, generator=generator).to(first.device, first.dtype)
-    with torch.no_grad():
-        for index, (name, parameter) in enumerate(model.named_parameters()):
-            if parameter.ndim < 2:
-                parameter.fill_(1.0 if name.endswith("weight") else 0.0)
-                continue
-            scale = (3 * parameter[0].numel()) ** -0.5
-            flat = parameter.view(-1)
-            start, offset = 0, (index * 104_729) % _POOL
-            while start < flat.numel():
-                count = min(flat.numel() - start, _POOL - offset)
-                torch.mul(pool[offset : offset + count], scale, out=flat[start : start + count])
-                start, offset = start + count, 0
-
-
-def _materialise(model: torch.nn.Module, device: torch.device, dtype, seed: int):
-    model.to(dtype=dtype)  # still on the meta device: free
-    model.to_empty(device=device)
-    _fill_random(model, seed)
-    return model
-
-
-def build_full_models(models_dir: Path, device: torch.device) -> dict[str, float]:
-    """SD1.5-size base + canny ControlNet with random fp16 weights, saved under `models_dir` in the
-    Hub layout (what MODELS_DIR holds). Built on `device` (seconds on a GPU). Returns timings."""
-    from diffusers import (
-        AutoencoderKL,
-        ControlNetModel,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from tiny_models import _SD15_SCHEDULER, _tokenizer
-
-    timings = {}
-    started = time.perf_counter()
-    base_dir = models_dir / DEFAULT_MODEL_IDS["base"]
-    tokenizer = _tokenizer(base_dir / "tokenizer")  # byte-level: 77 tokens all the same
-    text_config = CLIPTextConfig(
-        **CLIP_TEXT_CONFIG,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    dtype = torch.float16
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**UNET_CONFIG)
-        vae = AutoencoderKL(**VAE_CONFIG)
-        controlnet = ControlNetModel(**CONTROLNET_CONFIG)
-        text_encoder = CLIPTextModel(text_config)
-    for seed, model in enumerate((unet, vae, controlnet, text_encoder)):
-        _materialise(model, device, dtype, seed)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    timings["build_s"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=PNDMScheduler.from_config(_SD15_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(base_dir, safe_serialization=True)
-    controlnet.save_pretrained(
-        models_dir / DEFAULT_MODEL_IDS[CONTROL_ROLE], safe_serialization=True
-    )
-    timings["save_s"] = time.perf_counter() - started
-    parameters = sum(
-        p.numel() for m in (unet, vae, controlnet, text_encoder) for p in m.parameters()
-    )
-    timings["parameters_m"] = round(parameters / 1e6, 1)
-    del pipe, unet, vae, controlnet, text_encoder
-    _free(device)
-    return timings
 
 
 def build_tiny(models_dir: Path) -> dict[str, float]:
-    from tiny_models import build_models_dir
+    """The tiny base and canny ControlNet (--tiny); how long building them took."""
+    from testkit.models_dir import build_tiny_canny
 
     started = time.perf_counter()
-    build_models_dir(models_dir, [DEFAULT_MODEL_IDS[CONTROL_ROLE]])
+    build_tiny_canny(models_dir)
     return {"build_s": time.perf_counter() - started}
 
 
@@ -279,7 +137,7 @@ def build_lcm_lora(models_dir: Path) -> dict[str, Any]:
     """A random LoRA of LCM-LoRA's layout for the base in `models_dir` (where the app looks for
     LCM-LoRA), for lcm_fast: merged, it costs what the real one does. Needs peft."""
     from settings import OPTIONAL_MODEL_IDS
-    from tiny_models import build_random_lcm_lora
+    from testkit.tiny_models import build_random_lcm_lora
 
     target = models_dir / OPTIONAL_MODEL_IDS["lcm_lora"]
     if (target / "pytorch_lora_weights.safetensors").exists():
@@ -297,228 +155,6 @@ def has_models(models_dir: Path) -> bool:
         (models_dir / DEFAULT_MODEL_IDS[role] / name).exists()
         for role, name in (("base", "model_index.json"), (CONTROL_ROLE, "config.json"))
     )
-
-
-# ---- measuring -----------------------------------------------------------------------------------
-@dataclass
-class Config:
-    device: torch.device
-    size: int
-    steps: int
-    repeats: int
-    warmup: int | None  # None: 1 eager, 2 compiled (compile, then record the CUDA graphs)
-    budget_s: float
-    deadline: float | None  # perf_counter() time after which no phase starts
-    compile: bool
-    compile_vae: bool
-    tolerance: float
-    guidance: float = 7.5
-    backend: str = "inductor"  # "eager": check the compile flow (fullgraph capture) on a CPU
-    compile_mode: str = "reduce-overhead"  # the engine's (COMPILE_MODE); stock keeps this one
-    seed: int = 1234
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    def warmups(self, compiled: bool) -> int:
-        if self.warmup is not None:
-            return self.warmup
-        return 2 if compiled else 1
-
-
-@dataclass
-class Run:
-    records: dict[str, dict] = field(default_factory=dict)
-    errors: list[dict] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    mismatches: list[str] = field(default_factory=list)
-
-    def emit(self, record: dict) -> None:
-        print(json.dumps(record, default=str), flush=True)
-        if "error" in record:
-            self.errors.append(record)
-        elif "skipped" in record:
-            self.skipped.append(record["phase"])
-        elif "phase" in record:
-            self.records[record["phase"]] = record
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-
-
-def _reset_compiled() -> None:
-    """Drop compiled code and CUDA-graph pools (after a group's models are gone)."""
-    torch._dynamo.reset()
-    try:
-        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
-
-        reset_cudagraph_trees()
-    except Exception:  # noqa: BLE001 (best effort: only memory is at stake)
-        pass
-
-
-def memory_now(cfg: Config) -> tuple[int, int]:
-    """(allocated, reserved) bytes on the GPU, after returning unused cached blocks."""
-    if not cfg.cuda:
-        return 0, 0
-    _free(cfg.device)
-    return torch.cuda.memory_allocated(cfg.device), torch.cuda.memory_reserved(cfg.device)
-
-
-def weight_bytes(*modules: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
-
-
-def measure(
-    name: str,
-    call: Callable[[], np.ndarray],
-    *,
-    cfg: Config,
-    batch: int,
-    compiled: bool,
-    resident: int = 0,
-    start: tuple[int, int] | None = None,
-) -> tuple[dict, np.ndarray]:
-    """Warm up, then time up to cfg.repeats calls (fewer when the budget runs out).
-
-    Peak memory is this configuration's own, though other models share the GPU: `resident` bytes
-    (its weights) plus what the timed calls took above `start` (`memory_now()`, by default taken
-    now, before the warm-up). `peak_gib` is the allocator's most allocated; `peak_reserved_gib`
-    its most reserved, which also holds the CUDA-graph pools recorded during the warm-up (their
-    replays allocate nothing, so only reserved memory shows them): the target is checked on it.
-    """
-    began_phase = time.perf_counter()
-    start = memory_now(cfg) if start is None else start
-    limit = began_phase + cfg.budget_s
-    if cfg.deadline is not None:
-        limit = min(limit, cfg.deadline)
-    warm_times = []
-    for _ in range(cfg.warmups(compiled)):
-        began = time.perf_counter()
-        images = call()
-        warm_times.append(time.perf_counter() - began)
-    if cfg.cuda:
-        torch.cuda.synchronize(cfg.device)
-        torch.cuda.reset_peak_memory_stats(cfg.device)
-    times = []
-    for _ in range(cfg.repeats):
-        if times and time.perf_counter() > limit:
-            break
-        began = time.perf_counter()
-        images = call()
-        times.append(time.perf_counter() - began)
-    median = statistics.median(times)
-    record = {
-        "phase": name,
-        "batch": batch,
-        "seconds_per_image": round(median / batch, 4),
-        "min": round(min(times) / batch, 4),
-        "seconds_per_call": round(median, 4),
-        "repeats": len(times),
-        "warmup_s": round(sum(warm_times), 2),
-        "compile_s": round(max(0.0, sum(warm_times) - len(warm_times) * median), 2)
-        if compiled
-        else 0.0,
-        "compiled": compiled,
-        "peak_gib": None,
-        "peak_reserved_gib": None,
-        "weights_gib": round(resident / GIB, 3),
-        "phase_s": round(time.perf_counter() - began_phase, 1),
-    }
-    if cfg.cuda:
-        added = torch.cuda.max_memory_allocated(cfg.device) - start[0]
-        held = torch.cuda.max_memory_reserved(cfg.device) - start[1]
-        record["peak_gib"] = round((resident + max(0, added)) / GIB, 3)
-        record["peak_reserved_gib"] = round((resident + max(0, held)) / GIB, 3)
-    return record, images
-
-
-# Where one engine call's time goes: (name, module, attribute) of the functions timed, each with a
-# device synchronisation before and after (which itself costs a little: the parts add up to more
-# than an untimed call). "controlnets" and "sampler_steps" run inside "denoise". A sampler's step
-# is its planned one (pipelines/step_plan) where it has a plan, else diffusers' own.
-BREAKDOWN_PARTS = (
-    ("encode_prompt", "pipelines.engine", "encode_prompt"),
-    ("denoise", "pipelines.engine", "denoise"),
-    ("controlnets", "pipelines.loop.denoise", "control_residuals"),
-    ("decode", "pipelines.engine", "decode_latents"),
-)
-
-
-def breakdown(call: Callable[[], np.ndarray], cfg: Config) -> dict[str, float]:
-    """One more call of `call`, timed part by part (seconds): text encoding, the denoising loop
-    and in it the ControlNets and the sampler's steps (the rest of the loop is the UNet's), the
-    VAE decode, and everything else (`outside`)."""
-    import importlib
-
-    from pipelines.loop.schedulers import make_scheduler
-    from pipelines.loop.step_plan import Trajectory
-
-    # (name, owner, attribute) of each function timed; the sampler's steps are methods.
-    targets = [
-        (name, importlib.import_module(module), attribute)
-        for name, module, attribute in BREAKDOWN_PARTS
-    ]
-    targets.append(("sampler_steps", type(make_scheduler("UniPC", {})), "step"))
-    targets.append(("sampler_steps", Trajectory, "step"))
-    totals = {name: 0.0 for name, _, _ in targets}
-
-    def sync() -> None:
-        if cfg.cuda:
-            torch.cuda.synchronize(cfg.device)
-
-    def timed(name: str, function: Callable) -> Callable:
-        def wrapper(*args, **kwargs):
-            sync()
-            began = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                sync()
-                totals[name] += time.perf_counter() - began
-
-        return wrapper
-
-    originals = [(owner, attribute, getattr(owner, attribute)) for _, owner, attribute in targets]
-    try:
-        for name, owner, attribute in targets:
-            setattr(owner, attribute, timed(name, getattr(owner, attribute)))
-        sync()
-        began = time.perf_counter()
-        call()
-        sync()
-        total = time.perf_counter() - began
-    finally:
-        for owner, attribute, original in originals:
-            setattr(owner, attribute, original)
-    parts = {name: round(value, 4) for name, value in totals.items()}
-    parts["unet_and_loop"] = round(
-        totals["denoise"] - totals["controlnets"] - totals["sampler_steps"], 4
-    )
-    parts["outside"] = round(
-        total - totals["encode_prompt"] - totals["denoise"] - totals["decode"], 4
-    )
-    return {"total": round(total, 4), **parts}
-
-
-def compare(images: np.ndarray, reference: np.ndarray | None, tolerance: float) -> dict:
-    """Differences in uint8 levels; `matches_eager` when the mean is within `tolerance`."""
-    if reference is None:
-        return {"matches_eager": None}
-    if images.shape != reference.shape:
-        return {"matches_eager": False, "shape": [list(images.shape), list(reference.shape)]}
-    difference = np.abs(images.astype(np.int16) - reference.astype(np.int16))
-    mean = float(difference.mean())
-    return {
-        "max_abs_diff": int(difference.max()),
-        "mean_abs_diff": round(mean, 4),
-        "matches_eager": mean <= tolerance,
-    }
 
 
 def control_image(size: int) -> np.ndarray:
@@ -718,9 +354,9 @@ class Bench:
         finally:
             self.engine = self.pipe = None
             self.eager_modules, self.compiled_modules = {}, {}
-            _free(self.cfg.device)
-            _reset_compiled()
-            _free(self.cfg.device)
+            free(self.cfg.device)
+            reset_compiled()
+            free(self.cfg.device)
 
     # -- the engine --
     def engine_phase(self, phase: str, later: list[str]) -> None:
@@ -754,7 +390,7 @@ class Bench:
             resident=self.engine_bytes(),
         )
         if phase in BREAKDOWN_PHASES:
-            extra["breakdown_s"] = breakdown(call, cfg)
+            extra["breakdown_s"] = breakdown(call, cfg.device)
         if phase == "engine_eager":
             self.references[setup] = images
             # The exact eager images the phases to come are compared with, one call each.
@@ -793,8 +429,8 @@ class Bench:
         batch = BATCH4 if phase.endswith("batch4") else 1
         wants_compile = phase.startswith("stock_compiled") and cfg.compile
         if wants_compile and not self.compiled_modules:
-            # As diffusers documents it and the DESIGN.md §6 anchors ran it: the pipeline sees
-            # compiled modules and marks each CUDA-graph step itself.
+            # As diffusers documents it: the pipeline sees compiled modules and marks each
+            # CUDA-graph step itself.
             options: dict[str, Any] = {"fullgraph": True, "mode": "reduce-overhead"}
             if cfg.backend != "inductor":
                 options = {"fullgraph": True, "backend": cfg.backend}
@@ -827,7 +463,7 @@ class Bench:
             pipe = engine.base_pipeline()
             engine.controlnet(CONTROL_ROLE)  # the ControlNet stays on the device (0.7 GB)
             steps = fast_path.low_memory(pipe, cfg.device)
-            _free(cfg.device)
+            free(cfg.device)
             warnings: set[str] = set()
             record, _ = measure(
                 "low_memory",
@@ -841,7 +477,7 @@ class Bench:
             self.run.emit(record)
         finally:
             del engine
-            _free(cfg.device)
+            free(cfg.device)
 
 
 # ---- the run -------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Load test of the web app: concurrent gradio_client clients across the tabs, nothing lost.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/load.py [--clients 4] [--requests 3]
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.load [--clients 4] [--requests 3]
         [--url http://127.0.0.1:7860/] [--queue-size 20]
 
 Without --url it builds tiny random-weight models for every condition in a temporary MODELS_DIR
-(no downloads, the same builders as tests/conftest.py) and starts `python app.py` on them on CPU.
+(no downloads: testkit/models_dir.py, the tests' own MODELS_DIR) and starts `python app.py` on
+them on CPU.
 Each client (one thread, one `Client`) sends --requests small requests (2 steps, 256 px), cycling
 through /canny, /scribble, /hed, /depth, /seg, /openpose (mediapipe pose) and /annotate. Every
 request ends as exactly one of: completed (a well-formed result), rejected (Gradio's
@@ -17,24 +18,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT / "assets"
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from gradio_client import Client, handle_file  # noqa: E402
+
+from testkit.app_process import start_app, stop_app  # noqa: E402
+from testkit.models_dir import build_tiny_models  # noqa: E402
+from testkit.paths import ASSETS  # noqa: E402
 
 # What gradio_client raises (QueueError) when the server answers that its queue is full.
 QUEUE_FULL = "Queue is full"
@@ -168,111 +167,6 @@ def run_load(url: str, clients: int = 4, requests_per_client: int = 3) -> dict:
         "wall_s": round(wall, 3),
         "throughput_per_s": round(tally.completed / wall, 3) if wall else 0.0,
     }
-
-
-# A community SD1.5 checkpoint as one original-layout .safetensors file, relative to MODELS_DIR.
-COMMUNITY_BASE = "community/tiny-community.safetensors"
-COMMUNITY_BASE_MODELS = f"Tiny community={COMMUNITY_BASE}"  # the BASE_MODELS setting for it
-
-
-def build_tiny_models(folder: Path) -> Path:
-    """Tiny SD1.5, a tiny ControlNet for every role a condition uses (v1.0 MiDaS normals too), the
-    v1.0 canny ControlNet, TAESD for previews, an LCM-LoRA, a second base as a single-file
-    checkpoint (COMMUNITY_BASE), and annotator weights (HED, M-LSD, DPT-Hybrid, UperNet): the
-    tests' MODELS_DIR as well."""
-    from annotator_weights import save_hed_and_mlsd, save_tiny_dpt_hybrid, save_tiny_upernet
-    from conditions import CONDITIONS
-    from ldm_checkpoint import write_ldm_checkpoint
-    from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS, V10_MODEL_IDS
-    from tiny_models import (
-        build_models_dir,
-        build_random_lcm_lora,
-        build_tiny_base,
-        build_tiny_controlnet,
-        build_tiny_taesd,
-    )
-
-    roles = {condition.controlnet_role for condition in CONDITIONS.values()}
-    for condition in CONDITIONS.values():
-        roles.update(condition.controlnet_role_by_annotator.values())
-    build_models_dir(folder, [DEFAULT_MODEL_IDS[role] for role in sorted(roles)])
-    build_tiny_controlnet(folder / V10_MODEL_IDS["canny"], seed=99)
-    build_tiny_taesd(folder / OPTIONAL_MODEL_IDS["preview_decoder"])
-    build_random_lcm_lora(
-        folder / OPTIONAL_MODEL_IDS["lcm_lora"], folder / DEFAULT_MODEL_IDS["base"]
-    )
-    with tempfile.TemporaryDirectory() as scratch:
-        community = build_tiny_base(Path(scratch) / "community", seed=5)
-        write_ldm_checkpoint(community, folder / COMMUNITY_BASE)
-    save_hed_and_mlsd(folder)
-    save_tiny_dpt_hybrid(folder)
-    save_tiny_upernet(folder)
-    return folder
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_app(
-    models_dir: Path,
-    log_path: Path,
-    queue_size: int | None = None,
-    timeout: float = 180,
-    extra_env: dict[str, str] | None = None,
-) -> tuple[str, subprocess.Popen]:
-    """`python app.py` on `models_dir`, on CPU, output to `log_path`; (url, process) once it serves.
-
-    Raises RuntimeError (with the log) if it exits or does not answer within `timeout` seconds.
-    """
-    port = free_port()
-    env = {
-        **os.environ,
-        "MODELS_DIR": str(models_dir),
-        "HF_HUB_OFFLINE": "1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "DEVICE": "cpu",
-        "PYTHONUNBUFFERED": "1",
-    }
-    if queue_size is not None:
-        env["QUEUE_SIZE"] = str(queue_size)
-    env.update(extra_env or {})
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            log = log_path.read_text(errors="replace")
-            raise RuntimeError(f"app.py exited with {process.returncode}:\n{log}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return url, process
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            stop_app(process)
-            log = log_path.read_text(errors="replace")
-            raise RuntimeError(f"app.py did not start within {timeout:.0f} s:\n{log}")
-        time.sleep(0.5)
-
-
-def stop_app(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """What planned sampler steps save: a denoising loop with diffusers' own steps against the plan's.
 
-    python benchmarks/sampler_steps.py [--device cuda] [--size 64] [--steps 20] [--model-ms 6]
-    python benchmarks/sampler_steps.py --tiny    # the same code, small and quick (make test)
+    python -m benchmarks.sampler_steps [--device cuda] [--size 64] [--steps 20] [--model-ms 6]
+    python -m benchmarks.sampler_steps --tiny    # the same code, small and quick (make test)
 
 A stand-in model keeps the device busy for about --model-ms per step, as the UNet would: large
 fp16 matmuls on CUDA, nothing on the CPU. What counts is whether the host can queue the next step
@@ -27,43 +27,21 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-
-from pipelines.loop import step_plan  # noqa: E402
-from pipelines.loop.schedulers import make_scheduler  # noqa: E402
-from tiny_models import _SD15_SCHEDULER as SD15_SCHEDULER  # noqa: E402
+from pipelines.loop import step_plan
+from pipelines.loop.schedulers import make_scheduler
+from testkit.host_transfers import HostTransfers
+from testkit.tiny_models import SD15_SCHEDULER  # runwayml/stable-diffusion-v1-5's
 
 SAMPLERS = ("UniPC", "DPM++ 2M Karras", "DDIM", "Euler a")  # Euler a: noise at every step
 
 
-class HostTransfers(TorchDispatchMode):
-    """Counts what makes a GPU stream wait for the host: copies from the CPU to another device,
-    and reads of a device tensor's value (`item`, `nonzero`)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        aten = torch.ops.aten
-        result = func(*args, **(kwargs or {}))
-        packet = func.overloadpacket
-        if packet in (aten.to, aten._to_copy):  # inference mode dispatches `to` itself
-            self.count += args[0].device.type == "cpu" and result.device.type != "cpu"
-        elif packet in (aten.copy_, aten.copy):
-            self.count += args[1].device.type == "cpu" and args[0].device.type != "cpu"
-        elif packet in (aten._local_scalar_dense, aten.nonzero):
-            self.count += args[0].device.type != "cpu"
-        return result
-
-
 class OpCount(TorchDispatchMode):
+    """Counts every aten op dispatched: what a sampler's step costs the host."""
+
     def __init__(self):
         super().__init__()
         self.count = 0

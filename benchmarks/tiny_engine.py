@@ -1,10 +1,10 @@
 """CPU timing of the engine on tiny models: a regression check of the engine's overhead.
 
-    python benchmarks/tiny_engine.py [--steps 20] [--resolution 512] [--repeats 5]
+    python -m benchmarks.tiny_engine [--steps 20] [--resolution 512] [--repeats 5]
 
 Builds tiny SD1.5 + ControlNet models in a temporary MODELS_DIR (no downloads), then prints one
-JSON line per control mode: median seconds per call. Real-size speed is issue 7's
-`benchmarks/generate.py`, measured on a GPU.
+JSON line per control mode: median seconds per call. Real-size speed is
+`python -m benchmarks.generate`, measured on a GPU.
 """
 
 from __future__ import annotations
@@ -13,19 +13,17 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from settings import DEFAULT_MODEL_IDS, Settings  # noqa: E402
+from settings import Settings  # noqa: E402
+from testkit.paths import ASSETS  # noqa: E402
 
 
 def main() -> None:
@@ -36,11 +34,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipelines.engine import Engine
-    from tiny_models import build_models_dir
+    from testkit.models_dir import build_tiny_canny
 
-    image = np.asarray(Image.open(ROOT / "assets" / "astronaut.png").convert("RGB"))
+    image = np.asarray(Image.open(ASSETS / "astronaut.png").convert("RGB"))
     with tempfile.TemporaryDirectory() as folder:
-        models_dir = build_models_dir(Path(folder), [DEFAULT_MODEL_IDS["canny"]])
+        models_dir = build_tiny_canny(Path(folder))
         engine = Engine(Settings(models_dir=models_dir), device="cpu")
         options = {"steps": args.steps, "image_resolution": args.resolution, "seed": 0}
         started = time.perf_counter()

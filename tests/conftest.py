@@ -10,32 +10,22 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-ASSETS = PROJECT_ROOT / "assets"
-sys.path.insert(0, str(PROJECT_ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from benchmarks.load import (  # noqa: E402
-    COMMUNITY_BASE,
-    COMMUNITY_BASE_MODELS,
-    build_tiny_models,
-    start_app,
-    stop_app,
-)
 from settings import Settings, parse_base_models  # noqa: E402
+from testkit.app_process import start_app, stop_app  # noqa: E402
+from testkit.models_dir import COMMUNITY_BASE, COMMUNITY_BASE_MODELS, build_tiny_models  # noqa: E402
+from testkit.paths import ASSETS  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
-    """Tiny models for every condition and annotator weights; NormalBAE and OpenPose weights stay
-    missing (their own tests build them)."""
+    """Tiny models for every condition and annotator weights (testkit.models_dir); NormalBAE and
+    OpenPose weights stay missing (their own tests build them)."""
     return build_tiny_models(tmp_path_factory.mktemp("models"))
 
 

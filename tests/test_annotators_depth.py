@@ -1,4 +1,4 @@
-"""Depth and normal maps: MiDaS depth, v1.0 normals from depth, NormalBAE (DESIGN.md §3).
+"""Depth and normal maps: MiDaS depth, v1.0 normals from depth, NormalBAE.
 
 The MiDaS model is a tiny but real DPT-Hybrid (`DPTConfig(is_hybrid=True)`, BiT backbone) with
 random weights, saved like the Hub repo `Intel/dpt-hybrid-midas` (config.json, model.safetensors,
@@ -23,7 +23,6 @@ import pytest
 import torch
 from transformers import DPTForDepthEstimation
 
-from annotator_weights import save_random_normal_bae, save_tiny_dpt_hybrid
 from annotators import LoadContext, make_control_map
 from annotators.depth import MidasDepthAnnotator, depth_to_map, load_depth_estimator
 from annotators.normal import (
@@ -35,6 +34,7 @@ from annotators.normal import (
 from annotators.util import output_size, resize_image
 from errors import ModelUnavailableError
 from settings import DEFAULT_MODEL_IDS
+from testkit.annotator_weights import save_random_normal_bae, save_tiny_dpt_hybrid
 
 DPT_ID = DEFAULT_MODEL_IDS["depth_estimator"]
 ANNOTATORS_ID = DEFAULT_MODEL_IDS["annotators"]

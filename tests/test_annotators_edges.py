@@ -23,7 +23,6 @@ from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
 from controlnet_aux.mlsd import MLSDdetector
 from controlnet_aux.mlsd.models.mbv2_mlsd_large import MobileV2_MLSD_Large
 
-from annotator_weights import save_hed_and_mlsd
 from annotators import LoadContext, make_control_map
 from annotators.hed import (
     HED_WEIGHTS,
@@ -38,6 +37,7 @@ from annotators.util import HWC3, output_size
 from errors import ModelUnavailableError
 from pipelines.models.lru import ModelCache
 from settings import DEFAULT_MODEL_IDS
+from testkit.annotator_weights import save_hed_and_mlsd
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ANNOTATORS = {

@@ -17,7 +17,6 @@ import cv2
 import numpy as np
 import pytest
 
-from annotator_weights import save_tiny_upernet, save_upernet_processor, tiny_upernet
 from annotators import make_control_map
 from annotators.ade20k import ADE20K_CLASSES, ADE20K_PALETTE, NUM_CLASSES, colorize
 from annotators.base import LoadContext
@@ -25,6 +24,7 @@ from annotators.seg import UpernetSegAnnotator
 from annotators.util import output_size
 from errors import ModelUnavailableError
 from settings import DEFAULT_MODEL_IDS
+from testkit.annotator_weights import save_tiny_upernet, save_upernet_processor, tiny_upernet
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SEGMENTER_ID = DEFAULT_MODEL_IDS["segmenter"]  # openmmlab/upernet-convnext-small

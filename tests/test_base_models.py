@@ -14,9 +14,9 @@ from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 from safetensors import safe_open
 
 from errors import ModelUnavailableError
-from ldm_checkpoint import write_ldm_checkpoint
 from pipelines.models.base_models import base_source_kind, check_base_source, load_base_pipeline
-from tiny_models import BASE_ID, build_tiny_base
+from testkit.ldm_checkpoint import write_ldm_checkpoint
+from testkit.tiny_models import BASE_ID, build_tiny_base
 
 COMPONENTS = ("unet", "vae", "text_encoder")
 CHECKPOINT = "community/tiny-sd15.safetensors"

@@ -1,5 +1,5 @@
 """Several ControlNets at once, the control window, resize modes, base models, the v1.0 family,
-per-image seeds and parameters in every PNG (issue 4), on the tiny models."""
+per-image seeds and parameters in every PNG, on the tiny models."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from test_browser import page as page  # noqa: F401 (the headless Chromium fixtu
 
 from annotators import ANNOTATORS, make_control_map
 from annotators.util import fill_to, fitted_size, target_size
-from conftest import ASSETS
 from errors import InvalidRequestError
 from png_info import png_bytes_with_parameters, read_parameters
 from settings import DEFAULT_MODEL_IDS, V10_MODEL_IDS, parse_base_models
+from testkit.paths import ASSETS
 
 FAST = {"steps": 3, "image_resolution": 256, "seed": 11}
 

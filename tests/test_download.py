@@ -13,7 +13,7 @@ import pytest
 
 import download
 from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS, V10_MODEL_IDS, Settings
-from tiny_models import BASE_ID, build_tiny_base, build_tiny_controlnet
+from testkit.tiny_models import BASE_ID, build_tiny_base, build_tiny_controlnet
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CANNY_ID = DEFAULT_MODEL_IDS["canny"]
@@ -335,8 +335,8 @@ def test_download_precision_fp16_from_a_mirror(mirror, tmp_path):
 
 
 def test_optional_models_are_fetched_when_named_not_with_all(tmp_path):
-    from tiny_models import build_tiny_taesd
-    from tiny_safety import build_tiny_safety_checker
+    from testkit.tiny_models import build_tiny_taesd
+    from testkit.tiny_safety import build_tiny_safety_checker
 
     mirror = tmp_path / "hub"
     build_tiny_safety_checker(mirror / OPTIONAL_MODEL_IDS["safety_checker"])

@@ -59,7 +59,7 @@ def test_low_memory_engine_generates_the_same_images(settings, engine, astronaut
 
 @pytest.mark.parametrize("always_flag", [True, False])
 def test_safety_checker_setting_blackens_flagged_images(settings, astronaut, tmp_path, always_flag):
-    from tiny_safety import build_tiny_safety_checker
+    from testkit.tiny_safety import build_tiny_safety_checker
 
     checker_dir = build_tiny_safety_checker(tmp_path / "checker", always_flag=always_flag)
     checked = dataclasses.replace(
@@ -111,7 +111,7 @@ def test_warm_up_compiles_the_default_request_so_the_first_visitor_does_not(
 
     fast_engine = Engine(dataclasses.replace(settings, fast_path="on"), device="cpu")
     notice = fast_engine.warm_up()
-    size = settings.defaults.image_resolution
+    size = fast_engine.defaults["image_resolution"]
     assert f"First request at {size}x{size}, 1 image for the UNet and the Canny ControlNet" in (
         notice or ""
     )

@@ -2,10 +2,10 @@
 smoke run.
 
 What needs a GPU (fp16, Inductor kernels, CUDA graphs, model CPU offload, the speed targets) is
-measured by `benchmarks/generate.py` on one; here: the switch, that channels_last and fused QKV
-leave outputs unchanged, that the models trace as one graph (Dynamo with the eager backend:
-Inductor itself takes ~100 s per tiny model on this CPU), the shape tracker, and the benchmark's
-JSON lines.
+measured by `python -m benchmarks.generate` on one; here: the switch, that channels_last and fused
+QKV leave outputs unchanged, that the models trace as one graph (Dynamo with the eager backend:
+Inductor's own compile of even a tiny model is too slow for a CPU test run), the shape tracker,
+and the benchmark's JSON lines.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ CANNY_ID = DEFAULT_MODEL_IDS["canny"]
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
-    from tiny_models import build_models_dir
+    from testkit.tiny_models import build_models_dir
 
     return build_models_dir(tmp_path_factory.mktemp("fast_models"), [CANNY_ID])
 
@@ -303,8 +303,7 @@ def test_low_memory_on_cpu_slices_the_vae(tiny_dir):
 def test_generate_benchmark_tiny_prints_json_lines():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "benchmarks" / "generate.py"), "--tiny"]
-        + ["--repeats", "2"],
+        [sys.executable, "-m", "benchmarks.generate", "--tiny", "--repeats", "2"],
         capture_output=True,
         text=True,
         env=env,

@@ -208,10 +208,10 @@ def test_feature_cache_benchmark_tiny_counts_and_times_both_steps():
     import subprocess
     import sys
 
-    from conftest import PROJECT_ROOT
+    from testkit.paths import PROJECT_ROOT
 
     completed = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "benchmarks" / "feature_cache.py"), "--tiny"],
+        [sys.executable, "-m", "benchmarks.feature_cache", "--tiny"],
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},

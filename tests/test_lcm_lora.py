@@ -13,7 +13,7 @@ from errors import ModelUnavailableError
 from pipelines.engine import Engine
 from pipelines.speed import fast_path, lcm_lora
 from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS
-from tiny_models import save_lora_in_kohya_format
+from testkit.tiny_models import save_lora_in_kohya_format
 
 LCM = {"scheduler": "LCM", "steps": 4, "guidance_scale": 1.0, "image_resolution": 256, "seed": 5}
 EXACT = {"steps": 3, "image_resolution": 256, "seed": 5}

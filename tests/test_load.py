@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.load import run_load, start_app, stop_app
+from benchmarks.load import run_load
+from testkit.app_process import start_app, stop_app
 
 
 def test_concurrent_clients_across_tabs_all_complete(server):

@@ -5,6 +5,7 @@ examples against a running `python app.py`, and its endpoint list against the co
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import re
 import shutil
@@ -17,8 +18,8 @@ from gradio_client import Client
 from PIL import Image
 
 from conditions import CONDITIONS
-from conftest import PROJECT_ROOT
 from settings import DEFAULT_MODEL_IDS
+from testkit.paths import PROJECT_ROOT
 from ui.compose import UNIT_SETTINGS
 
 README = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
@@ -250,3 +251,19 @@ def test_docker_section_matches_the_dockerfile():
     roles = re.search(r"list of roles\s*\((.*?)\)", docker, re.DOTALL)
     assert roles, "the Docker section should list the roles BAKE_MODELS takes"
     assert re.findall(r"`(\w+)`", roles.group(1)) == list(DEFAULT_MODEL_IDS)
+
+
+def test_benchmark_commands_run_modules_that_exist():
+    """The Benchmarks section and gpu_check.sh run benchmarks as modules from the repository root
+    (`python -m benchmarks.<name>`), never as script paths, which would leave the root off the
+    import path."""
+    script = (PROJECT_ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    for where, text in (
+        ("README's Benchmarks", section(README, "## Benchmarks")),
+        ("gpu_check.sh", script),
+    ):
+        modules = re.findall(r"python3? -m (benchmarks\.\w+)", text)
+        assert modules, where
+        for module in modules:
+            assert importlib.util.find_spec(module) is not None, f"{where}: {module}"
+        assert not re.search(r"python3? \S*benchmarks/\w+\.py", text), where

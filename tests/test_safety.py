@@ -12,7 +12,7 @@ from skimage import data
 
 from errors import ModelUnavailableError
 from pipelines.models.safety import SAFETY_CHECKER_ID, SafetyChecker, censor
-from tiny_safety import build_tiny_safety_checker
+from testkit.tiny_safety import build_tiny_safety_checker
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from PIL import Image
 
 from annotators import ANNOTATORS
 from conditions import CONDITIONS
-from conftest import ASSETS, PROJECT_ROOT
 from png_info import read_parameters
+from testkit.paths import ASSETS, PROJECT_ROOT
 from ui.compose import UNIT_SETTINGS
 
 FAST = {"steps": 2, "image_resolution": 256}

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from benchmarks import sampler_steps
-from benchmarks.sampler_steps import HostTransfers
 from pipelines.loop import step_plan
 from pipelines.loop.control import CONTROL_MODES
 from pipelines.loop.denoise import ControlUnit, denoise
 from pipelines.loop.schedulers import make_scheduler
-from tiny_models import _SD15_SCHEDULER as SD15_SCHEDULER  # runwayml/stable-diffusion-v1-5's
+from testkit.host_transfers import HostTransfers
+from testkit.tiny_models import SD15_SCHEDULER  # runwayml/stable-diffusion-v1-5's
 
 
 def _sampler(name: str):

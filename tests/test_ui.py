@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 
 from conditions import CONDITIONS
-from conftest import ASSETS, PROJECT_ROOT
 from settings import Settings
+from testkit.paths import ASSETS, PROJECT_ROOT
 
 
 class FakeEngine:

@@ -19,7 +19,7 @@ from errors import ModelUnavailableError
 from model_sources import load_model, weight_variants
 from pipelines.engine import Engine
 from settings import DEFAULT_MODEL_IDS, Settings
-from tiny_models import BASE_ID, build_tiny_base, build_tiny_controlnet
+from testkit.tiny_models import BASE_ID, build_tiny_base, build_tiny_controlnet
 
 CANNY_ID = DEFAULT_MODEL_IDS["canny"]
 

@@ -1,4 +1,6 @@
-"""Tiny, randomly initialised Stable Diffusion 1.5 + ControlNet models for tests.
+"""Tiny, randomly initialised Stable Diffusion 1.5 + ControlNet models for the tests and the
+benchmarks' smoke runs, plus what the full-size factory shares with them (SD1.5's scheduler
+config, the byte-level tokenizer).
 
 Nothing can be downloaded when the tests run (``HF_HUB_OFFLINE=1``), so the tests build
 architecturally real but tiny models in code and save them in the same file layout as the
@@ -7,8 +9,8 @@ Hugging Face Hub repos. The app's real loading code (``from_pretrained`` on a lo
 
 Geometry matches SD1.5: the VAE and the ControlNet's condition embedding both downsample by 8,
 so a WxH control image pairs with a WxH output (latents of W/8 x H/8), and the UNet/ControlNet
-have two down blocks, so ControlNet residuals come at two resolutions. A 2-step 128x128
-generation takes about 0.1 s on CPU.
+have two down blocks, so ControlNet residuals come at two resolutions. The models are small
+enough that a few-step generation at 128x128 is quick on a CPU.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ _CONDITIONING_CHANNELS = (8, 8, 16, 16)
 _VAE_BLOCKS = (8, 8, 16, 16)
 # SD1.5's scheduler/scheduler_config.json (clip_sample is unused by PNDM but kept, as on the Hub,
 # because schedulers built from this config, e.g. DDIM, read it).
-_SD15_SCHEDULER = {
+SD15_SCHEDULER = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
@@ -55,7 +57,7 @@ _SD15_SCHEDULER = {
 }
 
 
-def _tokenizer(folder: Path) -> CLIPTokenizer:
+def build_tokenizer(folder: Path) -> CLIPTokenizer:
     """A real byte-level CLIP BPE tokenizer (514-entry vocab, no merges) read from ``folder``.
 
     Writes vocab.json and merges.txt like the Hub repo has; ``save_pretrained`` later adds
@@ -113,9 +115,9 @@ def build_tiny_base(target: Path, seed: int = 0) -> Path:
         norm_num_groups=8,
         sample_size=512,
     )
-    tokenizer = _tokenizer(target / "tokenizer")
+    tokenizer = build_tokenizer(target / "tokenizer")
     text_encoder = _text_encoder(tokenizer)
-    scheduler = PNDMScheduler.from_config(_SD15_SCHEDULER)
+    scheduler = PNDMScheduler.from_config(SD15_SCHEDULER)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -1,0 +1,60 @@
+"""Whole MODELS_DIR trees of tiny models: the tests' one (every role the app loads), and the
+smallest one a generation needs (the base and the canny ControlNet), which the benchmarks'
+smoke runs use.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+# A community SD1.5 checkpoint as one original-layout .safetensors file, relative to MODELS_DIR.
+COMMUNITY_BASE = "community/tiny-community.safetensors"
+COMMUNITY_BASE_MODELS = f"Tiny community={COMMUNITY_BASE}"  # the BASE_MODELS setting for it
+
+
+def build_tiny_models(folder: Path) -> Path:
+    """Tiny SD1.5, a tiny ControlNet for every role a condition uses (v1.0 MiDaS normals too), the
+    v1.0 canny ControlNet, TAESD for previews, an LCM-LoRA, a second base as a single-file
+    checkpoint (COMMUNITY_BASE), and annotator weights (HED, M-LSD, DPT-Hybrid, UperNet): the
+    tests' MODELS_DIR. NormalBAE and OpenPose weights stay missing (their own tests build them)."""
+    from conditions import CONDITIONS
+    from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS, V10_MODEL_IDS
+    from testkit.annotator_weights import (
+        save_hed_and_mlsd,
+        save_tiny_dpt_hybrid,
+        save_tiny_upernet,
+    )
+    from testkit.ldm_checkpoint import write_ldm_checkpoint
+    from testkit.tiny_models import (
+        build_models_dir,
+        build_random_lcm_lora,
+        build_tiny_base,
+        build_tiny_controlnet,
+        build_tiny_taesd,
+    )
+
+    roles = {condition.controlnet_role for condition in CONDITIONS.values()}
+    for condition in CONDITIONS.values():
+        roles.update(condition.controlnet_role_by_annotator.values())
+    build_models_dir(folder, [DEFAULT_MODEL_IDS[role] for role in sorted(roles)])
+    build_tiny_controlnet(folder / V10_MODEL_IDS["canny"], seed=99)
+    build_tiny_taesd(folder / OPTIONAL_MODEL_IDS["preview_decoder"])
+    build_random_lcm_lora(
+        folder / OPTIONAL_MODEL_IDS["lcm_lora"], folder / DEFAULT_MODEL_IDS["base"]
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        community = build_tiny_base(Path(scratch) / "community", seed=5)
+        write_ldm_checkpoint(community, folder / COMMUNITY_BASE)
+    save_hed_and_mlsd(folder)
+    save_tiny_dpt_hybrid(folder)
+    save_tiny_upernet(folder)
+    return folder
+
+
+def build_tiny_canny(folder: Path) -> Path:
+    """The tiny base and the canny ControlNet only, under their default ids in `folder`."""
+    from settings import DEFAULT_MODEL_IDS
+    from testkit.tiny_models import build_models_dir
+
+    return build_models_dir(folder, [DEFAULT_MODEL_IDS["canny"]])
