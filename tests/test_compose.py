@@ -426,7 +426,7 @@ def visible(updates) -> dict[str, bool]:
 def test_only_the_chosen_annotators_settings_are_shown(condition, annotator, shown, resolution):
     from ui.compose import _settings_updates
 
-    updates = _settings_updates(condition, annotator, 512)
+    updates = _settings_updates(condition, annotator)
     assert {name for name, on in visible(updates).items() if on} == shown
     assert updates[0]["value"] == (resolution or 512)
 
@@ -621,7 +621,7 @@ def test_a_drawing_makes_its_unit_a_scribble_with_the_scribble_annotators():
     assert annotator["value"] == "scribble"
     assert (f"Default ({ANNOTATORS['scribble'].label})", "") in annotator["choices"]
     assert [update["visible"] for update in settings] == [
-        update["visible"] for update in _settings_updates("scribble", "", 512)
+        update["visible"] for update in _settings_updates("scribble", "")
     ]
 
 
