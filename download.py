@@ -48,6 +48,21 @@ class FileRule:
     allow: tuple[str, ...]
     ignore: tuple[str, ...] = ()
     prefer: tuple[tuple[str, str], ...] = ()
+    # What the loader opens: each entry a tuple of alternatives, one of which must be in the
+    # folder once the download is done (else the download failed: see `incomplete`).
+    requires: tuple[tuple[str, ...], ...] = ()
+    # Rules of other roles fetched from the same repo: their files are kept too (`merge`).
+    also: tuple[FileRule, ...] = ()
+
+
+def merge(rule: FileRule, other: FileRule) -> FileRule:
+    """One repo's rule for two roles: the files either keeps, and what both require."""
+    if other == rule or other in rule.also:
+        return rule
+    requires = rule.requires + tuple(
+        entry for entry in other.requires if entry not in rule.requires
+    )
+    return FileRule(rule.allow, rule.ignore, rule.prefer, requires, (*rule.also, other))
 
 
 _BASE_COMPONENTS = ("unet", "vae", "text_encoder")  # safety_checker, feature_extractor: unused
@@ -61,25 +76,56 @@ BASE_RULE = FileRule(
     ),
     # fp16 variants, the EMA / non-EMA training weights, pickles and single-file checkpoints.
     ignore=("*.fp16.*", "*ema*", "*.bin", "*.ckpt"),
+    requires=(
+        ("model_index.json",),
+        ("scheduler/scheduler_config.json",),
+        ("tokenizer/tokenizer_config.json",),
+        ("tokenizer/vocab.json",),
+        ("tokenizer/merges.txt",),
+        *((f"{component}/config.json",) for component in _BASE_COMPONENTS),
+        ("unet/diffusion_pytorch_model.safetensors",),
+        ("vae/diffusion_pytorch_model.safetensors",),
+        ("text_encoder/model.safetensors",),
+    ),
 )
-CONTROLNET_RULE = FileRule(allow=("config.json", "diffusion_pytorch_model.safetensors"))
+CONTROLNET_RULE = FileRule(
+    allow=("config.json", "diffusion_pytorch_model.safetensors"),
+    requires=(("config.json",), ("diffusion_pytorch_model.safetensors",)),
+)
 # --precision fp16: each weight file's fp16 variant where the repo has one, else the full file.
 _BASE_WEIGHTS = {  # component -> its weight file's stem
     "unet": "diffusion_pytorch_model",
     "vae": "diffusion_pytorch_model",
     "text_encoder": "model",
 }
+
+
+def _half_requires(rule: FileRule, prefer: tuple[tuple[str, str], ...]) -> tuple:
+    """`rule.requires` with each full weight file satisfied by its fp16 variant too."""
+    fallbacks = {fallback: preferred for preferred, fallback in prefer}
+    return tuple(
+        (fallbacks[entry[0]], *entry) if len(entry) == 1 and entry[0] in fallbacks else entry
+        for entry in rule.requires
+    )
+
+
+_HALF_BASE_PREFER = tuple(
+    (f"{component}/{name}.fp16.safetensors", f"{component}/{name}.safetensors")
+    for component, name in _BASE_WEIGHTS.items()
+)
 HALF_BASE_RULE = FileRule(
     allow=BASE_RULE.allow,  # `<component>/*.safetensors` matches the fp16 variants too
     ignore=tuple(pattern for pattern in BASE_RULE.ignore if pattern != "*.fp16.*"),
-    prefer=tuple(
-        (f"{component}/{name}.fp16.safetensors", f"{component}/{name}.safetensors")
-        for component, name in _BASE_WEIGHTS.items()
-    ),
+    prefer=_HALF_BASE_PREFER,
+    requires=_half_requires(BASE_RULE, _HALF_BASE_PREFER),
+)
+_HALF_CONTROLNET_PREFER = (
+    ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors"),
 )
 HALF_CONTROLNET_RULE = FileRule(
     allow=(*CONTROLNET_RULE.allow, "diffusion_pytorch_model.fp16.safetensors"),
-    prefer=(("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors"),),
+    prefer=_HALF_CONTROLNET_PREFER,
+    requires=_half_requires(CONTROLNET_RULE, _HALF_CONTROLNET_PREFER),
 )
 PRECISIONS = ("fp32", "fp16")
 ANNOTATOR_FILES = (
@@ -90,22 +136,52 @@ ANNOTATOR_FILES = (
     FACE_WEIGHTS,
     BAE_WEIGHTS,
 )
-ANNOTATORS_RULE = FileRule(allow=ANNOTATOR_FILES)
+ANNOTATORS_RULE = FileRule(
+    allow=ANNOTATOR_FILES, requires=tuple((name,) for name in ANNOTATOR_FILES)
+)
 # Intel/dpt-hybrid-midas and openmmlab/upernet-convnext-small have only pytorch_model.bin on main;
 # the annotators read it with torch.load(weights_only=True).
 TRANSFORMERS_RULE = FileRule(
     allow=("config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin"),
     prefer=(("model.safetensors", "pytorch_model.bin"),),
+    requires=(
+        ("config.json",),
+        ("preprocessor_config.json",),
+        ("model.safetensors", "pytorch_model.bin"),
+    ),
+)
+# SD1.5's checker, in the SD1.5 repo's safety_checker/ and feature_extractor/ subfolders (the
+# pipeline layout pipelines/models/safety.py reads); never the pickled pytorch_model.bin.
+SAFETY_RULE = FileRule(
+    allow=(
+        "safety_checker/config.json",
+        "safety_checker/model.safetensors",
+        "feature_extractor/preprocessor_config.json",
+    ),
+    requires=(
+        ("safety_checker/config.json",),
+        ("safety_checker/model.safetensors",),
+        ("feature_extractor/preprocessor_config.json",),
+    ),
+)
+_HALF_SAFETY_PREFER = (
+    ("safety_checker/model.fp16.safetensors", "safety_checker/model.safetensors"),
+)
+HALF_SAFETY_RULE = FileRule(
+    allow=(*SAFETY_RULE.allow, "safety_checker/model.fp16.safetensors"),
+    prefer=_HALF_SAFETY_PREFER,
+    requires=_half_requires(SAFETY_RULE, _HALF_SAFETY_PREFER),
 )
 ROLE_RULES: dict[str, FileRule] = {
     "base": BASE_RULE,
     "annotators": ANNOTATORS_RULE,
     "depth_estimator": TRANSFORMERS_RULE,
     "segmenter": TRANSFORMERS_RULE,
-    "safety_checker": FileRule(
-        allow=("config.json", "model.safetensors", "preprocessor_config.json")
+    "safety_checker": SAFETY_RULE,
+    "lcm_lora": FileRule(
+        allow=("pytorch_lora_weights.safetensors",),
+        requires=(("pytorch_lora_weights.safetensors",),),
     ),
-    "lcm_lora": FileRule(allow=("pytorch_lora_weights.safetensors",)),
 }
 ROLES = tuple(DEFAULT_MODEL_IDS)  # what --all fetches
 KNOWN_ROLES = {**DEFAULT_MODEL_IDS, **OPTIONAL_MODEL_IDS}  # also fetched when named
@@ -117,6 +193,8 @@ def rule_for(role: str, precision: str = "fp32") -> FileRule:
     if precision == "fp16":
         if role == "base":
             return HALF_BASE_RULE
+        if role == "safety_checker":
+            return HALF_SAFETY_RULE
         if role not in ROLE_RULES:
             return HALF_CONTROLNET_RULE
     return ROLE_RULES.get(role, CONTROLNET_RULE)
@@ -144,7 +222,9 @@ def plan_repos(
         if family == "v10" and role in V10_MODEL_IDS and repo_id == DEFAULT_MODEL_IDS[role]:
             repo_id = V10_MODEL_IDS[role]
         if not Path(repo_id).is_absolute():
-            repos.setdefault(repo_id, rule_for(role, precision))
+            # Two roles may share a repo (the base model and the safety checker: SD1.5's).
+            rule = rule_for(role, precision)
+            repos[repo_id] = merge(repos[repo_id], rule) if repo_id in repos else rule
     return repos
 
 
@@ -154,7 +234,19 @@ def select(files: Mapping[str, int], rule: FileRule) -> dict[str, int]:
     for preferred, fallback in rule.prefer:
         if preferred in kept:
             kept.discard(fallback)
+    for other in rule.also:
+        kept |= set(select(files, other))
     return {name: files[name] for name in sorted(kept)}
+
+
+def incomplete(target: Path, rule: FileRule) -> list[str]:
+    """The files the loader opens that `target` lacks after a download: for each entry of
+    `rule.requires`, its first alternative (the one the rule prefers) when none is there."""
+    return [
+        entry[0]
+        for entry in rule.requires
+        if not any((target / alternative).is_file() for alternative in entry)
+    ]
 
 
 def source_listing(source: Path, repo_id: str) -> dict[str, int]:
@@ -212,6 +304,15 @@ def fetch_repo(
             snapshot_download(repo_id, local_dir=target, allow_patterns=list(todo))
         except Exception as error:  # noqa: BLE001 (network, auth and disk errors all end here)
             raise DownloadError(f"Downloading `{repo_id}` failed: {error}") from error
+    absent = incomplete(target, rule)
+    if absent:
+        # The folder stays (a rerun fetches only what is missing), and the loader refuses it
+        # with the same names (model_sources.missing_files) rather than loading part of a model.
+        raise DownloadError(
+            f"`{repo_id}` is incomplete in {target}: {', '.join(absent)} did not arrive (not "
+            "in the source, or the transfer failed). The app will not use the folder until they "
+            "are there: run the download again, or copy them from the Hub repo."
+        )
     return todo, len(wanted) - len(todo)
 
 

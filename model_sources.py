@@ -81,8 +81,12 @@ def _missing_in_component(folder: Path, name: str, variant: str | None) -> list[
     half = [name for name in weights if name.endswith(".fp16.safetensors")]
     if variant == "fp16" and half or variant is None and len(half) < len(weights):
         return []
-    wanted = "*.fp16.safetensors" if variant == "fp16" else "*.safetensors"
-    return [f"{prefix}{wanted} (the weights)"]
+    try:
+        diffusers_model = "_diffusers_version" in json.loads((folder / config).read_text())
+    except (OSError, ValueError):
+        return [f"{prefix}{config} (unreadable)"]
+    stem = "diffusion_pytorch_model" if diffusers_model else "model"
+    return [f"{prefix}{stem}{'.fp16' if variant == 'fp16' else ''}.safetensors"]
 
 
 def missing_files(

@@ -39,7 +39,9 @@ DEFAULT_MODEL_IDS: dict[str, str] = {
 
 # Models loaded only when a setting asks for them (not fetched by `download --all`).
 OPTIONAL_MODEL_IDS: dict[str, str] = {
-    "safety_checker": "CompVis/stable-diffusion-safety-checker",  # with SAFETY_CHECKER=1
+    # With SAFETY_CHECKER=1: SD1.5's own checker, in its safety_checker/ and feature_extractor/
+    # subfolders (CompVis/stable-diffusion-safety-checker has no model.safetensors on main).
+    "safety_checker": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     # TAESD, a tiny VAE decoder for previews while denoising: used when found in MODELS_DIR.
     "preview_decoder": "madebyollin/taesd",
     # LCM-LoRA for SD1.5: the "LCM" sampler's few-step weights (merged into the UNet when used).

@@ -2,8 +2,10 @@
 
 Same architecture as `CompVis/stable-diffusion-safety-checker` (a `StableDiffusionSafetyChecker`:
 a CLIP vision tower, a projection, 17 concept and 3 special-care embeddings with one threshold
-each), but a 32-pixel, 32-wide CLIP. Saved in that Hub repo's layout: config.json,
-model.safetensors and a preprocessor_config.json in the repo's own (legacy, integer sizes) format.
+each), but a 32-pixel, 32-wide CLIP. Saved in the layout of the SD1.5 repo the app loads it from:
+safety_checker/config.json, safety_checker/model.safetensors, and
+feature_extractor/preprocessor_config.json in the repo's own (legacy, integer sizes) format.
+`flat=True` saves the three files at the folder's root instead (a copied flat checker repo).
 
 The checker flags an image when the cosine between its embedding and a concept embedding exceeds
 that concept's threshold (`concept_embeds_weights`). Cosines lie in [-1, 1], so a threshold of -2
@@ -38,7 +40,9 @@ def _tiny_clip_config() -> CLIPConfig:
     )
 
 
-def build_tiny_safety_checker(target: Path, seed: int = 0, always_flag: bool = False) -> Path:
+def build_tiny_safety_checker(
+    target: Path, seed: int = 0, always_flag: bool = False, flat: bool = False
+) -> Path:
     """Save a tiny checker into `target` that flags every image (`always_flag`) or none."""
     torch.manual_seed(seed)
     checker = StableDiffusionSafetyChecker(_tiny_clip_config())
@@ -48,7 +52,7 @@ def build_tiny_safety_checker(target: Path, seed: int = 0, always_flag: bool = F
         checker.special_care_embeds.normal_()
         checker.concept_embeds_weights.fill_(threshold)
         checker.special_care_embeds_weights.fill_(threshold)
-    checker.save_pretrained(target)
+    checker.save_pretrained(target if flat else target / "safety_checker")
     preprocessor = {
         "crop_size": _IMAGE_SIZE,
         "do_center_crop": True,
@@ -61,5 +65,9 @@ def build_tiny_safety_checker(target: Path, seed: int = 0, always_flag: bool = F
         "resample": 3,
         "size": _IMAGE_SIZE,
     }
-    (target / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+    processor_dir = target if flat else target / "feature_extractor"
+    processor_dir.mkdir(parents=True, exist_ok=True)
+    (processor_dir / "preprocessor_config.json").write_text(
+        json.dumps(preprocessor, indent=2) + "\n"
+    )
     return target

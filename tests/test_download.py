@@ -205,9 +205,13 @@ def test_hub_downloads_ask_snapshot_download_for_the_missing_files_only(monkeypa
     calls = []
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(download, "hub_listing", lambda repo_id: listing)
-    monkeypatch.setattr(
-        huggingface_hub, "snapshot_download", lambda *args, **kwargs: calls.append((args, kwargs))
-    )
+
+    def snapshot_download(*args, **kwargs):
+        calls.append((args, kwargs))
+        for name in kwargs["allow_patterns"]:  # what the Hub would write
+            dummy(kwargs["local_dir"] / name, listing[name])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     assert download.download(["canny"], tmp_path, echo=lambda line: None) == []
     assert calls == [
         (
@@ -218,6 +222,12 @@ def test_hub_downloads_ask_snapshot_download_for_the_missing_files_only(monkeypa
             },
         )
     ]
+    # A transfer that ends without the weights is a failure, not a model.
+    (tmp_path / CANNY_ID / "diffusion_pytorch_model.safetensors").unlink()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *args, **kwargs: None)
+    failures = download.download(["canny"], tmp_path, echo=lambda line: None)
+    assert len(failures) == 1 and "diffusion_pytorch_model.safetensors" in failures[0]
+    assert "incomplete" in failures[0]
 
 
 def test_rules_keep_the_needed_files_of_real_repo_listings():
@@ -347,10 +357,98 @@ def test_optional_models_are_fetched_when_named_not_with_all(tmp_path):
         "safety_checker", "preview_decoder", "--source", mirror, "--models-dir", out
     )
     assert result.returncode == 0, result.stderr
-    assert files_under(out) == [
-        "CompVis/stable-diffusion-safety-checker/config.json",
-        "CompVis/stable-diffusion-safety-checker/model.safetensors",
-        "CompVis/stable-diffusion-safety-checker/preprocessor_config.json",
-        "madebyollin/taesd/config.json",
-        "madebyollin/taesd/diffusion_pytorch_model.safetensors",
+    assert files_under(out) == sorted(
+        [
+            f"{BASE_ID}/feature_extractor/preprocessor_config.json",
+            f"{BASE_ID}/safety_checker/config.json",
+            f"{BASE_ID}/safety_checker/model.safetensors",
+            "madebyollin/taesd/config.json",
+            "madebyollin/taesd/diffusion_pytorch_model.safetensors",
+        ]
+    )
+
+
+def test_the_safety_checker_download_fetches_its_subfolders_only_and_loads(mirror, tmp_path):
+    """SD1.5's repo holds the checker: `download safety_checker` takes its three files (not the
+    fp16 or pickled copies, nor the base model's), `base safety_checker` takes both roles' files,
+    and the checker loads from what arrived."""
+    import torch
+
+    from pipelines.models.safety import SafetyChecker
+    from testkit.tiny_safety import build_tiny_safety_checker
+
+    hub = tmp_path / "hub"
+    shutil.copytree(mirror / BASE_ID, hub / BASE_ID)
+    build_tiny_safety_checker(hub / BASE_ID)
+    for unwanted in ("safety_checker/model.fp16.safetensors", "safety_checker/pytorch_model.bin"):
+        dummy(hub / BASE_ID / unwanted)
+    out = tmp_path / "models"
+    result = run_download("safety_checker", "--source", hub, "--models-dir", out)
+    assert result.returncode == 0, result.stderr
+    assert files_under(out / BASE_ID) == [
+        "feature_extractor/preprocessor_config.json",
+        "safety_checker/config.json",
+        "safety_checker/model.safetensors",
     ]
+    checker = SafetyChecker.load(OPTIONAL_MODEL_IDS["safety_checker"], out, "cpu", torch.float32)
+    assert checker.flagged([]) == []
+
+    both = tmp_path / "both"
+    result = run_download("base", "safety_checker", "--source", hub, "--models-dir", both)
+    assert result.returncode == 0, result.stderr
+    assert files_under(both / BASE_ID) == sorted([*BASE_FILES, *files_under(out / BASE_ID)])
+    assert download.select(
+        dict.fromkeys(files_under(hub / BASE_ID), 1), download.rule_for("safety_checker", "fp16")
+    ) == {
+        "feature_extractor/preprocessor_config.json": 1,
+        "safety_checker/config.json": 1,
+        "safety_checker/model.fp16.safetensors": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("role", "repo_id", "lost"),
+    [
+        ("canny", CANNY_ID, "diffusion_pytorch_model.safetensors"),
+        ("base", BASE_ID, "unet/diffusion_pytorch_model.safetensors"),
+        ("base", BASE_ID, "text_encoder/config.json"),
+    ],
+)
+def test_a_download_missing_a_file_fails_names_it_and_is_not_loaded(
+    mirror, tmp_path, role, repo_id, lost
+):
+    from errors import ModelUnavailableError
+    from model_sources import load_model
+
+    hub = tmp_path / "hub"
+    shutil.copytree(mirror / repo_id, hub / repo_id)
+    (hub / repo_id / lost).unlink()
+    out = tmp_path / "models"
+    result = run_download(role, "--source", hub, "--models-dir", out)
+    assert result.returncode != 0
+    assert "incomplete" in result.stdout + result.stderr and lost in result.stdout + result.stderr
+    assert not (out / repo_id / lost).exists()
+    # The partial folder is never taken for the model: the loader names the same file.
+    if role == "canny":
+        from diffusers import ControlNetModel
+
+        loader, kwargs = ControlNetModel.from_pretrained, {}
+    else:
+        from diffusers import StableDiffusionControlNetPipeline
+
+        loader = StableDiffusionControlNetPipeline.from_pretrained
+        kwargs = dict(controlnet=None, safety_checker=None, feature_extractor=None)
+    with pytest.raises(ModelUnavailableError, match="incomplete") as raised:
+        load_model(loader, role, repo_id, out, half_precision=False, **kwargs)
+    assert lost in str(raised.value)
+    assert f"python -m cli download {role}" in str(raised.value)
+
+
+def test_a_download_missing_only_fp16_weights_takes_the_full_ones_and_is_complete(mirror, tmp_path):
+    hub = tmp_path / "hub"
+    shutil.copytree(mirror / CANNY_ID, hub / CANNY_ID)
+    (hub / CANNY_ID / "diffusion_pytorch_model.fp16.safetensors").unlink()
+    out = tmp_path / "models"
+    result = run_download("canny", "--precision", "fp16", "--source", hub, "--models-dir", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert files_under(out / CANNY_ID) == ["config.json", "diffusion_pytorch_model.safetensors"]
