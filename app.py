@@ -13,6 +13,12 @@ import threading
 
 from settings import PROJECT_ROOT, Settings
 
+# transformers asks the Hub's conversion service for safetensors (and then loads them from the
+# bot's pull-request branch) when a repo has only .bin weights, in the foreground or in a thread.
+# The app loads only what MODELS_DIR, the cache or the repo's main branch hold. Set before
+# transformers is imported (pipelines.engine imports it in main).
+os.environ.setdefault("DISABLE_SAFETENSORS_CONVERSION", "1")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

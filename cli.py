@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -315,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # No safetensors conversion requests nor weights from the converter's pull-request branch
+    # (transformers does both for .bin-only repos); set before anything imports transformers.
+    os.environ.setdefault("DISABLE_SAFETENSORS_CONVERSION", "1")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -84,7 +84,7 @@ def _missing_in_component(folder: Path, name: str, variant: str | None) -> list[
     try:
         diffusers_model = "_diffusers_version" in json.loads((folder / config).read_text())
     except (OSError, ValueError):
-        return [f"{prefix}{config} (unreadable)"]
+        return [f"{prefix}*.safetensors (the weights)"]
     stem = "diffusion_pytorch_model" if diffusers_model else "model"
     return [f"{prefix}{stem}{'.fp16' if variant == 'fp16' else ''}.safetensors"]
 
