@@ -86,3 +86,43 @@ def test_an_empty_batch_needs_no_model_call(never_flag):
 def test_a_missing_checker_names_the_model(tmp_path):
     with pytest.raises(ModelUnavailableError, match=re.escape(SAFETY_CHECKER_ID)):
         SafetyChecker.load(SAFETY_CHECKER_ID, tmp_path, "cpu", torch.float32)
+
+
+def test_the_default_checker_is_read_from_the_sd15_repos_subfolders(tmp_path, photos):
+    from pipelines.models.safety import subfolders
+    from settings import OPTIONAL_MODEL_IDS
+
+    assert OPTIONAL_MODEL_IDS["safety_checker"] == SAFETY_CHECKER_ID
+    assert SAFETY_CHECKER_ID == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert subfolders(SAFETY_CHECKER_ID, tmp_path) == ("safety_checker", "feature_extractor")
+    repo = build_tiny_safety_checker(tmp_path / SAFETY_CHECKER_ID, always_flag=True)
+    assert not (repo / "config.json").exists()  # only in the subfolders
+    checker = SafetyChecker.load(SAFETY_CHECKER_ID, tmp_path, "cpu", torch.float32)
+    assert checker.flagged(photos[:1]) == [True]
+
+
+def test_an_override_folder_with_the_files_at_its_root_still_loads(tmp_path, photos):
+    from pipelines.models.safety import subfolders
+
+    folder = build_tiny_safety_checker(tmp_path / "flat", always_flag=True, flat=True)
+    assert subfolders(str(folder), tmp_path) == (None, None)
+    checker = SafetyChecker.load(str(folder), tmp_path, "cpu", torch.float32)
+    assert checker.flagged(photos[:1]) == [True]
+
+
+def test_a_checker_without_its_processor_names_the_missing_file(tmp_path):
+    repo = build_tiny_safety_checker(tmp_path / SAFETY_CHECKER_ID)
+    (repo / "feature_extractor/preprocessor_config.json").unlink()
+    with pytest.raises(ModelUnavailableError) as raised:
+        SafetyChecker.load(SAFETY_CHECKER_ID, tmp_path, "cpu", torch.float32)
+    message = str(raised.value)
+    assert "feature_extractor/preprocessor_config.json" in message
+    assert "python -m cli download safety_checker" in message
+
+
+def test_a_folder_with_only_fp16_checker_weights_loads_them(tmp_path, photos):
+    repo = build_tiny_safety_checker(tmp_path / SAFETY_CHECKER_ID, always_flag=True)
+    weights = repo / "safety_checker/model.safetensors"
+    weights.rename(weights.with_name("model.fp16.safetensors"))  # `download --precision fp16`
+    checker = SafetyChecker.load(SAFETY_CHECKER_ID, tmp_path, "cpu", torch.float16)
+    assert checker.model.dtype == torch.float16
