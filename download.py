@@ -373,3 +373,18 @@ def download(
     else:
         echo(f"Nothing to fetch: every file is already in {models_dir}.")
     return failures
+
+
+def requirements_table() -> str:
+    """The README's table of what each role needs (`FileRule.requires`, full precision), roles
+    with the same files on one row; `--precision fp16` takes each weight file's fp16 variant
+    where the repo has one."""
+    rows: dict[str, list[str]] = {}
+    for role in KNOWN_ROLES:
+        needs = ", ".join(
+            " or ".join(f"`{name}`" for name in entry) for entry in rule_for(role).requires
+        )
+        rows.setdefault(needs, []).append(f"`{role}`")
+    lines = ["| role (`python -m cli download ROLE`) | files it needs |", "|---|---|"]
+    lines += [f"| {', '.join(roles)} | {needs} |" for needs, roles in rows.items()]
+    return "\n".join(lines)

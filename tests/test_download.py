@@ -452,3 +452,10 @@ def test_a_download_missing_only_fp16_weights_takes_the_full_ones_and_is_complet
     result = run_download("canny", "--precision", "fp16", "--source", hub, "--models-dir", out)
     assert result.returncode == 0, result.stdout + result.stderr
     assert files_under(out / CANNY_ID) == ["config.json", "diffusion_pytorch_model.safetensors"]
+
+
+def test_the_readme_lists_what_each_role_needs_as_download_py_checks_it():
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    assert download.requirements_table() in readme
+    for role in download.KNOWN_ROLES:
+        assert f"`{role}`" in download.requirements_table()
