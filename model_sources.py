@@ -79,7 +79,9 @@ def _missing_in_component(folder: Path, name: str, variant: str | None) -> list[
         return []
     weights = [path.name for path in folder.glob("*.safetensors")]
     half = [name for name in weights if name.endswith(".fp16.safetensors")]
-    if variant == "fp16" and half or variant is None and len(half) < len(weights):
+    # fp16: a component without the variant loads its full files (`download --precision fp16`
+    # fetches those where a repo has no fp16 ones); no variant: the full files themselves.
+    if variant == "fp16" and weights or variant is None and len(half) < len(weights):
         return []
     try:
         diffusers_model = "_diffusers_version" in json.loads((folder / config).read_text())

@@ -207,9 +207,13 @@ def test_a_pipeline_folder_is_checked_component_by_component(tmp_path):
         "tokenizer/tokenizer_config.json",
         "vae/diffusion_pytorch_model.safetensors",
     ]
-    assert "unet/diffusion_pytorch_model.fp16.safetensors" in missing_files(
-        base, variant="fp16", skip=["safety_checker", "feature_extractor"]
-    )
+    # fp16: a component with only its full weights is complete (the fp16 download's fallback).
+    assert sorted(
+        missing_files(base, variant="fp16", skip=["safety_checker", "feature_extractor"])
+    ) == [
+        "tokenizer/tokenizer_config.json",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+    ]
 
 
 # ---- no conversion requests --------------------------------------------------------------------
@@ -247,3 +251,29 @@ def test_transformers_reads_the_setting_we_set():
     assert 'is_env_variable_true("DISABLE_SAFETENSORS_CONVERSION")' in inspect.getsource(
         modeling_utils
     )
+
+
+def test_a_mixed_fp16_pipeline_folder_is_complete_and_loads(tmp_path):
+    """What `download --precision fp16` leaves where a repo has fp16 files for some components
+    only: the fp16 UNet, the full others."""
+    import torch
+    from diffusers import StableDiffusionControlNetPipeline
+
+    from testkit.tiny_models import build_tiny_base
+
+    base = build_tiny_base(tmp_path / "base")
+    unet = base / "unet/diffusion_pytorch_model.safetensors"
+    unet.rename(unet.with_name("diffusion_pytorch_model.fp16.safetensors"))
+    pipe = load_model(
+        StableDiffusionControlNetPipeline.from_pretrained,
+        "base",
+        str(base),
+        tmp_path,
+        half_precision=True,
+        dtype=torch.float16,
+        controlnet=None,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    assert pipe.unet.dtype == torch.float16
