@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from huggingface_hub.utils import filter_repo_objects
@@ -100,32 +100,33 @@ _BASE_WEIGHTS = {  # component -> its weight file's stem
 }
 
 
-def _half_requires(rule: FileRule, prefer: tuple[tuple[str, str], ...]) -> tuple:
-    """`rule.requires` with each full weight file satisfied by its fp16 variant too."""
+def _half_rule(rule: FileRule, prefer: tuple[tuple[str, str], ...], **changes) -> FileRule:
+    """`rule` for --precision fp16: each (fp16 file, full file) of `prefer` is fetched fp16
+    first, and the fp16 variant satisfies the full file's requirement too."""
     fallbacks = {fallback: preferred for preferred, fallback in prefer}
-    return tuple(
+    requires = tuple(
         (fallbacks[entry[0]], *entry) if len(entry) == 1 and entry[0] in fallbacks else entry
         for entry in rule.requires
     )
+    return replace(rule, prefer=prefer, requires=requires, **changes)
 
 
 _HALF_BASE_PREFER = tuple(
     (f"{component}/{name}.fp16.safetensors", f"{component}/{name}.safetensors")
     for component, name in _BASE_WEIGHTS.items()
 )
-HALF_BASE_RULE = FileRule(
-    allow=BASE_RULE.allow,  # `<component>/*.safetensors` matches the fp16 variants too
+HALF_BASE_RULE = _half_rule(  # `<component>/*.safetensors` matches the fp16 variants too
+    BASE_RULE,
+    _HALF_BASE_PREFER,
     ignore=tuple(pattern for pattern in BASE_RULE.ignore if pattern != "*.fp16.*"),
-    prefer=_HALF_BASE_PREFER,
-    requires=_half_requires(BASE_RULE, _HALF_BASE_PREFER),
 )
 _HALF_CONTROLNET_PREFER = (
     ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors"),
 )
-HALF_CONTROLNET_RULE = FileRule(
+HALF_CONTROLNET_RULE = _half_rule(
+    CONTROLNET_RULE,
+    _HALF_CONTROLNET_PREFER,
     allow=(*CONTROLNET_RULE.allow, "diffusion_pytorch_model.fp16.safetensors"),
-    prefer=_HALF_CONTROLNET_PREFER,
-    requires=_half_requires(CONTROLNET_RULE, _HALF_CONTROLNET_PREFER),
 )
 PRECISIONS = ("fp32", "fp16")
 ANNOTATOR_FILES = (
@@ -167,10 +168,10 @@ SAFETY_RULE = FileRule(
 _HALF_SAFETY_PREFER = (
     ("safety_checker/model.fp16.safetensors", "safety_checker/model.safetensors"),
 )
-HALF_SAFETY_RULE = FileRule(
+HALF_SAFETY_RULE = _half_rule(
+    SAFETY_RULE,
+    _HALF_SAFETY_PREFER,
     allow=(*SAFETY_RULE.allow, "safety_checker/model.fp16.safetensors"),
-    prefer=_HALF_SAFETY_PREFER,
-    requires=_half_requires(SAFETY_RULE, _HALF_SAFETY_PREFER),
 )
 ROLE_RULES: dict[str, FileRule] = {
     "base": BASE_RULE,

@@ -206,12 +206,12 @@ def test_hub_downloads_ask_snapshot_download_for_the_missing_files_only(monkeypa
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(download, "hub_listing", lambda repo_id: listing)
 
-    def snapshot_download(*args, **kwargs):
+    def fake_snapshot(*args, **kwargs):
         calls.append((args, kwargs))
         for name in kwargs["allow_patterns"]:  # what the Hub would write
             dummy(kwargs["local_dir"] / name, listing[name])
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     assert download.download(["canny"], tmp_path, echo=lambda line: None) == []
     assert calls == [
         (
