@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     from pipelines.engine import Engine  # torch is imported here, not for --help
-    from ui import build_demo
+    from ui import PAGE_CSS, build_demo
 
     settings = Settings.from_env()
     engine = Engine(settings)
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         server_name=args.host,
         server_port=args.port,
         share=args.share,
+        css=PAGE_CSS,
         # Only the example images are served from disk; uploads live in Gradio's own cache.
         allowed_paths=[str(PROJECT_ROOT / "assets")],
     )

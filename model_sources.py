@@ -31,6 +31,10 @@ def resolve_source(model_id: str, models_dir: Path) -> tuple[str, bool]:
     return model_id, False
 
 
+# The roles whose weights the annotators load (the control-map preview needs them too).
+ANNOTATOR_ROLES = frozenset({"annotators", "depth_estimator", "segmenter"})
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -51,8 +55,9 @@ def missing_model_message(role: str, model_id: str, models_dir: Path) -> str:
         f"{' (HF_HUB_OFFLINE is set)' if hub_offline() else ''}. To provide it: run "
         f"`{download_command(role)}` with internet access (or run the app once online: it "
         f"downloads by itself), or copy the Hub repo's files to {where}, "
-        f"or set MODEL_{role.upper()} to another Hub id or local folder. "
-        "The control-map preview works without it."
+        f"or set MODEL_{role.upper()} to another Hub id or local folder."
+        # Only Run loads the diffusion models; Preview map needs just the annotator's weights.
+        + ("" if role in ANNOTATOR_ROLES else " The control-map preview works without it.")
     )
 
 

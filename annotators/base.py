@@ -88,6 +88,9 @@ class Annotator(ABC):
     default_detect_resolution: int | None = None
     # How a map made at the detect resolution is brought to the output size.
     map_interpolation: int = cv2.INTER_LINEAR
+    # The weights `load` cannot do without: (role, file of the role's repo), or (role, None) for
+    # the role's whole model. An annotator with a fallback (OpenPose -> MediaPipe) needs none.
+    needs: tuple[tuple[str, str | None], ...] = ()
 
     def load(self, context: LoadContext) -> Detector:
         """The detector, with its weights loaded from `context`. Classical annotators: `detect`."""
@@ -100,6 +103,10 @@ class Annotator(ABC):
     def detect(self, image: np.ndarray, **params: float) -> np.ndarray:
         """image: RGB uint8 (H, W, 3) -> map uint8 (H, W) or (H, W, 3) of the same H, W."""
         raise NotImplementedError(f"{type(self).__name__} defines neither load nor detect")
+
+    def has(self, param: Param) -> bool:
+        """Whether `param` (by name: annotators may share one, e.g. `include_hands`) is ours."""
+        return any(own.name == param.name for own in self.params)
 
     def check_params(self, given: dict[str, Any]) -> dict[str, float | int]:
         """This annotator's parameters from `given`, checked, defaults filled in.

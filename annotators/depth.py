@@ -127,6 +127,7 @@ def _accept_any_square(model: Any) -> bool:
 
 class MidasDepthAnnotator(Annotator):
     name = "depth_midas"
+    needs = (("depth_estimator", None),)
     label = "Depth (MiDaS, DPT-Hybrid)"
     default_detect_resolution = 384  # the reference depth app's default
 

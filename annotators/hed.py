@@ -78,6 +78,7 @@ def fake_scribble_from_edges(edges: np.ndarray) -> np.ndarray:
 
 class HedAnnotator(Annotator):
     name = "hed"
+    needs = (("annotators", HED_WEIGHTS),)
     label = "Soft edges (HED)"
     default_detect_resolution = 512
     safe = False

@@ -20,6 +20,7 @@ MLSD_WEIGHTS = "mlsd_large_512_fp32.pth"
 
 class MlsdAnnotator(Annotator):
     name = "mlsd"
+    needs = (("annotators", MLSD_WEIGHTS),)
     label = "Straight lines (M-LSD)"
     params = (
         Param(

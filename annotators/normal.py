@@ -62,6 +62,7 @@ def normals_from_depth(
 
 class MidasNormalAnnotator(Annotator):
     name = "normal_midas"
+    needs = (("depth_estimator", None),)
     label = "Normals from MiDaS depth (v1.0 model)"
     params = (
         Param(
@@ -124,6 +125,7 @@ def _load_normal_bae(context: LoadContext) -> Any:
 
 class NormalBaeAnnotator(Annotator):
     name = "normal_bae"
+    needs = (("annotators", BAE_WEIGHTS),)
     label = "Normals (NormalBAE, v1.1 model)"
     default_detect_resolution = 512  # the v1.1 reference app's default
 

@@ -23,6 +23,7 @@ ROLE = "segmenter"
 
 class UpernetSegAnnotator(Annotator):
     name = "seg_upernet"
+    needs = (("segmenter", None),)
     label = "Segmentation (UperNet ConvNeXt, ADE20K)"
     # The ConvNeXt UperNets were trained on 512x512 ADE20K crops, like the reference's UniFormer.
     default_detect_resolution = 512

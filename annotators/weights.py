@@ -15,7 +15,7 @@ from typing import Any
 
 from annotators.base import LoadContext
 from errors import ModelUnavailableError
-from model_sources import hub_offline, missing_model_message, resolve_source
+from model_sources import download_command, hub_offline, missing_model_message, resolve_source
 
 
 def weights_file(context: LoadContext, filename: str, role: str = "annotators") -> Path:
@@ -27,8 +27,9 @@ def weights_file(context: LoadContext, filename: str, role: str = "annotators") 
         if path.is_file():
             return path
         raise ModelUnavailableError(
-            f"The {role} weights `{filename}` are missing from {source}. Copy `{filename}` from "
-            f"the Hub repo `{repo}` there, or remove the folder to download it."
+            f"The {role} weights `{filename}` are missing from {source}. Run "
+            f"`{download_command(role)}` with internet access to fetch them, or copy "
+            f"`{filename}` from the Hub repo `{repo}` there."
         )
     from huggingface_hub import hf_hub_download
 

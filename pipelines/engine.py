@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,22 @@ from settings import MAX_SEED, Settings
 logger = logging.getLogger(__name__)
 OVERHEAD_ANNOTATE_SECONDS = 30  # ZeroGPU slice for a control map alone
 # LCM and feature caching are the opt-ins that shorten a CPU run (the README has the numbers).
-CPU_HINT = (
-    " · On a CPU an image takes a while: the LCM sampler (4-8 steps) is about 4x faster, feature"
-    " caching (Advanced) about 1.6x"
-)
 PREVIEWS_PER_RUN = 4  # TAESD previews shown while denoising (about every quarter of the steps)
 PreviewCallback = Callable[[list[np.ndarray], int, int], None]  # (images, steps done, total)
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    """How long one generation took, for the page's hint on a CPU."""
+
+    seconds: float
+    images: int
+    steps: int
+    size: tuple[int, int]  # (height, width)
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / max(self.images, 1)
 
 
 class Engine:
@@ -57,6 +68,7 @@ class Engine:
         self.models = ModelStore(settings, device)
         self.defaults = request_defaults(settings)  # every option's default on this server
         self.fast_path_failure: str | None = None  # why the fast path was left, if it was
+        self.last_timing: RunTiming | None = None  # how long the last generation took
         # The GPU part of each request; on ZeroGPU it runs inside spaces.GPU for a fitting time.
         self._generate_on_gpu = gpu_task(self._generate_checked, duration=self._generate_seconds)
         self._annotate_on_gpu = gpu_task(self._annotate_checked, duration=OVERHEAD_ANNOTATE_SECONDS)
@@ -106,7 +118,6 @@ class Engine:
             + (" (it failed to compile)" if self.fast_path_failure else "")
             + (" · Low-memory mode" if self.low_memory else "")
             + (" · NSFW filter on" if self.settings.safety_checker else "")
-            + (CPU_HINT if self.device.type == "cpu" else "")
         )
 
     def _fast_path_state(self) -> str:
@@ -222,6 +233,7 @@ class Engine:
     def _generate_checked(
         self, request: GenerationRequest, on_progress, on_preview: PreviewCallback | None = None
     ) -> GenerationResult:
+        started = time.perf_counter()
         notices = Notices()
         # 1. The control maps, all at the output size set by the first unit's image.
         size = request.size
@@ -267,6 +279,9 @@ class Engine:
             model_ids,
             base_model_id=_public_name(self.settings.base_models[request.base_model]),
             lora_id=_public_name(self.models.lora_id(request.scheduler)),
+        )
+        self.last_timing = RunTiming(
+            time.perf_counter() - started, request.num_images, request.steps, size
         )
         return GenerationResult(
             control_maps=maps,

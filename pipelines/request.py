@@ -163,8 +163,9 @@ class GenerationRequest:
     )
     resolution_weighting: float = number(
         1.0, "Resolution weighting (gamma)", maximum="max_resolution_weighting", step=0.05,
-        info="Connection i gets weight (h_min / h_i) ** gamma: 0 = uniform, 1 = the paper's "
-        "64 / h_i. Used by the two non-balanced modes.",
+        info="How much more the coarse layers follow the control than the fine-detail ones: "
+        "0 = all alike, 1 = the paper's setting; higher keeps the layout and frees the details. "
+        "Used by the two modes other than Balanced.",
     )  # gamma = 1 is the paper's w_i = 64 / h_i
     scheduler: str = choice(
         "UniPC", "Sampler", widget="dropdown", resolve=check_scheduler,

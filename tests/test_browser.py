@@ -62,6 +62,7 @@ def check_canny_tab(page: Page, server, tmp_path: Path) -> Path:
     page.goto(server.url)
     expect(page).to_have_title(TITLE)
     expect(page.get_by_role("heading", level=1)).to_have_text(TITLE)
+    page.get_by_role("button", name="System").click()  # the developer's details, collapsed
     expect(page.locator("#engine-info")).to_contain_text(re.compile(r"SDPA|xformers"))
 
     # Gradio renders only the selected tab's panel; Canny is the first tab.

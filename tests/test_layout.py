@@ -16,7 +16,7 @@ LAYERS = (
     ("annotators",),
     ("conditions",),
     ("pipelines",),
-    ("png_info", "download"),
+    ("png_info", "download", "availability"),
     ("ui",),
     ("cli", "app"),
 )

@@ -1,4 +1,5 @@
-"""The web page: a header, one tab per condition (all from one factory) and the control-map tab.
+"""The web page: a header with what this server can run, one tab per condition (all from one
+factory), Compose, the control-map tab, and a collapsed System panel.
 
 The UI never imports torch: it receives the engine and calls its `generate` and `annotate`.
 """
@@ -13,9 +14,21 @@ from settings import Settings
 from ui.compose import build_compose_tab
 from ui.controls import Page, model_controls
 from ui.results import PngStore
+from ui.status import StatusNotes, system_panel
 from ui.tab import build_annotate_tab, build_condition_tab
 
 TITLE = "ControlNet for Stable Diffusion 1.5"
+# Given to `launch(css=...)` (Gradio 6 takes a page's CSS there).
+PAGE_CSS = """
+/* Every result and its caption in view: the gallery grows with its items, never scrolls. */
+.result-gallery .grid-wrap.fixed-height { max-height: none; height: auto; overflow: visible; }
+/* The drawing paper is square: its frame too, so the paper shows whole and fills it. */
+.drawing-paper.block { height: auto !important; }
+.drawing-paper .image-container { aspect-ratio: 1 / 1; width: 100%; height: auto; max-height: none }
+/* The server's status lines: small, so the work area starts high on a phone. */
+#model-status, #speed-hint { font-size: var(--text-sm); }
+#model-status p, #speed-hint p { margin: 0; }
+"""
 
 
 def build_demo(engine, settings: Settings) -> gr.Blocks:
@@ -25,15 +38,17 @@ def build_demo(engine, settings: Settings) -> gr.Blocks:
             "([Zhang, Rao, Agrawala 2023](https://arxiv.org/abs/2302.05543)). "
             "Upload an image or draw, type a prompt, press Run."
         )
-        gr.Markdown(engine.describe(), elem_id="engine-info")
+        notes = StatusNotes(engine)
         limits, defaults = settings.limits, request_defaults(settings)
         with gr.Row():
             models = model_controls(engine.base_model_names, limits, defaults)
         page = Page(engine, limits, defaults, models, PngStore())
         with gr.Tabs():
             for condition in CONDITIONS.values():
-                build_condition_tab(condition, page)
+                build_condition_tab(condition, page, notes)
             build_compose_tab(page)
             build_annotate_tab(page)
+        system_panel(engine)
+        notes.refresh_on_load(demo)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
     return demo

@@ -40,8 +40,9 @@ from ui.controls import (
     upload_image,
     user_errors,
 )
-from ui.results import png_settings, restored_values, stream_generation
-from ui.tab import CANVAS_SIZE, canvas_image
+from ui.results import png_settings, restored_values, stream_generation, unchanged
+from ui.running import run_buttons, run_with_stop
+from ui.tab import BRUSH_ON_OPEN, canvas_image, drawing_paper
 
 # (condition, switched on) for each unit slot: the paper's pose + depth, then edges, off.
 UNIT_PRESETS = (("openpose", True), ("depth", True), ("canny", False))  # at most 3 units
@@ -67,11 +68,18 @@ UNIT_SETTINGS = ("detect_resolution", *UNIT_PARAMS)
 
 
 def _annotator_choices(condition_name: str) -> list[tuple[str, str]]:
-    """ "" (the condition's own default, so API callers can change only the condition) first."""
+    """The condition's annotators under the names its tab gives them. The default one's value is
+    "" (so API callers may change only the condition): `_shown_annotator` maps its name there."""
     names = CONDITIONS[condition_name].annotators
-    return [(f"Default ({ANNOTATORS[names[0]].label})", "")] + [
-        (ANNOTATORS[name].label, name) for name in names
+    return [(ANNOTATORS[names[0]].label, "")] + [
+        (ANNOTATORS[name].label, name) for name in names[1:]
     ]
+
+
+def _shown_annotator(condition_name: str, annotator: Any) -> Any:
+    """The dropdown value for `annotator`: "" for the condition's default, named or not."""
+    condition = CONDITIONS.get(condition_name) if isinstance(condition_name, str) else None
+    return "" if condition and annotator == condition.annotators[0] else annotator
 
 
 def _chosen_annotator(condition_name: Any, annotator: Any) -> Annotator | None:
@@ -113,9 +121,11 @@ def _settings_updates(condition: Any, annotator: Any) -> list[dict]:
 def _condition_updates(condition_name: str, annotator: str) -> list[dict]:
     """Updates for [annotator, detect resolution, each of `UNIT_PARAMS`, the note] when a unit
     takes `condition_name`: its annotator choices, `annotator` chosen ("" = its default)."""
-    value = annotator or CONDITIONS[condition_name].annotators[0]
     return [
-        gr.update(choices=_annotator_choices(condition_name), value=value),
+        gr.update(
+            choices=_annotator_choices(condition_name),
+            value=_shown_annotator(condition_name, annotator),
+        ),
         *_settings_updates(condition_name, annotator),
     ]
 
@@ -136,20 +146,16 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
                 allow_custom_value=True,
             ),
             "image": upload_image(
+                limits,
                 label="Image" if number == 1 else "Image (empty: uses unit 1's)",
                 sources=["upload", "clipboard"],
                 height=220,
             ),
         }
-        with gr.Accordion("Draw a scribble instead", open=False):
-            sketch = gr.Sketchpad(
-                type="numpy",
-                image_mode="RGBA",
-                canvas_size=CANVAS_SIZE,
-                brush=gr.Brush(colors=["#000000"], color_mode="fixed", default_size=6),
-                show_label=False,
-            )
+        with gr.Accordion("Draw a scribble instead", open=False) as drawing:
+            sketch = drawing_paper(show_label=False)
             use_sketch = gr.Button("Use this drawing", size="sm")
+        drawing.expand(fn=None, js=BRUSH_ON_OPEN, api_visibility="private")
         controls.update(unit_controls(limits, defaults, label="Strength"))
         # The preset's default annotator decides what shows first; then the choice is followed.
         shown = _settings_updates(condition_name, "")
@@ -218,9 +224,9 @@ def _restored_composition(
 ) -> dict[gr.components.Component, Any]:
     """Values for `controls` (by API keyword name) from a PNG made by this app: its shared
     settings, and unit k in slot k (the other slots switched off). Images are not restored."""
-    if file is None:
-        return {}
-    parameters = png_settings(file)
+    parameters = png_settings(file) if file is not None else None
+    if parameters is None:
+        return unchanged(controls)
     units = _restorable_units(parameters, len(unit_columns))
     values = compose_restore_values({**parameters, "units": units}, len(unit_columns))
     if not units:  # nothing for the slots: keep them rather than switch every one off
@@ -239,7 +245,10 @@ def _restored_composition(
             [unit["annotator"], *settings.values(), note], updates, strict=True
         ):
             if component in restored:
-                update["value"] = restored[component]
+                value = restored[component]
+                update["value"] = (
+                    _shown_annotator(condition, value) if component is unit["annotator"] else value
+                )
             restored[component] = update
     return restored
 
@@ -252,26 +261,29 @@ def build_compose_tab(page: Page) -> None:
             "Several conditions at once, as in the paper's Fig. 6 (pose + depth): each unit's "
             "ControlNet adds its residuals. A unit with no image of its own uses unit 1's."
         )
+        # The prompt and Run first (as A1111 puts them above its units): on a phone the units'
+        # details would push them thousands of pixels down.
+        with gr.Row():
+            with gr.Column():
+                prompt = gr.Textbox(label="Prompt", placeholder="e.g. a chef in a kitchen")
+                with gr.Row():
+                    run, stop = run_buttons()
+                with gr.Accordion("Advanced options", open=False):
+                    options = generation_controls(limits, defaults, per_unit=False)
+                    speed = speed_controls(limits, defaults)
+            with gr.Column():
+                gallery, seed_used, restore = result_column(
+                    "Control maps, then images", elem_id="result-compose"
+                )
         with gr.Row(equal_height=False):
             unit_columns = [
                 _unit_controls(number, name, enabled, limits, defaults)
                 for number, (name, enabled) in enumerate(units, start=1)
             ]
-        with gr.Row():
-            with gr.Column():
-                prompt = gr.Textbox(label="Prompt", placeholder="e.g. a chef in a kitchen")
-                run = gr.Button("Run", variant="primary")
-                with gr.Accordion("Advanced options", open=False):
-                    options = generation_controls(limits, defaults, per_unit=False)
-                    speed = speed_controls(limits, defaults)
-                gr.Examples(
-                    examples=[
-                        [str(PROJECT_ROOT / "assets" / "astronaut.png"), "a chef in a kitchen"]
-                    ],
-                    inputs=[unit_columns[0][0]["image"], prompt],
-                )
-            with gr.Column():
-                gallery, seed_used, restore = result_column("Control maps, then images")
+        gr.Examples(
+            examples=[[str(PROJECT_ROOT / "assets" / "astronaut.png"), "a chef in a kitchen"]],
+            inputs=[unit_columns[0][0]["image"], prompt],
+        )
 
     # API keywords: unit 1's image is `image`; every other unit field gets the suffix `_k`.
     first_image = unit_columns[0][0].pop("image")
@@ -289,7 +301,15 @@ def build_compose_tab(page: Page) -> None:
 
     # image_2 / image_3 default to None so API callers may leave them out (unit 1's is used).
     @user_errors
-    def compose(image, prompt, image_2=None, image_3=None, progress=gr.Progress(), **kwargs):
+    def compose(
+        image,
+        prompt,
+        request: gr.Request,
+        image_2=None,
+        image_3=None,
+        progress=gr.Progress(),
+        **kwargs,
+    ):
         images = (image, image_2, image_3)
         raw_units = []
         for number in range(1, len(units) + 1):
@@ -304,12 +324,16 @@ def build_compose_tab(page: Page) -> None:
                 raw_units, prompt, on_progress=on_progress, on_preview=on_preview, **kwargs
             )
 
-        yield from stream_generation(call, progress, store)
+        yield from stream_generation(call, progress, store, request)
 
     inputs_kwargs = {**unit_inputs, **options, **models, **settings_inputs, **speed}
     name_input_errors(inputs_kwargs)
-    gr.on(
-        triggers=[run.click, prompt.submit],
+    run_with_stop(
+        [run.click, prompt.submit],
+        run,
+        stop,
+        seed_used,
+        "result-compose",
         fn=compose,
         inputs=[first_image, prompt],
         inputs_kwargs=inputs_kwargs,

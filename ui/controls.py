@@ -13,7 +13,8 @@ from typing import Any, NamedTuple
 import gradio as gr
 
 from annotators import ANNOTATORS, Annotator, Param
-from errors import UserFacingError
+from annotators.util import load_image
+from errors import InvalidImageError, ModelUnavailableError, UserFacingError
 from pipelines.request import SHARED_OPTIONS, UNIT_OPTIONS, Option
 from settings import Limits
 
@@ -23,7 +24,7 @@ GPU_QUEUE = "gpu"  # every event that runs the diffusion model shares this concu
 MAP_DETECT_RESOLUTION = 512  # the control-map tab's annotator resolution to start from
 
 
-def upload_image(**kwargs) -> gr.Image:
+def upload_image(limits: Limits, **kwargs) -> gr.Image:
     """A `gr.Image` (type="filepath") whose unreadable uploads get a message that says what to do.
 
     Gradio opens the upload (its header, for type="filepath") before our handler runs; a text file
@@ -48,19 +49,42 @@ def upload_image(**kwargs) -> gr.Image:
             ) from error
 
     image.preprocess = preprocess
+    _check_on_arrival(image, limits)
     return image
 
 
-def param_control(param: Param) -> gr.Slider | gr.Checkbox:
+def _check_on_arrival(image: gr.Image, limits: Limits) -> None:
+    """Read each upload as soon as it arrives, with the engine's own reader and limits: a file
+    that is no image, too small or too large is taken out again with a message that says why,
+    instead of a broken picture that fails only at Run."""
+
+    def check(payload):
+        path = payload.get("path") if isinstance(payload, dict) else payload
+        if not path:
+            return gr.skip()
+        try:
+            load_image(path, max_bytes=limits.max_upload_bytes, max_pixels=limits.max_upload_pixels)
+        except InvalidImageError as error:
+            gr.Warning(str(error), title="This upload cannot be used")
+            return None
+        return gr.skip()
+
+    image.upload(
+        check,
+        inputs=image,
+        outputs=image,
+        preprocess=False,  # the file as it came: Gradio's own reading is what may fail
+        api_visibility="private",
+        show_progress="hidden",
+    )
+
+
+def param_control(param: Param, visible: bool = True) -> gr.Slider | gr.Checkbox:
+    common = {"label": param.label, "value": param.default, "info": param.info or None}
     if param.is_flag:
-        return gr.Checkbox(label=param.label, value=param.default, info=param.info or None)
+        return gr.Checkbox(**common, visible=visible)
     return gr.Slider(
-        label=param.label,
-        minimum=param.minimum,
-        maximum=param.maximum,
-        value=param.default,
-        step=param.step,
-        info=param.info or None,
+        minimum=param.minimum, maximum=param.maximum, step=param.step, visible=visible, **common
     )
 
 
@@ -124,8 +148,8 @@ def resolution_slider(limits: Limits, defaults: dict[str, Any]) -> gr.Slider:
     return option_control(spec, limits, defaults["image_resolution"])
 
 
-def detect_resolution_slider(limits: Limits, default: int) -> gr.Slider:
-    return option_control(UNIT_OPTIONS["detect_resolution"], limits, default)
+def detect_resolution_slider(limits: Limits, default: int, visible: bool = True) -> gr.Slider:
+    return option_control(UNIT_OPTIONS["detect_resolution"], limits, default, visible=visible)
 
 
 def unit_controls(
@@ -144,8 +168,9 @@ def model_controls(
         "model",
         limits,
         defaults,
-        base_model={"choices": base_models, "scale": 2},
-        controlnet_version={"scale": 1},
+        # Minimum widths: on a phone each takes the whole row rather than cutting its text.
+        base_model={"choices": base_models, "scale": 2, "min_width": 300},
+        controlnet_version={"scale": 1, "min_width": 260},
     )
 
 
@@ -168,7 +193,25 @@ def generation_controls(
     if per_unit:
         controls.update(unit_controls(limits, defaults))
     controls.update(controls_for("sampling", limits, defaults))
+    _show_only_for(controls["eta"], controls["scheduler"], ETA_SAMPLERS)
     return controls
+
+
+ETA_SAMPLERS = ("DDIM",)  # the samplers whose step takes eta
+
+
+def _show_only_for(
+    control: gr.components.Component, choice: gr.components.Component, values: tuple
+) -> None:
+    """`control` is shown only while `choice` holds one of `values` (from the first paint)."""
+    control.visible = choice.value in values
+    choice.change(
+        lambda value: gr.update(visible=value in values),
+        inputs=choice,
+        outputs=control,
+        api_visibility="private",
+        show_progress="hidden",
+    )
 
 
 def speed_controls(limits: Limits, defaults: dict[str, Any]) -> dict[str, gr.components.Component]:
@@ -190,12 +233,18 @@ def shown_settings(
     return detect, [gr.update(visible=name in own) for name in names]
 
 
-def result_column(label: str) -> tuple[gr.Gallery, gr.Number, gr.File]:
-    """The results: the gallery (control maps first), the seed used, and the restore drop."""
-    gallery = gr.Gallery(label=label, format="png", columns=2, height="auto")
-    seed_used = gr.Number(
-        label="Seed used", precision=0, interactive=False, placeholder="after a run"
+def result_column(label: str, elem_id: str) -> tuple[gr.Gallery, gr.Number, gr.File]:
+    """The results: the gallery (control maps first), the seed used (hidden until a run gives
+    one: a number box would show 0), and the restore drop."""
+    gallery = gr.Gallery(
+        label=label,
+        format="png",
+        columns=2,
+        height="auto",
+        elem_id=elem_id,
+        elem_classes=["result-gallery"],
     )
+    seed_used = gr.Number(label="Seed used", precision=0, interactive=False, visible=False)
     restore = gr.File(
         label="Restore settings: drop a PNG made here",
         file_types=[".png"],
@@ -267,9 +316,11 @@ def _as_messages(name: str):
     try:
         yield
     except UserFacingError as error:
-        # Expected: the person can fix it. One log line, no traceback.
+        # Expected: the person can fix it. One log line, no traceback. A missing model's message
+        # names the command that fixes it: it stays until dismissed, to be read and copied.
         logger.info("Refused %s: %s", name, error)
-        raise gr.Error(str(error), print_exception=False) from error
+        duration = None if isinstance(error, ModelUnavailableError) else 10
+        raise gr.Error(str(error), duration=duration, print_exception=False) from error
     except gr.Error:
         raise
     except Exception as error:

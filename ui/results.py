@@ -7,7 +7,9 @@ image is written here as a PNG with its parameters (png_info) and handed to the 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import functools
 import logging
 import queue
 import tempfile
@@ -21,6 +23,7 @@ from typing import Any
 import gradio as gr
 
 from png_info import read_parameters, restore_values, save_png
+from ui.running import STOPS, checked_progress, session_of
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +39,27 @@ class PngStore:
         self._lock = threading.Lock()
 
     def write(self, image, parameters: dict[str, Any]) -> str:
-        path = save_png(image, self.folder / f"{uuid.uuid4().hex}.png", parameters)
+        """The PNG, named as a person would save it (`canny-1299626776.png`), in a folder of
+        its own (two runs may make the same name)."""
+        folder = self.folder / uuid.uuid4().hex
+        folder.mkdir()
+        path = save_png(image, folder / download_name(parameters), parameters)
         with self._lock:
             self._written.append(path)
             while len(self._written) > self.keep:
-                self._written.popleft().unlink(missing_ok=True)
+                old = self._written.popleft()
+                old.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    old.parent.rmdir()
         return str(path)
+
+
+def download_name(parameters: dict[str, Any]) -> str:
+    """`<condition>[-<condition>...]-<seed>.png`: what made the image, and how to make it again."""
+    units = parameters.get("units") or []
+    conditions = [unit.get("condition") for unit in units if isinstance(unit, dict)]
+    stem = "-".join(str(name) for name in conditions if name) or "image"
+    return f"{stem}-{parameters.get('seed', 'unknown')}.png"
 
 
 def gallery_items(result, store: PngStore) -> list[tuple[Any, str]]:
@@ -92,11 +110,17 @@ def with_previews(
 
 
 def stream_generation(
-    call: Callable[[Callable, Callable], Any], progress, store: PngStore
+    call: Callable[[Callable, Callable], Any],
+    progress,
+    store: PngStore,
+    request: gr.Request | None = None,
 ) -> Generator[tuple[Any, Any], None, None]:
     """A generate handler's outputs, (gallery, seed used): TAESD previews while denoising, then
-    the result. `call(on_progress, on_preview)` runs the engine."""
+    the result. `call(on_progress, on_preview)` runs the engine; Stop in `request`'s session
+    ends it at the next step."""
+    switch = STOPS.arm(session_of(request))
 
+    @functools.partial(checked_progress, switch=switch)
     def report(step: int, total: int) -> None:
         progress((step, total), desc="Denoising", unit="steps")
 
@@ -117,16 +141,22 @@ def preview_items(images: list, step: int, total: int) -> list[tuple[Any, str]]:
     ]
 
 
-def png_settings(file: Any) -> dict:
-    """The parameters of a PNG made by this app; a message saying what to drop otherwise."""
+def png_settings(file: Any) -> dict | None:
+    """The parameters of a PNG made by this app; for any other file a message saying what to
+    drop, and None: the handler then changes nothing (an error would mark every field it
+    restores as failed, as if the person's settings were lost)."""
     parameters = read_parameters(file)
     if parameters is None:
-        raise gr.Error(
-            "This PNG carries no settings from this app. Drop an image generated here (the "
-            "files in the gallery, saved as PNG).",
-            print_exception=False,
+        gr.Warning(
+            "This PNG carries no settings from this app, so nothing was changed. Drop an image "
+            "generated here (the files in the gallery, saved as PNG)."
         )
     return parameters
+
+
+def unchanged(controls: dict[str, gr.components.Component]) -> dict:
+    """A restore's answer that changes nothing (an empty dict would count as one value)."""
+    return {component: gr.skip() for component in controls.values()}
 
 
 def restored_values(
@@ -154,9 +184,9 @@ def restored_settings(
     file: Any, condition_name: str, controls: dict[str, gr.components.Component]
 ) -> dict[gr.components.Component, Any]:
     """Values for `controls` (by API keyword name) from a PNG made by this app, with a message."""
-    if file is None:
-        return {}
-    parameters = png_settings(file)
+    parameters = png_settings(file) if file is not None else None
+    if parameters is None:
+        return unchanged(controls)
     values = restore_values(parameters)
     made_on = values.pop("condition", None)
     if made_on != condition_name:

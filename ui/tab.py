@@ -35,6 +35,8 @@ from ui.controls import (
     user_errors,
 )
 from ui.results import restored_settings, stream_generation
+from ui.running import run_buttons, run_with_stop
+from ui.status import StatusNotes
 
 CANVAS_SIZE = (512, 512)  # the reference interactive scribble canvas
 
@@ -49,40 +51,67 @@ def canvas_image(value: Any) -> Any:
     return value
 
 
-def input_component(condition: Condition) -> gr.components.Component:
+def drawing_paper(**kwargs) -> gr.Sketchpad:
+    """The white paper to draw a scribble on: black brush only, the frame as square as the paper
+    (so it shows whole and fills it: page CSS `.drawing-paper`), the brush picked by
+    `BRUSH_ON_OPEN` when it comes into view."""
+    return gr.Sketchpad(
+        type="numpy",
+        image_mode="RGBA",
+        canvas_size=CANVAS_SIZE,
+        brush=gr.Brush(colors=["#000000"], color_mode="fixed", default_size=6),
+        layers=False,
+        elem_classes=["drawing-paper"],
+        **kwargs,
+    )
+
+
+# Gradio's editor starts with no tool: a first stroke would draw nothing until the brush is
+# clicked. Click it for the person whenever a paper comes into view (a tab or an accordion opens).
+BRUSH_ON_OPEN = """() => {
+  setTimeout(() => {
+    for (const brush of document.querySelectorAll('.drawing-paper button[aria-label="Brush"]')) {
+      if (brush.offsetParent !== null && !brush.classList.contains('highlight')) brush.click();
+    }
+  }, 150);
+}"""
+
+
+def input_component(condition: Condition, limits) -> gr.components.Component:
     if condition.input_kind == "canvas":
-        return gr.Sketchpad(
-            label="Draw here",
-            type="numpy",
-            image_mode="RGBA",
-            canvas_size=CANVAS_SIZE,
-            brush=gr.Brush(colors=["#000000"], color_mode="fixed", default_size=6),
-        )
-    return upload_image(label="Input image", sources=["upload", "clipboard"])
+        return drawing_paper(label="Draw here")
+    return upload_image(limits, label="Input image", sources=["upload", "clipboard"])
 
 
-def build_condition_tab(condition: Condition, page: Page) -> None:
+def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | None = None) -> None:
     engine, limits, defaults, models, store = page
-    with gr.Tab(condition.label, id=condition.name):
+    with gr.Tab(condition.label, id=condition.name) as tab:
         if condition.description:
             gr.Markdown(condition.description)
+        if notes is not None:
+            notes.tab(condition.name)  # what this tab lacks, if anything, from each page load
         with gr.Row():
             with gr.Column():
-                image = input_component(condition)
+                image = input_component(condition, limits)
                 prompt = gr.Textbox(label="Prompt", placeholder="e.g. a cosy house by a lake")
                 with gr.Row():
-                    run = gr.Button("Run", variant="primary")
+                    run, stop = run_buttons()
                     preview = gr.Button("Preview map")
                 # The annotator and its own settings shape the map: shown, not tucked away.
                 map_controls: dict[str, gr.components.Component] = {
                     "annotator": annotator_choice(condition.annotators),
                 }
+                # Each parameter once (OpenPose's and MediaPipe's hands are one control), shown
+                # from the first paint only when the default annotator has it.
+                first = ANNOTATORS[condition.annotators[0]]
                 for param in condition.params:
-                    map_controls[param.name] = param_control(param)
+                    map_controls[param.name] = param_control(param, visible=first.has(param))
                 with gr.Accordion("Advanced options", open=False):
                     if condition.default_detect_resolution is not None:
                         map_controls["detect_resolution"] = detect_resolution_slider(
-                            limits, condition.default_detect_resolution
+                            limits,
+                            first.default_detect_resolution or condition.default_detect_resolution,
+                            visible=first.default_detect_resolution is not None,
                         )
                     options = generation_controls(limits, defaults)
                     speed = speed_controls(limits, defaults)
@@ -102,10 +131,15 @@ def build_condition_tab(condition: Condition, page: Page) -> None:
                         inputs=[image, prompt],
                     )
             with gr.Column():
-                gallery, seed_used, restore = result_column("Control map, then images")
+                gallery, seed_used, restore = result_column(
+                    "Control map, then images", elem_id=f"result-{condition.name}"
+                )
+
+    if condition.input_kind == "canvas":
+        tab.select(fn=None, js=BRUSH_ON_OPEN, api_visibility="private")
 
     @user_errors
-    def generate(image, prompt, progress=gr.Progress(), **kwargs):
+    def generate(image, prompt, request: gr.Request, progress=gr.Progress(), **kwargs):
         def call(on_progress, on_preview):
             return engine.generate(
                 condition.name,
@@ -116,7 +150,7 @@ def build_condition_tab(condition: Condition, page: Page) -> None:
                 **kwargs,
             )
 
-        yield from stream_generation(call, progress, store)
+        yield from stream_generation(call, progress, store, request)
 
     @user_errors
     def preview_map(image, **kwargs):
@@ -126,8 +160,12 @@ def build_condition_tab(condition: Condition, page: Page) -> None:
         return [(control.image, "Control map")]
 
     name_input_errors({**options, **models, **map_controls, **speed})
-    gr.on(
-        triggers=[run.click, prompt.submit],
+    run_with_stop(
+        [run.click, prompt.submit],
+        run,
+        stop,
+        seed_used,
+        f"result-{condition.name}",
         fn=generate,
         inputs=[image, prompt],
         inputs_kwargs={**options, **models, **map_controls, **speed},
@@ -199,20 +237,26 @@ def build_annotate_tab(page: Page) -> None:
         gr.Markdown("Make a control map without generating: preview it, or download it to reuse.")
         with gr.Row():
             with gr.Column():
-                image = upload_image(label="Input image")
+                image = upload_image(limits, label="Input image")
+                first = next(iter(ANNOTATORS.values()))  # the one chosen at page load
                 controls: dict[str, gr.components.Component] = {
                     "annotator": gr.Dropdown(
                         label="Annotator",
                         choices=[(a.label, a.name) for a in ANNOTATORS.values()],
-                        value=next(iter(ANNOTATORS)),
+                        value=first.name,
                     ),
                     "image_resolution": resolution_slider(limits, defaults),
-                    "detect_resolution": detect_resolution_slider(limits, MAP_DETECT_RESOLUTION),
+                    "detect_resolution": detect_resolution_slider(
+                        limits,
+                        first.default_detect_resolution or MAP_DETECT_RESOLUTION,
+                        visible=first.default_detect_resolution is not None,
+                    ),
                     **geometry_controls(limits, defaults),
                 }
                 for annotator in ANNOTATORS.values():
                     for param in annotator.params:
-                        controls.setdefault(param.name, param_control(param))
+                        if param.name not in controls:  # a name shared by annotators: one control
+                            controls[param.name] = param_control(param, first.has(param))
                 make = gr.Button("Make map", variant="primary")
             with gr.Column():
                 output = gr.Image(label="Control map", format="png")
