@@ -15,7 +15,8 @@ One JSON line per sampler:
   (CUDA only, where they make the stream wait);
 - `seconds_per_run`: median over --repeats of a whole loop: the model alone (`model_only`), with
   the sampler's own steps (`own_steps`), with the plan (`planned`);
-- `max_abs_diff`: between the two loops' final latents.
+- `max_abs_diff`: between the two loops' final latents, and `latents_max_abs`: their size (what
+  float32 rounding is relative to).
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ def measure(name: str, args, device: torch.device, model) -> dict:
         }
         theirs, mine = run("own_steps", quiet)().float(), run("planned", quiet)().float()
     record["max_abs_diff"] = float((theirs - mine).abs().max())
+    record["latents_max_abs"] = float(theirs.abs().max())
     return record
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.engine import Engine
 from pipelines.speed import fast_path
+from testkit.tolerances import ROUNDING_LEVELS, assert_levels_within
 
 REQUEST = {"steps": 3, "image_resolution": 256, "seed": 4}
 
@@ -44,8 +45,8 @@ def test_fast_path_engine_matches_the_plain_engine(
     steps_begun.clear()
     plain = engine.generate("canny", astronaut, "a robot", **REQUEST)
     assert not steps_begun  # nothing compiled, nothing to tell
-    difference = np.abs(first.images[0].astype(int) - plain.images[0].astype(int))
-    assert difference.max() <= 2, difference.max()
+    # channels_last, fused QKV and the traced graph reorder float32 sums only.
+    assert_levels_within(first.images[0], plain.images[0], ROUNDING_LEVELS, "engine_fast:fast_path")
 
 
 def test_low_memory_engine_generates_the_same_images(settings, engine, astronaut):
@@ -53,8 +54,8 @@ def test_low_memory_engine_generates_the_same_images(settings, engine, astronaut
     assert not small.fast_path and "Low-memory mode" in small.describe()
     result = small.generate("canny", astronaut, "a robot", **REQUEST)
     plain = engine.generate("canny", astronaut, "a robot", **REQUEST)
-    difference = np.abs(result.images[0].astype(int) - plain.images[0].astype(int))
-    assert difference.max() <= 1
+    # On a CPU low-memory mode is VAE slicing only, and one image is one slice: the same ops.
+    assert np.array_equal(result.images[0], plain.images[0])
 
 
 @pytest.mark.parametrize("always_flag", [True, False])
@@ -146,7 +147,9 @@ def test_a_failed_compile_leaves_the_fast_path_and_still_gives_the_images(
         fast_engine.controlnet("canny")
     )
     plain = engine.generate("canny", astronaut, "a robot", **REQUEST)
-    assert np.abs(first.images[0].astype(int) - plain.images[0].astype(int)).max() <= 1
+    # The models keep channels_last and fused QKV: float32 sums reordered only.
+    label = "engine_fast:failed_compile"
+    assert_levels_within(first.images[0], plain.images[0], ROUNDING_LEVELS, label)
     again = fast_engine.generate("canny", astronaut, "a robot", **REQUEST)
     assert again.warnings == [] and np.array_equal(again.images[0], first.images[0])
 

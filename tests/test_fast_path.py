@@ -24,6 +24,13 @@ import torch
 
 from pipelines.speed import fast_path
 from settings import DEFAULT_MODEL_IDS, Limits, Settings
+from testkit.tolerances import (
+    ROUNDING_LEVELS,
+    assert_levels_within,
+    assert_within,
+    network_bound,
+    reduction_lengths,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CANNY_ID = DEFAULT_MODEL_IDS["canny"]
@@ -107,6 +114,13 @@ def test_configure_torch_raises_the_recompile_limit():
 
 
 # ---- channels_last and fused QKV leave outputs unchanged -----------------------------------------
+# channels_last convolutions (and a fused matmul's blocking) take the same sums in another order,
+# as another CPU or thread count does: the outputs differ by float32 rounding through the network.
+def _assert_reordered_only(got, expected, lengths, label):
+    scale = float(expected.abs().max())
+    assert_within(got, expected, network_bound(lengths, scale), label, scale=scale)
+
+
 def test_unet_speed_up_without_compile_keeps_outputs(unet):
     from diffusers.models.attention_processor import FusedAttnProcessor2_0
 
@@ -115,10 +129,11 @@ def test_unet_speed_up_without_compile_keeps_outputs(unet):
     assert fast_path.applied(fast_unet) == ("channels_last", "fused_qkv")
     assert {type(p) for p in fast_unet.attn_processors.values()} == {FusedAttnProcessor2_0}
     assert fast_unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    lengths = reduction_lengths(unet, lambda: unet(latents, timestep, encoder_hidden_states=text))
     with torch.inference_mode():
         expected = unet(latents, timestep, encoder_hidden_states=text).sample
         got = fast_unet(latents, timestep, encoder_hidden_states=text).sample
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    _assert_reordered_only(got, expected, lengths, "fast_path:unet")
 
 
 def test_controlnet_qkv_is_really_fused_and_outputs_unchanged(controlnet):
@@ -128,11 +143,17 @@ def test_controlnet_qkv_is_really_fused_and_outputs_unchanged(controlnet):
     fused = [m for m in fast_controlnet.modules() if getattr(m, "fused_projections", False)]
     assert fused and all(hasattr(m, "to_qkv") or hasattr(m, "to_kv") for m in fused)
     latents, timestep, text, image = _inputs()
+
+    def run(model):
+        return model(latents, timestep, text, controlnet_cond=image, return_dict=False)
+
+    # Every reduction the ControlNet runs: more than any one output comes through.
+    lengths = reduction_lengths(controlnet, lambda: run(controlnet))
     with torch.inference_mode():
-        expected = controlnet(latents, timestep, text, controlnet_cond=image, return_dict=False)
-        got = fast_controlnet(latents, timestep, text, controlnet_cond=image, return_dict=False)
-    for a, b in zip([*got[0], got[1]], [*expected[0], expected[1]], strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        expected, got = run(controlnet), run(fast_controlnet)
+    pairs = zip([*got[0], got[1]], [*expected[0], expected[1]], strict=True)
+    for index, (a, b) in enumerate(pairs):
+        _assert_reordered_only(a, b, lengths, f"fast_path:controlnet[{index}]")
 
 
 def test_vae_speed_up_keeps_decoding(tiny_dir):
@@ -142,10 +163,10 @@ def test_vae_speed_up_keeps_decoding(tiny_dir):
     fast_vae = fast_path.speed_up_vae(copy.deepcopy(vae))  # no compile by default for the VAE
     assert fast_path.applied(fast_vae) == ("channels_last", "fused_qkv")
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    lengths = reduction_lengths(vae, lambda: vae.decode(latents))
     with torch.inference_mode():
-        torch.testing.assert_close(
-            fast_vae.decode(latents).sample, vae.decode(latents).sample, atol=1e-5, rtol=1e-4
-        )
+        expected, got = vae.decode(latents).sample, fast_vae.decode(latents).sample
+    _assert_reordered_only(got, expected, lengths, "fast_path:vae")
 
 
 def test_speed_up_is_idempotent_and_respects_other_attention_backends(unet):
@@ -191,7 +212,8 @@ def test_unet_and_controlnet_trace_as_one_graph_through_the_engine(tiny_dir):
         assert fast_path.applied(model)[-1] == "compile:eager"
         got = generate(seed=3)
         assert counters["stats"]["unique_graphs"] >= 2  # the UNet and the ControlNet, traced
-        assert np.abs(got.astype(int) - expected).max() <= 1
+        # Reordered sums (as above) move the float images far less than one of 255 levels.
+        assert_levels_within(got, expected, ROUNDING_LEVELS, "fast_path:engine_one_graph")
     finally:
         torch._dynamo.reset()
 
@@ -239,7 +261,7 @@ def test_control_windows_and_guess_mode_keep_one_unet_graph(tiny_dir):
         fast_path.speed_up_controlnet(model, backend="eager")
         for request, eager in zip(requests, expected, strict=True):
             got = generate(seed=5, **request)
-            assert np.abs(got.astype(int) - eager).max() <= 1, request
+            assert_levels_within(got, eager, ROUNDING_LEVELS, f"fast_path:windows {request}")
         assert counters["stats"]["unique_graphs"] == 2  # the UNet once, the ControlNet once
     finally:
         torch._dynamo.reset()

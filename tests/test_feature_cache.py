@@ -16,6 +16,7 @@ from pipelines.loop.control import CONTROL_MODES
 from pipelines.loop.denoise import ControlUnit, control_residuals, denoise
 from pipelines.loop.schedulers import make_scheduler
 from pipelines.speed import fast_path, feature_cache
+from testkit.tolerances import ROUNDING_LEVELS, assert_levels_within
 
 REQUEST = {"steps": 6, "image_resolution": 256, "seed": 4}
 
@@ -63,7 +64,8 @@ def test_a_full_step_is_diffusers_unet_forward(models, size, with_control):
         noise, features = feature_cache.caching_unet(pipe.unet)(
             sample, timestep, embeds, down, middle
         )
-    torch.testing.assert_close(noise, expected, rtol=0, atol=1e-6)
+    # The same modules called with the same tensors, in diffusers' order: equal bit for bit.
+    assert torch.equal(noise, expected), float((noise - expected).abs().max())
     # The last up block's input: full latent size, the second level's channels.
     assert features.shape == (2, pipe.unet.config.block_out_channels[1], *size)
 
@@ -79,7 +81,8 @@ def test_a_shallow_step_on_its_own_full_steps_features_gives_the_same_noise(mode
         full, features = caching(sample, timestep, embeds, down, middle)
         shallow, kept = caching(sample, timestep, embeds, down[:count], cached=features)
         other_input = caching(sample * 0.5, timestep, embeds, down[:count], cached=features)[0]
-    torch.testing.assert_close(shallow, full, rtol=0, atol=1e-6)
+    # The shallow step recomputes the same first and last blocks on the same inputs: bit for bit.
+    assert torch.equal(shallow, full), float((shallow - full).abs().max())
     assert kept is features
     assert not torch.allclose(other_input, full)  # the shallow branch does depend on the input
 
@@ -91,8 +94,8 @@ def test_the_shallow_controlnet_gives_its_first_residuals(models):
     with torch.inference_mode():
         shallow = feature_cache.shallow_controlnet(controlnet)(sample, timestep, embeds, control, 3)
     assert len(shallow) == 3
-    for mine, theirs in zip(shallow, down[:3], strict=True):
-        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+    for mine, theirs in zip(shallow, down[:3], strict=True):  # ControlNetModel's own ops: exact
+        assert torch.equal(mine, theirs), float((mine - theirs).abs().max())
     assert feature_cache.shallow_controlnet(controlnet) is feature_cache.shallow_controlnet(
         controlnet
     )  # made once, so a compiled one is reused
@@ -107,8 +110,8 @@ def test_shallow_residuals_keep_the_control_modes_weights(models):
         full_down, _ = control_residuals([unit], sample, timestep, embeds, mode, 1.0)
         shallow_down, middle = control_residuals([unit], sample, timestep, embeds, mode, 1.0, 3)
     assert middle is None and len(shallow_down) == 3
-    for mine, theirs in zip(shallow_down, full_down[:3], strict=True):
-        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+    for mine, theirs in zip(shallow_down, full_down[:3], strict=True):  # same product: exact
+        assert torch.equal(mine, theirs), float((mine - theirs).abs().max())
 
 
 def _count_calls(module: torch.nn.Module) -> list[int]:
@@ -198,8 +201,8 @@ def test_the_fast_path_compiles_the_caching_models_without_graph_breaks(
     again = fast_engine.generate("canny", astronaut, "a robot", **request)
     assert not any("First request" in warning for warning in again.warnings)
     plain = engine.generate("canny", astronaut, "a robot", **request)
-    difference = np.abs(first.images[0].astype(int) - plain.images[0].astype(int))
-    assert difference.max() <= 2, difference.max()
+    # channels_last, fused QKV and the traced graph reorder float32 sums only.
+    assert_levels_within(first.images[0], plain.images[0], ROUNDING_LEVELS, "feature_cache:fast")
 
 
 def test_feature_cache_benchmark_tiny_counts_and_times_both_steps():
@@ -221,10 +224,15 @@ def test_feature_cache_benchmark_tiny_counts_and_times_both_steps():
     assert completed.returncode == 0, completed.stderr[-3000:]
     records = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
     assert [record["measure"] for record in records] == ["flops", "seconds"]
-    for record in records:
-        assert 0 < record["shallow_share"] < 1, record
-        bounds = [record["speedup_bound"][str(n)] for n in (2, 3, 4, 5)]
-        assert bounds[0] > 1 and bounds == sorted(bounds), record  # more caching, more gain
+    flops, seconds = records
+    assert 0 < flops["shallow_share"] < 1, flops
+    bounds = [flops["speedup_bound"][str(n)] for n in (2, 3, 4, 5)]
+    assert bounds[0] > 1 and bounds == sorted(bounds), flops  # more caching, more gain
+    # Timed, the tiny shallow step saves a few milliseconds, which a busy machine can swallow:
+    # only that both steps were measured, not which one came out faster.
+    assert seconds["full_s"] > 0 and seconds["shallow_s"] > 0, seconds
+    assert seconds["shallow_share"] > 0, seconds
+    assert set(seconds["speedup_bound"]) == set(flops["speedup_bound"]), seconds
 
 
 def test_a_composition_caches_every_units_deep_blocks(settings, astronaut):

@@ -14,6 +14,7 @@ from pipelines.engine import Engine
 from pipelines.speed import fast_path, lcm_lora
 from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS
 from testkit.tiny_models import save_lora_in_kohya_format
+from testkit.tolerances import ROUNDING_LEVELS, assert_levels_within
 
 LCM = {"scheduler": "LCM", "steps": 4, "guidance_scale": 1.0, "image_resolution": 256, "seed": 5}
 EXACT = {"steps": 3, "image_resolution": 256, "seed": 5}
@@ -79,8 +80,9 @@ def test_a_kohya_style_copy_merges_the_same_weights(models_dir, tmp_path):
         merged.append(pipe.unet.state_dict())
     changed = [name for name in own if not torch.equal(own[name], merged[0][name])]
     assert len(changed) > 50  # attention, feed-forward, resnet convolutions and time projections
-    for name in own:
-        torch.testing.assert_close(merged[1][name], merged[0][name], rtol=1e-5, atol=1e-6)
+    # The kohya copy differs by powers of two only (up weights / 0.5, alpha / rank = 0.5), which
+    # scale binary floats exactly: the same products, the same sums, equal bit for bit.
+    assert all(torch.equal(merged[1][name], merged[0][name]) for name in own)
 
 
 def test_lcm_on_the_fast_path_matches_eager_with_fused_projections(
@@ -107,6 +109,7 @@ def test_lcm_on_the_fast_path_matches_eager_with_fused_projections(
         else:
             projection, parts = attention.to_qkv, (attention.to_q, attention.to_k, attention.to_v)
         assert torch.equal(projection.weight, torch.cat([part.weight for part in parts]))
-    assert np.abs(lcm.images[0].astype(int) - eager.images[0].astype(int)).max() <= 2
+    # Fused projections, channels_last and the traced graph reorder float32 sums only.
+    assert_levels_within(lcm.images[0], eager.images[0], ROUNDING_LEVELS, "lcm_lora:fast_path")
     exact_after = fast_engine.generate("canny", astronaut, "a robot", **EXACT)
     assert np.array_equal(exact_after.images[0], exact_before.images[0])

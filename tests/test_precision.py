@@ -12,6 +12,7 @@ import torch
 from pipelines.engine import Engine
 from pipelines.speed import precision
 from settings import Settings
+from testkit.tolerances import BFLOAT16_U, report
 
 REQUEST = {"steps": 4, "image_resolution": 256, "seed": 11}
 
@@ -63,7 +64,12 @@ def test_the_engine_generates_in_bfloat16_close_to_float32(settings, engine, ast
     np.testing.assert_array_equal(result.control_map, reference.control_map)  # same annotator
     mine, theirs = (np.asarray(r.images[0], dtype=np.float32) for r in (result, reference))
     assert mine.shape == theirs.shape and mine.std() > 5  # a real image, not a flat one
-    assert np.abs(mine - theirs).mean() < 4.0, np.abs(mine - theirs).mean()
+    # bfloat16 keeps 8 significant bits: each step's prediction moves by about u = 2**-8 of its
+    # scale, the steps add up, over the image's 255 levels (another seed moves the mean by ~45).
+    bound = REQUEST["steps"] * BFLOAT16_U * 255  # 4 levels
+    difference = float(np.abs(mine - theirs).mean())
+    report("precision:bfloat16_images mean", difference, bound)
+    assert difference <= bound, difference
 
 
 def test_a_vae_that_overflows_in_bfloat16_decodes_again_in_float32(
