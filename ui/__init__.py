@@ -26,7 +26,7 @@ PAGE_CSS = """
 .drawing-paper.block { height: auto !important; }
 .drawing-paper .image-container { aspect-ratio: 1 / 1; width: 100%; height: auto; max-height: none }
 /* The server's status lines: small, so the work area starts high on a phone. */
-#model-status, #speed-hint { font-size: var(--text-sm); }
+#model-status .prose, #speed-hint .prose { font-size: var(--text-sm); line-height: 1.4; }
 #model-status p, #speed-hint p { margin: 0; }
 """
 
