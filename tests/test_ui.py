@@ -54,3 +54,21 @@ def test_examples_are_real_images_in_assets():
     licences = (ASSETS / "LICENSE.md").read_text()
     used = {name for condition in CONDITIONS.values() for name, _ in condition.examples}
     assert all(f"`{name}`" in licences for name in used)
+
+
+def test_the_image_editor_splits_into_the_initial_image_and_the_mask():
+    from ui.img2img import split_editor
+
+    photo = np.zeros((6, 8, 4), np.uint8)
+    photo[..., :3], photo[..., 3] = 90, 255
+    stroke = np.zeros((6, 8, 4), np.uint8)
+    stroke[2:4, 1:5] = (255, 0, 255, 255)
+    image, mask = split_editor({"background": photo, "layers": [stroke], "composite": None})
+    assert image.shape == (6, 8, 3) and (image == 90).all()
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 255}
+    assert (mask[2:4, 1:5] == 255).all() and mask.sum() == 8 * 255
+    # Nothing painted: no mask (plain image to image); no upload: no initial image.
+    assert split_editor({"background": photo, "layers": [np.zeros_like(stroke)]})[1] is None
+    sheet = np.zeros((6, 8, 4), np.uint8)  # what an empty editor holds: a transparent sheet
+    assert split_editor({"background": sheet, "layers": [stroke]})[0] is None
+    assert split_editor(None) == (None, None)
