@@ -26,6 +26,7 @@ ROLE_WORDS = {
     "depth_estimator": "the MiDaS depth estimator",
     "segmenter": "the UperNet segmenter",
     "lcm_lora": "the LCM-LoRA",
+    "ip2p": "the Instruct Pix2Pix ControlNet",
 }
 
 

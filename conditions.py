@@ -27,6 +27,9 @@ class Condition:
     controlnet_role_by_annotator: Mapping[str, str] = field(default_factory=dict)
     # (file in assets/, prompt) pairs shown under the tab.
     examples: tuple[tuple[str, str], ...] = ()
+    # What the prompt box suggests, where a prompt is not a description (ip2p: an instruction);
+    # "" = the page's own suggestion.
+    prompt_hint: str = ""
 
     def controlnet_role_for(self, annotator: str) -> str:
         return self.controlnet_role_by_annotator.get(annotator, self.controlnet_role)
@@ -136,6 +139,29 @@ CONDITIONS: dict[str, Condition] = {
             description="ADE20K segmentation of your photo (or your own colour map) sets what goes "
             "where.",
             examples=(("rocket.jpg", "a lighthouse on a cliff"),),
+        ),
+        Condition(
+            "tile",
+            "Tile (details)",
+            "tile",
+            ("tile_resample", "none"),
+            description="Your photo, blurred by down-sampling, keeps its layout and colours while "
+            "the model draws new detail into it: describe the picture in the prompt. A higher "
+            "down sampling rate gives the model more freedom. There is no v1.0 tile model: with "
+            "v1.0 chosen, this tab runs the v1.1 one.",
+            examples=(("coffee.jpg", "a cup of coffee on a saucer, highly detailed, sharp focus"),),
+        ),
+        Condition(
+            "ip2p",
+            "Instruct Pix2Pix",
+            "ip2p",
+            ("none",),
+            description="Edit your photo by instruction: the photo itself steers the image (no "
+            'annotator), and the prompt says what to change, e.g. "make it winter" or '
+            '"turn it into a painting". There is no v1.0 model: with v1.0 chosen, this tab runs '
+            "the v1.1 one.",
+            examples=(("chelsea.jpg", "make it winter"),),
+            prompt_hint="e.g. make it winter",
         ),
     )
 }

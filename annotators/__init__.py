@@ -1,7 +1,8 @@
 """Annotator registry and the one path every control map takes.
 
     HWC3 -> size of the output (short side = image resolution, multiples of 64)
-         -> detect (at that size, or at the detect resolution and resized back)
+         -> detect (at that size, or at the detect resolution or the image's own size and
+            resized to it by the annotator's `fit_map`)
          -> HWC3 -> postprocess (at the output size) -> HWC3
 
 Adding an annotator means writing one `Annotator` subclass and listing it in `ANNOTATORS`.
@@ -23,6 +24,7 @@ from annotators.passthrough import PassthroughAnnotator
 from annotators.pose import MediapipePoseAnnotator, OpenposeAnnotator
 from annotators.scribble import ScribbleAnnotator
 from annotators.seg import UpernetSegAnnotator
+from annotators.tile import TileResampleAnnotator
 from annotators.util import (
     HWC3,
     RESIZE_MODES,
@@ -50,6 +52,7 @@ ANNOTATORS: dict[str, Annotator] = {
         NormalBaeAnnotator(),
         MidasNormalAnnotator(),
         UpernetSegAnnotator(),
+        TileResampleAnnotator(),
         PassthroughAnnotator(),
     )
 }
@@ -104,11 +107,14 @@ def make_control_map(
 
 
 def _map_at(annotator, detector, image, height, width, detect_resolution, params=None):
-    """detect (at (height, width), or at the detect resolution and resized) -> postprocess."""
+    """detect (at (height, width), at the detect resolution, or at the image's own size, and
+    resized by `fit_map`) -> postprocess."""
     params = params or {}
-    if annotator.default_detect_resolution is None or detect_resolution is None:
+    if annotator.detects_at_image_size:
+        control_map = annotator.fit_map(HWC3(detector(image, **params)), height, width)
+    elif annotator.default_detect_resolution is None or detect_resolution is None:
         control_map = detector(resize_to(image, height, width), **params)
     else:
         detected = detector(resize_image(image, detect_resolution), **params)
-        control_map = resize_to(HWC3(detected), height, width, annotator.map_interpolation)
+        control_map = annotator.fit_map(HWC3(detected), height, width)
     return HWC3(annotator.postprocess(HWC3(control_map)))

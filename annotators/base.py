@@ -20,6 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from annotators.util import resize_to
 from errors import InvalidRequestError
 
 Detector = Callable[..., np.ndarray]
@@ -86,8 +87,12 @@ class Annotator(ABC):
     # None: runs on the image already resized to the output size (Canny, scribble, as the
     # reference does). Else the detector runs at this short side and its map is resized after.
     default_detect_resolution: int | None = None
-    # How a map made at the detect resolution is brought to the output size.
+    # How a map made at the detect resolution is brought to the output size (`fit_map`).
     map_interpolation: int = cv2.INTER_LINEAR
+    # True: the detector sees the image at its own size (after crop_and_resize's crop), not
+    # resized to the output first, and `fit_map` brings its map to the output size. Tile
+    # resample's factor is relative to the upload's own resolution, as in AUTOMATIC1111.
+    detects_at_image_size: bool = False
     # The weights `load` cannot do without: (role, file of the role's repo), or (role, None) for
     # the role's whole model. An annotator with a fallback (OpenPose -> MediaPipe) needs none.
     needs: tuple[tuple[str, str | None], ...] = ()
@@ -96,12 +101,18 @@ class Annotator(ABC):
         """The detector, with its weights loaded from `context`. Classical annotators: `detect`."""
         return self.detect
 
+    def fit_map(self, control_map: np.ndarray, height: int, width: int) -> np.ndarray:
+        """A map made at another size (the detect resolution, or the image's own) brought to the
+        output (height, width); by default with `map_interpolation`."""
+        return resize_to(control_map, height, width, self.map_interpolation)
+
     def postprocess(self, control_map: np.ndarray) -> np.ndarray:
         """Applied to the map at the output size (e.g. fake scribble's thinning); default none."""
         return control_map
 
     def detect(self, image: np.ndarray, **params: float) -> np.ndarray:
-        """image: RGB uint8 (H, W, 3) -> map uint8 (H, W) or (H, W, 3) of the same H, W."""
+        """image: RGB uint8 (H, W, 3) -> map uint8 (H, W) or (H, W, 3) of the same H, W (any
+        size where `detects_at_image_size`: `fit_map` resizes it)."""
         raise NotImplementedError(f"{type(self).__name__} defines neither load nor detect")
 
     def has(self, param: Param) -> bool:

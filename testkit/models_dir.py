@@ -11,14 +11,31 @@ from pathlib import Path
 # A community SD1.5 checkpoint as one original-layout .safetensors file, relative to MODELS_DIR.
 COMMUNITY_BASE = "community/tiny-community.safetensors"
 COMMUNITY_BASE_MODELS = f"Tiny community={COMMUNITY_BASE}"  # the BASE_MODELS setting for it
+# The ControlNet roles tests/golden/ was recorded with, in the order that gave them their seeds
+# (1, 2, ...). Roles added later come after them, so the recorded ones keep their weights.
+RECORDED_ROLES = (
+    "canny", "depth", "mlsd", "normal", "normal_midas", "openpose", "scribble", "seg", "softedge",
+)  # fmt: skip
+
+
+def controlnet_roles() -> list[str]:
+    """Every ControlNet role a condition uses (v1.0 MiDaS normals too), in seed order: the
+    recorded roles first, then the others, sorted."""
+    from conditions import CONDITIONS
+
+    roles = {condition.controlnet_role for condition in CONDITIONS.values()}
+    for condition in CONDITIONS.values():
+        roles.update(condition.controlnet_role_by_annotator.values())
+    recorded = [role for role in RECORDED_ROLES if role in roles]
+    return recorded + sorted(roles - set(RECORDED_ROLES))
 
 
 def build_tiny_models(folder: Path) -> Path:
-    """Tiny SD1.5, a tiny ControlNet for every role a condition uses (v1.0 MiDaS normals too), the
-    v1.0 canny ControlNet, TAESD for previews, an LCM-LoRA, a second base as a single-file
-    checkpoint (COMMUNITY_BASE), and annotator weights (HED, M-LSD, DPT-Hybrid, UperNet): the
-    tests' MODELS_DIR. NormalBAE and OpenPose weights stay missing (their own tests build them)."""
-    from conditions import CONDITIONS
+    """Tiny SD1.5, a tiny ControlNet for every role a condition uses (v1.0 MiDaS normals, tile
+    and Instruct Pix2Pix too; seeded in `controlnet_roles` order), the v1.0 canny ControlNet,
+    TAESD for previews, an LCM-LoRA, a second base as a single-file checkpoint (COMMUNITY_BASE),
+    and annotator weights (HED, M-LSD, DPT-Hybrid, UperNet): the tests' MODELS_DIR. NormalBAE and
+    OpenPose weights stay missing (their own tests build them)."""
     from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS, V10_MODEL_IDS
     from testkit.annotator_weights import (
         save_hed_and_mlsd,
@@ -34,10 +51,7 @@ def build_tiny_models(folder: Path) -> Path:
         build_tiny_taesd,
     )
 
-    roles = {condition.controlnet_role for condition in CONDITIONS.values()}
-    for condition in CONDITIONS.values():
-        roles.update(condition.controlnet_role_by_annotator.values())
-    build_models_dir(folder, [DEFAULT_MODEL_IDS[role] for role in sorted(roles)])
+    build_models_dir(folder, [DEFAULT_MODEL_IDS[role] for role in controlnet_roles()])
     build_tiny_controlnet(folder / V10_MODEL_IDS["canny"], seed=99)
     build_tiny_taesd(folder / OPTIONAL_MODEL_IDS["preview_decoder"])
     build_random_lcm_lora(

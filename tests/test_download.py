@@ -12,14 +12,22 @@ from pathlib import Path
 import pytest
 
 import download
+from conditions import CONDITIONS
 from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS, V10_MODEL_IDS, Settings
 from testkit.tiny_models import BASE_ID, build_tiny_base, build_tiny_controlnet
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CANNY_ID = DEFAULT_MODEL_IDS["canny"]
+# Every ControlNet role a tab runs (v1.0 MiDaS normals, tile and Instruct Pix2Pix too).
+CONTROLNET_ROLES = sorted(
+    {
+        condition.controlnet_role_for(annotator)
+        for condition in CONDITIONS.values()
+        for annotator in condition.annotators
+    }
+)
 CONTROLNET_IDS = sorted(
-    {DEFAULT_MODEL_IDS[role] for role in (*V10_MODEL_IDS, "normal_midas")}
-    | set(V10_MODEL_IDS.values())
+    {DEFAULT_MODEL_IDS[role] for role in CONTROLNET_ROLES} | set(V10_MODEL_IDS.values())
 )
 ANNOTATOR_FILES = [
     "ControlNetHED.pth",
@@ -48,7 +56,7 @@ EXPECTED = {
     BASE_ID: BASE_FILES,
     **{
         DEFAULT_MODEL_IDS[role]: ["config.json", "diffusion_pytorch_model.safetensors"]
-        for role in (*V10_MODEL_IDS, "normal_midas")
+        for role in CONTROLNET_ROLES
     },
     "lllyasviel/Annotators": ANNOTATOR_FILES,
     "Intel/dpt-hybrid-midas": ["config.json", "preprocessor_config.json", "pytorch_model.bin"],
