@@ -297,6 +297,7 @@ UNIT_SETTINGS = [
     "include_hands",
     "include_face",
     "bg_threshold",
+    "down_sampling_rate",
 ]
 QUICK = {"steps": 1, "image_resolution": 256, "seed": 3}
 

@@ -93,7 +93,10 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
         with gr.Row():
             with gr.Column():
                 image = input_component(condition, limits)
-                prompt = gr.Textbox(label="Prompt", placeholder="e.g. a cosy house by a lake")
+                prompt = gr.Textbox(
+                    label="Prompt",
+                    placeholder=condition.prompt_hint or "e.g. a cosy house by a lake",
+                )
                 with gr.Row():
                     run, stop = run_buttons()
                     preview = gr.Button("Preview map")
