@@ -116,6 +116,8 @@ def option_control(
     common = {"label": spec.label, "value": value, "info": spec.info or None, **overrides}
     if spec.widget == "text":
         return gr.Textbox(**common)
+    if spec.widget == "checkbox":
+        return gr.Checkbox(**common)
     if spec.kind == "choice":
         choices = overrides.pop("choices", None) or [
             (label, name) for name, label in (spec.choices or {}).items()
