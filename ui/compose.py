@@ -27,6 +27,7 @@ from conditions import CONDITIONS
 from png_info import compose_restore_values
 from settings import PROJECT_ROOT
 from ui.controls import (
+    BRUSH_ON_OPEN,
     GPU_QUEUE,
     Page,
     detect_resolution_slider,
@@ -42,7 +43,7 @@ from ui.controls import (
 )
 from ui.results import png_settings, restored_values, stream_generation, unchanged
 from ui.running import run_buttons, run_with_stop
-from ui.tab import BRUSH_ON_OPEN, canvas_image, drawing_paper
+from ui.tab import canvas_image, drawing_paper
 
 # (condition, switched on) for each unit slot: the paper's pose + depth, then edges, off.
 UNIT_PRESETS = (("openpose", True), ("depth", True), ("canny", False))  # at most 3 units

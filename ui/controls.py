@@ -24,6 +24,18 @@ GPU_QUEUE = "gpu"  # every event that runs the diffusion model shares this concu
 MAP_DETECT_RESOLUTION = 512  # the control-map tab's annotator resolution to start from
 
 
+# Gradio's editor starts with no tool: a first stroke would draw nothing until the brush is
+# clicked. Click it for the person whenever a paper (or the mask editor) comes into view.
+BRUSH_ON_OPEN = """() => {
+  setTimeout(() => {
+    for (const brush of document.querySelectorAll(
+      '.drawing-paper button[aria-label="Brush"], .init-editor button[aria-label="Brush"]')) {
+      if (brush.offsetParent !== null && !brush.classList.contains('highlight')) brush.click();
+    }
+  }, 150);
+}"""
+
+
 def upload_image(limits: Limits, **kwargs) -> gr.Image:
     """A `gr.Image` (type="filepath") whose unreadable uploads get a message that says what to do.
 

@@ -15,7 +15,7 @@ import gradio as gr
 import numpy as np
 
 from settings import Limits
-from ui.controls import controls_for
+from ui.controls import BRUSH_ON_OPEN, controls_for
 
 GROUP = "image_to_image"  # the request options of pipelines.request shown here
 MASK_COLOUR = "#ff00ff"  # the brush: any painted pixel is in the mask, whatever its colour
@@ -82,5 +82,5 @@ def image_to_image_controls(
             inputs=photo,
             outputs=editor,
             api_visibility="private",
-        )
+        ).then(fn=None, js=BRUSH_ON_OPEN, api_visibility="private")
     return {"init_image": init_image, "mask": mask, **options}

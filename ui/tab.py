@@ -18,6 +18,7 @@ from conditions import Condition
 from errors import InvalidRequestError
 from settings import PROJECT_ROOT
 from ui.controls import (
+    BRUSH_ON_OPEN,
     GPU_QUEUE,
     MAP_DETECT_RESOLUTION,
     Page,
@@ -64,17 +65,6 @@ def drawing_paper(**kwargs) -> gr.Sketchpad:
         elem_classes=["drawing-paper"],
         **kwargs,
     )
-
-
-# Gradio's editor starts with no tool: a first stroke would draw nothing until the brush is
-# clicked. Click it for the person whenever a paper comes into view (a tab or an accordion opens).
-BRUSH_ON_OPEN = """() => {
-  setTimeout(() => {
-    for (const brush of document.querySelectorAll('.drawing-paper button[aria-label="Brush"]')) {
-      if (brush.offsetParent !== null && !brush.classList.contains('highlight')) brush.click();
-    }
-  }, 150);
-}"""
 
 
 def input_component(condition: Condition, limits) -> gr.components.Component:
