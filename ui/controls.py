@@ -27,12 +27,16 @@ MAP_DETECT_RESOLUTION = 512  # the control-map tab's annotator resolution to sta
 # Gradio's editor starts with no tool: a first stroke would draw nothing until the brush is
 # clicked. Click it for the person whenever a paper (or the mask editor) comes into view.
 BRUSH_ON_OPEN = """() => {
-  setTimeout(() => {
-    for (const brush of document.querySelectorAll(
-      '.drawing-paper button[aria-label="Brush"], .init-editor button[aria-label="Brush"]')) {
-      if (brush.offsetParent !== null && !brush.classList.contains('highlight')) brush.click();
-    }
-  }, 150);
+  let tries = 0;
+  const arm = () => {  // the editor may still be setting up: look again for a few seconds
+    const brushes = Array.from(document.querySelectorAll(
+      '.drawing-paper button[aria-label="Brush"], .init-editor button[aria-label="Brush"]'))
+      .filter((brush) => brush.offsetParent !== null);
+    const idle = brushes.filter((brush) => !brush.classList.contains('highlight'));
+    if (tries % 4 === 0) idle.forEach((brush) => brush.click());  // a click takes a moment
+    if ((brushes.length === 0 || idle.length > 0) && ++tries < 40) setTimeout(arm, 100);
+  };
+  setTimeout(arm, 100);
 }"""
 
 
