@@ -27,6 +27,8 @@ from pipelines.request import APP, recorded_values
 
 PARAMETERS_KEY = APP
 A1111_KEY = "parameters"
+# Which images an image-to-image run started from, as recorded (see `_image_sources`).
+IMAGE_SOURCE_KEYS = ("init_image_source", "mask_source")
 COMPRESS_LEVEL = 4
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -89,6 +91,9 @@ def a1111_infotext(parameters: dict) -> str:
         "Seed": get("seed"),
         "Size": f"{width}x{height}" if width and height else None,
         "Model": get("base_model_id") or get("base_model"),
+        # Image to image and inpainting only (A1111's img2img keys).
+        "Denoising strength": get("denoising_strength"),
+        "Mask blur": get("mask_blur"),
     }
     for index, unit in enumerate(get("units") or []):
         if isinstance(unit, dict):
@@ -207,12 +212,23 @@ def _flat(unit: dict | None) -> dict:
     return values
 
 
+def _image_sources(parameters: dict) -> dict:
+    """Which images the run started from (`init_image_source`: "uploaded" or "control_image";
+    `mask_source`: "uploaded"), where it used them: the images are not in the PNG, so a restore
+    can only ask for them again."""
+    return {
+        key: parameters[key] for key in IMAGE_SOURCE_KEYS if isinstance(parameters.get(key), str)
+    }
+
+
 def restore_values(parameters: dict) -> dict:
     """Flat UI/API values for a single-condition tab: shared options plus unit 0's settings and
-    annotator params. Keys missing from the file (older versions) are left out."""
+    annotator params, and which images to drop again (`IMAGE_SOURCE_KEYS`). Keys missing from
+    the file (older versions, or a text-to-image run: no image-to-image keys) are left out."""
     values, units = recorded_values(parameters)
     if units:
         values.update(_flat(units[0]))
+    values.update(_image_sources(parameters))
     return values
 
 
@@ -221,11 +237,13 @@ def compose_restore_values(parameters: dict, unit_count: int) -> dict:
     settings with the suffix `_k` (k from 1) from the file's unit k-1.
 
     Slots beyond the file's units get `enabled_k` False (the file made no use of them); units
-    beyond `unit_count` are left out. Keys missing from the file are left out.
+    beyond `unit_count` are left out. Keys missing from the file are left out. Which images to
+    drop again comes as in `restore_values`.
     """
     values, units = recorded_values(parameters)
     for number in range(1, unit_count + 1):
         unit = units[number - 1] if number <= len(units) else None
         values[f"enabled_{number}"] = unit is not None
         values.update({f"{key}_{number}": value for key, value in _flat(unit).items()})
+    values.update(_image_sources(parameters))
     return values

@@ -21,6 +21,7 @@ import torch
 
 from annotators import Detector, get_annotator, make_control_map
 from errors import GpuOutOfMemoryError
+from pipelines.loop import img2img
 from pipelines.loop.decode import decode_checked
 from pipelines.loop.denoise import (
     ControlUnit,
@@ -34,7 +35,13 @@ from pipelines.loop.prompt_embeddings import encode_prompt
 from pipelines.loop.schedulers import make_scheduler
 from pipelines.models.store import ModelStore
 from pipelines.notices import COMPILE, Notices
-from pipelines.request import GenerationRequest, MapRequest, UnitRequest, check_base_model
+from pipelines.request import (
+    GenerationRequest,
+    MapRequest,
+    UnitRequest,
+    check_base_model,
+    fitted_to,
+)
 from pipelines.request import defaults as request_defaults
 from pipelines.results import ControlMap, GenerationResult
 from pipelines.speed import compile_guard, feature_cache, lcm_lora
@@ -174,17 +181,29 @@ class Engine:
         prompt: str = "",
         *,
         annotator: str | None = None,
+        init_image: Any = None,
+        mask: Any = None,
         on_progress=None,
         on_preview: PreviewCallback | None = None,
         **options: Any,
     ) -> GenerationResult:
         """One condition: its annotator's map steers one ControlNet.
 
-        `on_progress(step, total)` follows the denoising; `on_preview(images, step, total)` gets
-        TAESD previews a few times per run when the preview decoder is present.
+        Image to image: `denoising_strength` below 1 starts from `init_image` (None: from `image`
+        itself). Inpainting: `mask` (white = repaint, black = keep; the initial image's size),
+        with `mask_blur` and `keep_unmasked`. `on_progress(step, total)` follows the denoising
+        (total: the steps run); `on_preview(images, step, total)` gets TAESD previews a few times
+        per run when the preview decoder is present.
         """
         request = GenerationRequest.build(
-            self.settings, condition, image, prompt, annotator=annotator, **options
+            self.settings,
+            condition,
+            image,
+            prompt,
+            annotator=annotator,
+            init_image=init_image,
+            mask=mask,
+            **options,
         )
         return self.run(request, on_progress, on_preview)
 
@@ -193,13 +212,18 @@ class Engine:
         units: Sequence[Mapping[str, Any]],
         prompt: str = "",
         *,
+        init_image: Any = None,
+        mask: Any = None,
         on_progress=None,
         on_preview: PreviewCallback | None = None,
         **options: Any,
     ) -> GenerationResult:
         """Several conditions at once (paper Fig. 6): each unit's ControlNet residuals are summed.
-        Units are mappings with keys from `pipelines.request.UNIT_KEYS`."""
-        request = GenerationRequest.composed(self.settings, units, prompt, **options)
+        Units are mappings with keys from `pipelines.request.UNIT_KEYS`. `init_image` and `mask`
+        as in `generate` (the initial image defaults to the first unit's image)."""
+        request = GenerationRequest.composed(
+            self.settings, units, prompt, init_image=init_image, mask=mask, **options
+        )
         return self.run(request, on_progress, on_preview)
 
     def run(
@@ -222,7 +246,7 @@ class Engine:
     def _generate_seconds(self, request: GenerationRequest, *callbacks) -> int:
         height, width = request.size
         return gpu_seconds(
-            request.steps,
+            request.steps_run,
             request.num_images,
             height,
             width,
@@ -271,7 +295,9 @@ class Engine:
                     f"{size[1]}x{size[0]}. Lower the image resolution or the number of images, "
                     "and try again."
                 ) from error
-            # 6. The optional NSFW filter.
+            # 6. Inpainting: the original pixels outside the mask, if asked; the NSFW filter.
+            if request.mask is not None and request.keep_unmasked:
+                images = img2img.paste_back(request.start_image, images, request.mask)
             if self.settings.safety_checker:
                 images = self._censor(images, notices)
         # 7. Each image's parameters, for its PNG.
@@ -281,7 +307,7 @@ class Engine:
             lora_id=_public_name(self.models.lora_id(request.scheduler)),
         )
         self.last_timing = RunTiming(
-            time.perf_counter() - started, request.num_images, request.steps, size
+            time.perf_counter() - started, request.num_images, request.steps_run, size
         )
         return GenerationResult(
             control_maps=maps,
@@ -321,22 +347,34 @@ class Engine:
         return control_map
 
     def _control_units(self, request: GenerationRequest, maps) -> list[ControlUnit]:
-        """Each unit whose window covers a step, with its ControlNet; a unit that would never
+        """Each unit whose window covers a step run, with its ControlNet; a unit that would never
         run is not even loaded."""
         control_units = []
+        steps = request.steps_run
         for unit, control_map in zip(request.units, maps, strict=True):
             window = (unit.strength, unit.control_start, unit.control_end)
-            if not any(runs_at(*window, step, request.steps) for step in range(request.steps)):
+            if not any(runs_at(*window, step, steps) for step in range(steps)):
                 continue
             control_units.append(
                 ControlUnit(
                     self.controlnet(unit.controlnet_role, request.controlnet_version),
-                    control_image_tensor(control_map, self.device, self.dtype),
+                    self._control_image(request, unit, control_map),
                     *window,
                     label=f"{unit.condition.label} ControlNet",
                 )
             )
         return control_units
+
+    def _control_image(self, request: GenerationRequest, unit: UnitRequest, control_map):
+        """The unit's control image as its ControlNet takes it: its map in [0, 1], or, for the
+        inpaint ControlNet (`img2img.MASKED_IMAGE_ROLES`), the initial image (the unit's own
+        image without one) with the pixels to repaint at -1."""
+        if unit.controlnet_role not in img2img.MASKED_IMAGE_ROLES:
+            return control_image_tensor(control_map, self.device, self.dtype)
+        image = request.start_image
+        if image is None:
+            image = fitted_to(unit.image, request.size, request.resize_mode)
+        return img2img.masked_control_image(image, request.repainted, self.device, self.dtype)
 
     def _censor(self, images, notices: Notices):
         from pipelines.models.safety import censor
@@ -378,11 +416,29 @@ class Engine:
             width // pipe.vae_scale_factor,
         )
 
+        distribution = mask = None
+        if request.start_image is not None:  # the initial image's latent distribution, once
+            distribution = img2img.encode(pipe.vae, request.start_image, self.device)
+        if request.repainted is not None:
+            mask = img2img.latent_mask(request.repainted, shape[-2:], self.device, self.dtype)
+
         def run() -> torch.Tensor:
             # One generator per image, on the CPU: image i is seed + i alone too, on any device.
             # Made afresh on each run, so a run again draws exactly what the first one drew.
             generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+            image_start = None
+            if request.start_image is not None:  # its sample first, as diffusers draws them
+                scaling = pipe.vae.config.scaling_factor
+                latents = img2img.sample_latents(distribution, generators, scaling)
+                image_start = img2img.ImageStart(
+                    latents.to(self.device, self.dtype), request.denoising_strength, mask
+                )
             noise = [torch.randn(shape, generator=generator) for generator in generators]
+            if mask is not None:
+                # diffusers' inpaint pipeline samples the masked image's latents here, unused
+                # with a 4-channel UNet: drawn alike, so a sampler's own noise comes next as there.
+                for generator in generators:
+                    torch.randn(distribution.mean.shape, generator=generator)
             return denoise(
                 unet=pipe.unet,
                 scheduler=make_scheduler(request.scheduler, pipe.scheduler.config),
@@ -397,8 +453,9 @@ class Engine:
                 generator=generators,
                 eta=request.eta,
                 on_progress=on_progress,
-                on_step=self._previewer(on_preview, request.steps),
+                on_step=self._previewer(on_preview, request.steps_run),
                 cache_interval=request.cache_interval,
+                image=image_start,
             )
 
         compiling = None

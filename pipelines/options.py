@@ -39,6 +39,18 @@ def _whole(name: str, value: Any, minimum: int, maximum: int) -> int:
     return int(number)
 
 
+_FLAG_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A switch: true or false (1 / 0, and the words the CLI and forms send, are taken too)."""
+    if isinstance(value, str) and value.strip().lower() in _FLAG_WORDS:
+        return _FLAG_WORDS[value.strip().lower()]
+    if isinstance(value, bool) or (isinstance(value, int | float) and value in (0, 1)):
+        return bool(value)
+    raise InvalidRequestError(f"`{name}` must be true or false, got {value!r}.")
+
+
 def check_text(name: str, value: Any, max_chars: int) -> str:
     if value is None:
         return ""
@@ -57,11 +69,12 @@ def check_text(name: str, value: Any, max_chars: int) -> str:
 class Option:
     """One request option: its check, and how the page and the CLI show it.
 
-    `kind`: "number", "whole", "choice" (one of `choices`, value -> label) or "text". Bounds are
-    numbers or the names of `Limits` fields (operator limits). `resolve` turns a checked choice into
-    the object the engine uses. `group` says where the page puts the control (and so where its API
-    keyword goes): "output", "unit", "sampling", "model" or "speed". `recorded`: written into the
-    PNG parameters and restored from them.
+    `kind`: "number", "whole", "choice" (one of `choices`, value -> label), "text" or "flag" (true
+    or false; its widget is "checkbox"). Bounds are numbers or the names of `Limits` fields
+    (operator limits). `resolve` turns a checked choice into the object the engine uses. `group`
+    says where the page puts the control (and so where its API keyword goes): "output", "unit",
+    "sampling", "model", "speed" or "image_to_image". `recorded`: written into the PNG parameters
+    and restored from them.
     """
 
     kind: str
@@ -70,7 +83,7 @@ class Option:
     maximum: float | str = 1.0
     choices: Mapping[str, str] | None = None
     resolve: Callable[[str], Any] | None = None
-    widget: str = "slider"  # slider | number | dropdown | radio | text
+    widget: str = "slider"  # slider | number | dropdown | radio | text | checkbox
     step: float = 1.0
     slider_minimum: float | None = None  # where the page's slider starts, if not at `minimum`
     info: str = ""
@@ -95,6 +108,8 @@ class Option:
                 return None
         if self.kind == "text":
             return check_text(name, value, limits.max_prompt_chars)
+        if self.kind == "flag":
+            return _flag(name, value)
         if self.kind == "choice":
             if self.resolve is not None:
                 return self.resolve(value)
@@ -129,6 +144,10 @@ def choice(default: Any, label: str, **spec: Any) -> Any:
 
 def text(default: str, label: str, **spec: Any) -> Any:
     return option(default, kind="text", label=label, widget="text", **spec)
+
+
+def flag(default: bool, label: str, **spec: Any) -> Any:
+    return option(default, kind="flag", label=label, widget="checkbox", **spec)
 
 
 def options_of(cls) -> dict[str, Option]:

@@ -20,16 +20,39 @@ from typing import Any
 import numpy as np
 
 from annotators import ANNOTATORS, Annotator, get_annotator
-from annotators.util import ASPECT_RATIOS, RESIZE_MODES, load_image, target_size
+from annotators.util import (
+    ASPECT_RATIOS,
+    RESIZE_MODES,
+    crop_to_aspect,
+    fill_to,
+    fitted_size,
+    load_image,
+    resize_to,
+    target_size,
+)
 from conditions import Condition, get_condition
 from errors import InvalidImageError, InvalidRequestError
 from pipelines.loop.control import CONTROL_MODES, ControlMode, get_control_mode
-from pipelines.loop.schedulers import SCHEDULERS, check_scheduler
-from pipelines.options import Option, choice, number, options_of, recorded_value, text, whole
+from pipelines.loop.schedulers import SCHEDULERS, check_scheduler, start_index
+from pipelines.options import (
+    Option,
+    choice,
+    flag,
+    number,
+    options_of,
+    recorded_value,
+    text,
+    whole,
+)
 from settings import CONTROLNET_VERSIONS, MAX_SEED, Limits, Settings
 
 APP = "controlnet-demo"  # marks the PNG parameters as this app's
 _VERSION_LABELS = {"v1.0": "v1.0 (the paper's models)"}
+# The mask: white (above this, after its blur) is repainted, black is kept.
+MASK_THRESHOLD = 127
+# Where the initial image came from, as the PNG records it (the images are not in the PNG).
+UPLOADED = "uploaded"  # an initial image (or mask) of its own
+CONTROL_IMAGE = "control_image"  # the first unit's photo
 
 
 # ---- the requests --------------------------------------------------------------------------------
@@ -205,7 +228,49 @@ class GenerationRequest:
         "every N-th step and reuses their features in between: faster, slightly different "
         "images.",
     )
+    # Image to image and inpainting (diffusers' ControlNet img2img and inpaint pipelines). Recorded
+    # in the PNG only when they acted: a text-to-image PNG stays as it was.
+    denoising_strength: float = number(
+        1.0, "Denoising strength", step=0.05, slider_minimum=0.05, group="image_to_image",
+        info="How much of the initial image is repainted: 1 = from noise (without a mask: text to "
+        "image, the initial image is not used); lower keeps more of it and runs only that share "
+        "of the steps (0.5 at 20 steps: 10).",
+    )
+    mask_blur: int = whole(
+        4, "Mask blur (pixels)", maximum=64, group="image_to_image",
+        info="Inpainting: how far the mask's edge is blurred, so the repainted area blends into "
+        "the kept one.",
+    )
+    keep_unmasked: bool = flag(
+        True, "Only the masked area changes", group="image_to_image",
+        info="Inpainting: paste the original pixels back outside the mask, blended across its "
+        "blurred edge. Off: the whole image comes from the latents, so the kept area changes a "
+        "little too.",
+    )
     # fmt: on
+    # The initial image at the output size (RGB uint8), when one is used: denoising strength
+    # below 1, or a mask. None: text to image, from noise.
+    start_image: np.ndarray | None = field(default=None, repr=False)
+    # The mask at the output size, blurred (uint8 (H, W): above MASK_THRESHOLD is repainted).
+    mask: np.ndarray | None = field(default=None, repr=False)
+    init_image_source: str | None = None  # UPLOADED or CONTROL_IMAGE, when one is used
+
+    @property
+    def repainted(self) -> np.ndarray | None:
+        """The pixels the mask repaints, (H, W) bool at the output size; None without a mask."""
+        return None if self.mask is None else self.mask > MASK_THRESHOLD
+
+    @property
+    def start_index(self) -> int:
+        """Where the run starts in the sampler's schedule (0: from its first step)."""
+        if self.start_image is None:
+            return 0
+        return start_index(self.steps, self.denoising_strength)
+
+    @property
+    def steps_run(self) -> int:
+        """The steps the run takes: `steps`, or its last share at a denoising strength below 1."""
+        return self.steps - self.start_index
 
     @property
     def full_prompt(self) -> str:
@@ -232,10 +297,15 @@ class GenerationRequest:
         prompt: Any = "",
         *,
         annotator: Any = None,
+        init_image: Any = None,
+        mask: Any = None,
         **given: Any,
     ) -> GenerationRequest:
         """One condition: its annotator's map steers one ControlNet. Unit options (strength,
-        window, detect resolution) and the annotator's parameters come with the shared ones."""
+        window, detect resolution) and the annotator's parameters come with the shared ones.
+
+        `init_image`: where image to image starts (None: the photo itself); `mask`: inpainting,
+        white = repaint, black = keep, the initial image's size."""
         unit_values = {name: given.pop(name) for name in list(given) if name in UNIT_OPTIONS}
         shared = {name: given.pop(name) for name in list(given) if name in SHARED_OPTIONS}
         chosen = get_condition(condition)
@@ -244,6 +314,7 @@ class GenerationRequest:
         unit = UnitRequest.build(
             settings.limits, chosen.name, annotator, image, params=given, **unit_values
         )
+        values.update(_image_inputs(settings.limits, values, unit.image, init_image, mask))
         return cls((unit,), **values)
 
     @classmethod
@@ -252,11 +323,15 @@ class GenerationRequest:
         settings: Settings,
         units: Sequence[Mapping[str, Any]],
         prompt: Any = "",
+        *,
+        init_image: Any = None,
+        mask: Any = None,
         **given: Any,
     ) -> GenerationRequest:
         """Several conditions at once (paper Fig. 6). Each unit is a mapping with keys from
         `UNIT_KEYS`; a unit without an image of its own uses the first unit's image, a unit with
-        `enabled` False is left out."""
+        `enabled` False is left out. `init_image` and `mask` as in `build` (the initial image
+        defaults to the first running unit's image, which sets the output size)."""
         limits = settings.limits
         unknown = sorted(set(given) - set(SHARED_OPTIONS))
         if unknown:
@@ -275,6 +350,7 @@ class GenerationRequest:
         ]
         if not built:
             raise InvalidRequestError("Every control unit is switched off: switch one on.")
+        values.update(_image_inputs(limits, values, built[0].image, init_image, mask))
         return cls(tuple(built), **values)
 
     @classmethod
@@ -302,11 +378,20 @@ class GenerationRequest:
         recorded = {
             name: recorded_value(getattr(self, name))
             for name, spec in SHARED_OPTIONS.items()
-            if spec.recorded
+            if spec.recorded and self._acted(name)
         }
+        image_inputs = {}
+        if self.start_image is not None:  # the images themselves are not in the PNG
+            image_inputs = {
+                "init_image_source": self.init_image_source,
+                "steps_run": self.steps_run,
+            }
+            if self.mask is not None:
+                image_inputs["mask_source"] = UPLOADED
         return {
             "app": APP,
             **recorded,
+            **image_inputs,
             "width": width,
             "height": height,
             "base_model_id": base_model_id,
@@ -316,6 +401,15 @@ class GenerationRequest:
                 for unit, model_id in zip(self.units, model_ids, strict=True)
             ],
         }
+
+    def _acted(self, name: str) -> bool:
+        """Whether option `name` took part: the image-to-image ones only with an initial image,
+        the mask's only with a mask."""
+        if name == "denoising_strength":
+            return self.start_image is not None
+        if name in ("mask_blur", "keep_unmasked"):
+            return self.mask is not None
+        return True
 
 
 def recorded_values(parameters: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -419,6 +513,82 @@ def checked_image(limits: Limits, source: Any, what: str = "an image") -> np.nda
             f"{limits.max_aspect_ratio:g}:1. Crop it first."
         )
     return image
+
+
+def fitted_to(image: np.ndarray, size: tuple[int, int], resize_mode: str) -> np.ndarray:
+    """`image` (RGB uint8) at the output `size`, fitted as the control maps are (`resize_mode`:
+    stretched, centre-cropped to the output's aspect, or fitted inside a border-coloured canvas),
+    so an initial image, its mask and the first unit's map line up pixel for pixel."""
+    height, width = size
+    if resize_mode == "resize_and_fill":
+        inner = resize_to(image, *fitted_size(image.shape[0], image.shape[1], height, width))
+        return fill_to(inner, height, width)
+    if resize_mode == "crop_and_resize":
+        image = crop_to_aspect(image, height, width)
+    return resize_to(image, height, width)
+
+
+def mask_at(mask: np.ndarray, size: tuple[int, int], resize_mode: str, blur: int) -> np.ndarray:
+    """The mask (RGB uint8 upload) at the output size as grey levels (H, W) uint8, fitted like the
+    image, then blurred as AUTOMATIC1111 does (a Gaussian of sigma `blur` pixels, kernel
+    2 * int(2.5 * blur + 0.5) + 1). Above MASK_THRESHOLD is repainted."""
+    import cv2
+    from PIL import Image
+
+    grey = np.asarray(Image.fromarray(fitted_to(mask, size, resize_mode)).convert("L"))
+    if blur > 0:
+        kernel = 2 * int(2.5 * blur + 0.5) + 1
+        grey = cv2.GaussianBlur(grey, (kernel, kernel), blur)
+    return np.ascontiguousarray(grey)
+
+
+def _image_inputs(
+    limits: Limits, values: Mapping[str, Any], photo: np.ndarray, init_image: Any, mask: Any
+) -> dict[str, Any]:
+    """The initial image and the mask at the output size (which the first unit's `photo` sets),
+    checked; nothing for text to image (denoising strength 1 and no mask: an initial image given
+    then is not used)."""
+    strength = values["denoising_strength"]
+    if strength == 0:
+        raise InvalidRequestError(
+            "`denoising_strength` must be above 0: at 0 no step runs and the initial image "
+            "comes back unchanged."
+        )
+    initial, source = photo, CONTROL_IMAGE
+    if init_image is not None:
+        initial, source = checked_image(limits, init_image, "an initial image"), UPLOADED
+    drawn = None if mask is None else checked_image(limits, mask, "a mask")
+    if strength == 1 and drawn is None:
+        return {}
+    steps = values["steps"]
+    if start_index(steps, strength) == steps:
+        raise InvalidRequestError(
+            f"A denoising strength of {strength:g} at {steps} steps runs no step "
+            f"(int({steps} x {strength:g}) = 0): raise it to at least {1 / steps:.2g}, or use "
+            "more steps."
+        )
+    height, width = photo.shape[:2]
+    size = target_size(height, width, values["image_resolution"], values["aspect_ratio"])
+    image_inputs = {
+        "start_image": fitted_to(initial, size, values["resize_mode"]),
+        "init_image_source": source,
+    }
+    if drawn is not None:
+        if drawn.shape[:2] != initial.shape[:2]:
+            what = "initial image" if source == UPLOADED else "image"
+            raise InvalidImageError(
+                f"The mask is {drawn.shape[1]}x{drawn.shape[0]} pixels but the {what} is "
+                f"{initial.shape[1]}x{initial.shape[0]}: give a mask of the {what}'s size "
+                "(white = repaint, black = keep)."
+            )
+        prepared = mask_at(drawn, size, values["resize_mode"], values["mask_blur"])
+        if not (prepared > MASK_THRESHOLD).any():
+            raise InvalidRequestError(
+                "The mask marks nothing to repaint: no pixel of it is white (above mid-grey, "
+                "after its blur). Paint the area to change in white; black keeps the image."
+            )
+        image_inputs["mask"] = prepared
+    return image_inputs
 
 
 def refuse_unknown_params(params: Mapping[str, Any], annotator_names) -> None:

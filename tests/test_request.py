@@ -24,12 +24,17 @@ from png_info import compose_restore_values, restore_values
 from settings import Limits, Settings
 
 IMAGE = np.full((64, 96, 3), 128, np.uint8)
+MASK = np.full((64, 96, 3), 255, np.uint8)  # repaint everything
 
 
 def other_value(spec: Option, limits: Limits, settings: Settings):
     """A valid value of `spec` other than its default."""
     if spec.name == "base_model":
         return list(settings.base_models)[-1]
+    if spec.name == "denoising_strength":
+        return 0.5  # its minimum, 0, runs no step
+    if spec.kind == "flag":
+        return not spec.default
     if spec.kind == "text":
         return f"some {spec.name}"
     if spec.kind == "choice":
@@ -47,7 +52,8 @@ def name_of(value):
 
 def test_every_field_round_trips_through_the_png_parameters(settings):
     """Each recorded option (every one the request declares, present and future), each unit
-    option, condition, annotator and params: parameters -> recorded_values -> the same request."""
+    option, condition, annotator and params: parameters -> recorded_values -> the same request.
+    A mask makes every option act (the image-to-image ones are recorded only when they do)."""
     limits = settings.limits
     shared = {
         name: other_value(spec, limits, settings)
@@ -63,7 +69,7 @@ def test_every_field_round_trips_through_the_png_parameters(settings):
             {name: other_value(spec, limits, settings) for name, spec in UNIT_OPTIONS.items()}
         )
         unit["control_start"], unit["control_end"] = 0.25, 0.75  # start <= end
-    request = GenerationRequest.composed(settings, units, **shared)
+    request = GenerationRequest.composed(settings, units, mask=MASK, **shared)
     for name, value in shared.items():
         assert name_of(getattr(request, name)) == value != SHARED_OPTIONS[name].default, name
 
@@ -73,6 +79,7 @@ def test_every_field_round_trips_through_the_png_parameters(settings):
     rebuilt = GenerationRequest.composed(
         settings,
         [{**unit, "image": IMAGE} for unit in unit_values],
+        mask=MASK,
         **values,
     )
     for name in SHARED_OPTIONS:
@@ -127,11 +134,21 @@ def test_names_are_resolved_into_objects_once(settings):
         ({"control_start": 0.8, "control_end": 0.2}, "must not be after `control_end`"),
         ({"prompt": "x" * 10_001}, "limit is 10000"),
         ({"seed": 1.5}, "`seed` must be a whole number"),
+        ({"denoising_strength": 1.01}, "`denoising_strength` must be between 0 and 1"),
+        ({"mask_blur": 65}, "`mask_blur` must be between 0 and 64, got 65."),
+        ({"keep_unmasked": "maybe"}, "`keep_unmasked` must be true or false, got 'maybe'."),
+        ({"keep_unmasked": 2}, "`keep_unmasked` must be true or false, got 2."),
     ],
 )
 def test_limits_are_enforced_in_the_request(settings, given, message):
     with pytest.raises(InvalidRequestError, match=re.escape(message)):
         GenerationRequest.build(settings, "canny", IMAGE, **given)
+
+
+def test_a_flag_takes_true_false_and_their_words(settings):
+    for given, value in ((True, True), (0, False), ("off", False), ("Yes", True)):
+        request = GenerationRequest.build(settings, "canny", IMAGE, keep_unmasked=given)
+        assert request.keep_unmasked is value
 
 
 def test_a_map_request_checks_what_annotate_takes(settings):
@@ -158,7 +175,7 @@ def test_every_option_has_a_cli_flag_and_a_page_control(settings):
 
     with gr.Blocks():
         page = {}
-        for group in ("output", "unit", "sampling", "model", "speed"):
+        for group in ("output", "unit", "sampling", "model", "speed", "image_to_image"):
             base = {"choices": list(settings.base_models)}
             page.update(controls_for(group, settings.limits, defaults(settings), base_model=base))
     missing = {name for name, spec in SHARED_OPTIONS.items() if spec.group != "prompt"} - set(page)

@@ -18,6 +18,8 @@ import torch
 
 from pipelines.loop import step_plan
 from pipelines.loop.control import ControlMode, mode_weights
+from pipelines.loop.img2img import ImageStart
+from pipelines.loop.schedulers import start_index
 from pipelines.speed import fast_path, feature_cache
 
 
@@ -148,7 +150,7 @@ def denoise(
     units: Sequence[ControlUnit],
     prompt_embeds: torch.Tensor,  # (B, 77, D)
     negative_embeds: torch.Tensor | None,  # (B, 77, D), None when guidance is off
-    latents: torch.Tensor,  # (B, 4, h, w)
+    latents: torch.Tensor,  # (B, 4, h, w): the noise
     steps: int,
     guidance_scale: float,
     mode: ControlMode,
@@ -158,25 +160,44 @@ def denoise(
     on_progress: ProgressCallback | None = None,
     on_step: StepCallback | None = None,
     cache_interval: int = 1,
+    image: ImageStart | None = None,
 ) -> torch.Tensor:
     """The latents after `steps` steps. `cache_interval` > 1 turns on feature caching (see
-    `feature_cache`): a full UNet step every `cache_interval` steps, shallow ones between."""
+    `feature_cache`): a full UNet step every `cache_interval` steps, shallow ones between.
+
+    `image`: image to image (and, with its mask, inpainting), diffusers' way (`img2img`): the
+    schedule's last steps only, from the image's latents noised to the first of them."""
     # 1. Timesteps and the sampler's extra arguments (eta only exists for DDIM).
     scheduler.set_timesteps(steps, device=latents.device)
-    latents = latents * scheduler.init_noise_sigma
+    timesteps = scheduler.timesteps
+    drawn, start, mask = latents, 0, None
+    if image is None:
+        latents = latents * scheduler.init_noise_sigma
+    else:
+        start, mask = start_index(steps, image.strength), image.mask
+        timesteps = timesteps[start * scheduler.order :]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start * scheduler.order)
+        if image.strength == 1.0:  # inpainting from noise
+            latents = latents * scheduler.init_noise_sigma
+        else:
+            first = timesteps[:1].repeat(latents.shape[0])
+            latents = scheduler.add_noise(image.latents, drawn, first)
     step_parameters = inspect.signature(scheduler.step).parameters
     extra_step_kwargs = {"generator": generator} if "generator" in step_parameters else {}
     if "eta" in step_parameters:
         extra_step_kwargs["eta"] = eta
-    # Samplers run as planned weights, their noise drawn ahead: no host transfer in the loop.
-    trajectory = step_plan.trajectory_for(scheduler, steps, latents, eta, generator)
+    # Samplers run as planned weights, their noise drawn ahead: no host transfer in the loop. A
+    # mask changes the samples between steps, which the plans do not model: the sampler's own.
+    trajectory = None
+    if mask is None:
+        trajectory = step_plan.trajectory_for(scheduler, steps, latents, eta, generator, start)
 
     # 2. CFG: one batch of [unconditional, conditional], like diffusers.
     use_cfg = negative_embeds is not None
     embeds = torch.cat([negative_embeds, prompt_embeds]) if use_cfg else prompt_embeds
 
     # 3. Denoising loop.
-    timesteps = scheduler.timesteps
     caching = cache_interval > 1
     caching_unet = feature_cache.caching_unet(unet) if caching else None
     shallow_count = feature_cache.shallow_count(unet) if caching else None
@@ -244,6 +265,12 @@ def denoise(
             latents = step[0]
         else:
             latents = trajectory.step(index, noise)
+        if mask is not None:  # inpainting: outside the mask, the image noised to the next step
+            proper = image.latents
+            if index < len(timesteps) - 1:
+                following = timesteps[index + 1 : index + 2]
+                proper = scheduler.add_noise(proper, drawn, following)
+            latents = (1 - mask) * proper + mask * latents
         if on_progress is not None:
             on_progress(index + 1, len(timesteps))
         if on_step is not None:

@@ -1,4 +1,5 @@
-"""Sampler registry. A fresh scheduler is built per request: schedulers keep per-run state.
+"""Sampler registry. A fresh scheduler is built per request: schedulers keep per-run state. And
+where an image-to-image run starts in a sampler's schedule.
 
 Entries name diffusers classes as strings so the UI can list samplers without importing torch.
 """
@@ -38,3 +39,11 @@ def make_scheduler(name: str, base_config: Mapping[str, Any]):
     import diffusers
 
     return getattr(diffusers, class_name).from_config(dict(base_config), **options)
+
+
+def start_index(steps: int, strength: float) -> int:
+    """Where an image-to-image run starts in a schedule of `steps` steps (diffusers'
+    `get_timesteps`): it runs the last `min(int(steps * strength), steps)` of them, so strength 1
+    runs them all and lower strengths start later, from the initial image noised to that step."""
+    init_timestep = min(int(steps * strength), steps)
+    return max(steps - init_timestep, 0)

@@ -20,6 +20,11 @@ same generators in the same order as the sampler would, and copied over once. A 
 matrix-vector product on the GPU, with no host transfer:
 x_{i+1} = W[i] @ [x_0, eps_0, ..., eps_{N-1}, z_0, ..., z_{K-1}].
 
+An image-to-image run takes only the end of the schedule (from `start`, the sampler's begin index
+set there, as diffusers' img2img pipeline does): its plan is probed over those steps, x_0 being
+the noised image's latents. Inpainting changes the samples between steps (outside the mask they
+are the image's), which the weights do not model: it keeps the sampler's own step.
+
 A sampler the probe cannot drive, or whose steps the weights do not redo (clipping, thresholding,
 noise drawn another way), keeps its own step.
 """
@@ -65,12 +70,13 @@ class StepPlan:
 
 
 def trajectory_for(
-    scheduler, steps: int, latents: torch.Tensor, eta: float = 0.0, generator=None
+    scheduler, steps: int, latents: torch.Tensor, eta: float = 0.0, generator=None, start: int = 0
 ) -> Trajectory | None:
     """A planned run for the loop, its noise drawn, or None: the sampler keeps its own step (no
-    plan for it, or a history above MAX_HISTORY_BYTES). `scheduler` has its timesteps set."""
-    plan = plan_for(scheduler, steps, eta)
-    if plan is None or plan.steps != len(scheduler.timesteps):
+    plan for it, or a history above MAX_HISTORY_BYTES). `scheduler` has its timesteps set (and,
+    for an image-to-image run from schedule index `start`, its begin index)."""
+    plan = plan_for(scheduler, steps, eta, start)
+    if plan is None or plan.steps != len(scheduler.timesteps) - start * scheduler.order:
         return None
     if history_bytes(plan, latents) > MAX_HISTORY_BYTES:
         return None
@@ -81,25 +87,29 @@ def history_bytes(plan: StepPlan, latents: torch.Tensor) -> int:
     return plan.weights.shape[1] * latents.numel() * 4  # float32 rows
 
 
-def plan_for(scheduler, steps: int, eta: float = 0.0) -> StepPlan | None:
+def plan_for(scheduler, steps: int, eta: float = 0.0, start: int = 0) -> StepPlan | None:
     """The plan of `scheduler`'s class and config at `steps` steps, or None when its steps are not
-    a fixed linear map (it clips, say). Cached: the probe runs once per setting."""
+    a fixed linear map (it clips, say). Cached: the probe runs once per setting. `start` > 0: an
+    image-to-image run, from that step of the schedule to its end (diffusers' `get_timesteps`:
+    the sampler's begin index set there)."""
     config = json.dumps(dict(scheduler.config), sort_keys=True, default=str)
     uses_eta = "eta" in inspect.signature(scheduler.step).parameters
-    return _plan(type(scheduler), config, steps, float(eta) if uses_eta else 0.0)
+    return _plan(type(scheduler), config, steps, float(eta) if uses_eta else 0.0, start)
 
 
 @functools.lru_cache(maxsize=64)
-def _plan(scheduler_class, config: str, steps: int, eta: float) -> StepPlan | None:
+def _plan(scheduler_class, config: str, steps: int, eta: float, start: int = 0) -> StepPlan | None:
     def fresh():
         scheduler = scheduler_class.from_config(json.loads(config))
         scheduler.set_timesteps(steps, device="cpu")
-        return scheduler
+        if start and hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start * scheduler.order)
+        return scheduler, scheduler.timesteps[start * scheduler.order :]
 
     try:
         with _PROBING:  # one probe at a time: each swaps a function in the sampler's module
-            plan = _probe(fresh(), eta)
-            return plan if _redoes_the_sampler(plan, fresh(), eta) else None
+            plan = _probe(*fresh(), eta)
+            return plan if _redoes_the_sampler(plan, *fresh(), eta) else None
     except Exception as error:  # noqa: BLE001 (any sampler: one the probe cannot drive is out)
         logger.info("%s keeps its own step: %s", scheduler_class.__name__, error)
         return None
@@ -133,11 +143,10 @@ def _noise_drawn_by(scheduler, draw) -> Iterator[None]:
         module.randn_tensor = real
 
 
-def _probe(scheduler, eta: float) -> StepPlan:
-    """Runs the sampler on coordinates: element k of the probe is the weight of basis entry k
-    (0: x_0; 1 + i: eps_i; 1 + N + j: the j-th noise drawn), so what the sampler returns is the
-    next sample's weights."""
-    timesteps = scheduler.timesteps
+def _probe(scheduler, timesteps, eta: float) -> StepPlan:
+    """Runs the sampler on coordinates over `timesteps` (its schedule, or the end of it): element
+    k of the probe is the weight of basis entry k (0: x_0; 1 + i: eps_i; 1 + N + j: the j-th noise
+    drawn), so what the sampler returns is the next sample's weights."""
     steps = len(timesteps)
     size = 1 + steps + MAX_DRAWS_PER_STEP * steps
     sample = torch.zeros(1, size, dtype=torch.float64)
@@ -172,7 +181,7 @@ def _probe(scheduler, eta: float) -> StepPlan:
     return StepPlan(tuple(scales), weights, draws)
 
 
-def _redoes_the_sampler(plan: StepPlan, scheduler, eta: float) -> bool:
+def _redoes_the_sampler(plan: StepPlan, scheduler, timesteps, eta: float) -> bool:
     """Whether the plan gives the sampler's own samples on random data and random noise."""
     generator = torch.Generator().manual_seed(1234)
     shape = (2, 4, 3, 3)
@@ -188,7 +197,7 @@ def _redoes_the_sampler(plan: StepPlan, scheduler, eta: float) -> bool:
 
     options = _step_options(scheduler, eta)
     with _noise_drawn_by(scheduler, next_noise):
-        for index, timestep in enumerate(scheduler.timesteps):
+        for index, timestep in enumerate(timesteps):
             scaled = scheduler.scale_model_input(sample, timestep)
             if not _close(scaled, sample * plan.input_scales[index]):
                 return False
