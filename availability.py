@@ -27,6 +27,7 @@ ROLE_WORDS = {
     "segmenter": "the UperNet segmenter",
     "lcm_lora": "the LCM-LoRA",
     "ip2p": "the Instruct Pix2Pix ControlNet",
+    "lineart": "the line art ControlNet",
 }
 
 

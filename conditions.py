@@ -163,6 +163,21 @@ CONDITIONS: dict[str, Condition] = {
             examples=(("chelsea.jpg", "make it winter"),),
             prompt_hint="e.g. make it winter",
         ),
+        Condition(
+            "lineart",
+            "Line art",
+            "lineart",
+            ("lineart", "lineart_coarse", "lineart_standard", "line_drawing", "none"),
+            description="Line art drawn from your photo (realistic or coarse, by a network; "
+            "standard: from the image's dark lines, no network) steers the image, as in the "
+            "paper's cartoon line drawings. For a drawing of your own choose line drawing: black "
+            "lines on white become the white-on-black lines the model was trained on. There is "
+            "no v1.0 line art model: with v1.0 chosen, this tab runs the v1.1 one.",
+            examples=(
+                ("lineart_teapot.png", "a porcelain teapot with a cup, watercolour illustration"),
+                ("chelsea.jpg", "a cat, clean anime line art coloured"),
+            ),
+        ),
     )
 }
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from huggingface_hub.utils import filter_repo_objects
 
 from annotators.hed import HED_WEIGHTS
+from annotators.lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS
 from annotators.mlsd import MLSD_WEIGHTS
 from annotators.normal import BAE_WEIGHTS
 from annotators.pose import BODY_WEIGHTS, FACE_WEIGHTS, HAND_WEIGHTS
@@ -136,6 +137,8 @@ ANNOTATOR_FILES = (
     HAND_WEIGHTS,
     FACE_WEIGHTS,
     BAE_WEIGHTS,
+    LINEART_WEIGHTS,
+    LINEART_COARSE_WEIGHTS,
 )
 ANNOTATORS_RULE = FileRule(
     allow=ANNOTATOR_FILES, requires=tuple((name,) for name in ANNOTATOR_FILES)

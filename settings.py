@@ -34,9 +34,11 @@ DEFAULT_MODEL_IDS: dict[str, str] = {
     "normal_midas": "lllyasviel/sd-controlnet-normal",
     # Tile: the photo blurred by down-sampling (tile_resample); the model adds detail back.
     "tile": "lllyasviel/control_v11f1e_sd15_tile",
-    # Instruct pix2pix: the photo itself is the map and the prompt an instruction. Neither it nor
-    # tile has a v1.0 model (V10_MODEL_IDS): the v1.0 family runs their v1.1 ones.
+    # Instruct pix2pix: the photo itself is the map and the prompt an instruction.
     "ip2p": "lllyasviel/control_v11e_sd15_ip2p",
+    # Line art (the paper's cartoon line drawings): white lines on black. Neither it, ip2p nor
+    # tile has a v1.0 model (V10_MODEL_IDS): the v1.0 family runs their v1.1 ones.
+    "lineart": "lllyasviel/control_v11p_sd15_lineart",
     "annotators": "lllyasviel/Annotators",
     "depth_estimator": "Intel/dpt-hybrid-midas",
     "segmenter": "openmmlab/upernet-convnext-small",

@@ -18,6 +18,12 @@ from annotators.base import Annotator, Detector, LoadContext, Param
 from annotators.canny import CannyAnnotator
 from annotators.depth import MidasDepthAnnotator
 from annotators.hed import FakeScribbleAnnotator, HedAnnotator, HedSafeAnnotator
+from annotators.lineart import (
+    LineartAnnotator,
+    LineartCoarseAnnotator,
+    LineartStandardAnnotator,
+    LineDrawingAnnotator,
+)
 from annotators.mlsd import MlsdAnnotator
 from annotators.normal import MidasNormalAnnotator, NormalBaeAnnotator
 from annotators.passthrough import PassthroughAnnotator
@@ -53,6 +59,10 @@ ANNOTATORS: dict[str, Annotator] = {
         MidasNormalAnnotator(),
         UpernetSegAnnotator(),
         TileResampleAnnotator(),
+        LineartAnnotator(),
+        LineartCoarseAnnotator(),
+        LineartStandardAnnotator(),
+        LineDrawingAnnotator(),
         PassthroughAnnotator(),
     )
 }

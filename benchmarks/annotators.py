@@ -4,8 +4,9 @@
         [--detect-resolution 512]
 
 Builds every network at its real size (HED, M-LSD large, NormalBAE, DPT-Hybrid MiDaS, UperNet
-ConvNeXt-small, OpenPose) with random weights, in the real file layouts, in a temporary MODELS_DIR
-(~1.6 GB, nothing downloaded): the FLOPs are the real checkpoints'. Then times, per annotator,
+ConvNeXt-small, OpenPose, the realistic and coarse line-art generators) with random
+weights, in the real file layouts, in a temporary MODELS_DIR (~1.6 GB, nothing downloaded): the
+FLOPs are the real checkpoints'. Then times, per annotator,
 `annotator.load(LoadContext(...))` and `make_control_map` on assets/astronaut.png with default
 parameters, as the engine calls them: one untimed warm-up call, then --repeats calls. One JSON
 line per annotator on stdout, notes (machine, skips) on stderr. Caveat: post-processing that
@@ -77,6 +78,13 @@ def save_normal_bae(models_dir: Path) -> None:  # scannet.pt: {"model": {"module
     _save(models_dir, BAE_WEIGHTS, {"model": {f"module.{k}": v for k, v in state.items()}})
 
 
+def save_lineart(models_dir: Path) -> None:  # sk_model.pth, sk_model2.pth: Generator(3, 1, 3)
+    from annotators.lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS, build_generator
+
+    for filename in (LINEART_WEIGHTS, LINEART_COARSE_WEIGHTS):
+        _save(models_dir, filename, build_generator().state_dict())
+
+
 def save_openpose(models_dir: Path) -> None:
     from controlnet_aux.open_pose.face import FaceNet
     from controlnet_aux.open_pose.model import bodypose_model, handpose_model
@@ -139,6 +147,7 @@ WEIGHTS = {
     "depth_midas": save_dpt_hybrid_midas, "normal_midas": save_dpt_hybrid_midas,
     "normal_bae": save_normal_bae, "seg_upernet": save_upernet_convnext_small,
     "openpose": save_openpose, "mediapipe_pose": None,  # its models ship in the mediapipe wheel
+    "lineart": save_lineart, "lineart_coarse": save_lineart,
 }  # fmt: skip
 
 

@@ -1,8 +1,9 @@
 """Annotator weights for tests, in the real file layouts under a MODELS_DIR (no downloads).
 
 Full-size architectures with seeded random weights where the architecture is fixed by
-controlnet_aux (HED, M-LSD, NormalBAE); tiny but real transformers models (DPT-Hybrid, UperNet
-ConvNeXt) saved with `save_pretrained` exactly like their Hub repos.
+controlnet_aux (HED, M-LSD, NormalBAE, the line-art generators); tiny but real
+transformers models (DPT-Hybrid, UperNet ConvNeXt) saved with `save_pretrained` exactly like their
+Hub repos.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from annotators.ade20k import ADE20K_CLASSES, NUM_CLASSES
 from annotators.hed import HED_WEIGHTS
+from annotators.lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS, build_generator
 from annotators.mlsd import MLSD_WEIGHTS
 from annotators.normal import build_normal_bae
 from settings import DEFAULT_MODEL_IDS
@@ -33,6 +35,20 @@ def save_hed_and_mlsd(folder: Path) -> None:
     torch.save(ControlNetHED_Apache2().state_dict(), target / HED_WEIGHTS)
     torch.manual_seed(0)
     torch.save(MobileV2_MLSD_Large().state_dict(), target / MLSD_WEIGHTS)
+
+
+# Seeds of the line-art files: realistic and coarse differ, as the real ones do.
+LINEART_SEEDS = {LINEART_WEIGHTS: 0, LINEART_COARSE_WEIGHTS: 1}
+
+
+def save_lineart(folder: Path) -> None:
+    """Seeded random `sk_model.pth` and `sk_model2.pth`: LineartDetector's `Generator(3, 1, 3)`
+    (full size, ~17 MB each), saved as plain state dicts like the real files."""
+    target = folder / ANNOTATORS_ID
+    target.mkdir(parents=True, exist_ok=True)
+    for filename, seed in LINEART_SEEDS.items():
+        torch.manual_seed(seed)
+        torch.save(build_generator().state_dict(), target / filename)
 
 
 def save_tiny_dpt_hybrid(folder: Path) -> Path:

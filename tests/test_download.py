@@ -36,6 +36,8 @@ ANNOTATOR_FILES = [
     "hand_pose_model.pth",
     "mlsd_large_512_fp32.pth",
     "scannet.pt",
+    "sk_model.pth",
+    "sk_model2.pth",
 ]
 BASE_FILES = [
     "model_index.json",
@@ -110,7 +112,7 @@ def mirror(tmp_path_factory) -> Path:
     annotators = hub / "lllyasviel/Annotators"
     for size, name in enumerate(ANNOTATOR_FILES, start=10):
         dummy(annotators / name, size)
-    dummy(annotators / "sk_model.pth", 2_000_000)  # an unrelated big one
+    dummy(annotators / "ZoeD_M12_N.pt", 2_000_000)  # an unrelated big one
     dummy(annotators / "ControlNetHED.pth.bak")
     for repo_id in ("Intel/dpt-hybrid-midas", "openmmlab/upernet-convnext-small"):
         for name in ("config.json", "preprocessor_config.json", "pytorch_model.bin", "README.md"):
@@ -137,7 +139,7 @@ def test_download_all_fetches_exactly_what_the_app_loads(mirror, tmp_path, astro
     assert files_under(out) == sorted(
         f"{repo_id}/{name}" for repo_id, names in EXPECTED.items() for name in names
     )
-    assert "lllyasviel/Annotators: fetched 6 file(s), 75 B; 0 present" in first.stdout
+    assert "lllyasviel/Annotators: fetched 8 file(s), 108 B; 0 present" in first.stdout
     assert "unet/diffusion_pytorch_model.safetensors" in first.stdout
     assert f"into {out}." in first.stdout.splitlines()[-1]
 
@@ -169,7 +171,7 @@ def test_selected_roles_the_v10_family_and_a_changed_file(mirror, tmp_path):
     lines.clear()
     download.download(["annotators"], tmp_path, source=mirror, echo=lines.append)
     assert lines[:2] == [
-        "lllyasviel/Annotators: fetched 1 file(s), 12 B; 5 present",
+        "lllyasviel/Annotators: fetched 1 file(s), 12 B; 7 present",
         "  facenet.pth (12 B)",
     ]
 
