@@ -29,6 +29,7 @@ from annotators.hed import HED_WEIGHTS
 from annotators.lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS
 from annotators.mlsd import MLSD_WEIGHTS
 from annotators.normal import BAE_WEIGHTS
+from annotators.pidinet import PIDINET_WEIGHTS
 from annotators.pose import BODY_WEIGHTS, FACE_WEIGHTS, HAND_WEIGHTS
 from errors import UserFacingError
 from model_sources import hub_offline
@@ -139,6 +140,7 @@ ANNOTATOR_FILES = (
     BAE_WEIGHTS,
     LINEART_WEIGHTS,
     LINEART_COARSE_WEIGHTS,
+    PIDINET_WEIGHTS,
 )
 ANNOTATORS_RULE = FileRule(
     allow=ANNOTATOR_FILES, requires=tuple((name,) for name in ANNOTATOR_FILES)

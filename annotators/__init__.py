@@ -27,6 +27,7 @@ from annotators.lineart import (
 from annotators.mlsd import MlsdAnnotator
 from annotators.normal import MidasNormalAnnotator, NormalBaeAnnotator
 from annotators.passthrough import PassthroughAnnotator
+from annotators.pidinet import PidinetAnnotator, PidinetSafeAnnotator
 from annotators.pose import MediapipePoseAnnotator, OpenposeAnnotator
 from annotators.scribble import ScribbleAnnotator
 from annotators.seg import UpernetSegAnnotator
@@ -50,6 +51,8 @@ ANNOTATORS: dict[str, Annotator] = {
         MlsdAnnotator(),
         HedAnnotator(),
         HedSafeAnnotator(),
+        PidinetAnnotator(),
+        PidinetSafeAnnotator(),
         ScribbleAnnotator(),
         FakeScribbleAnnotator(),
         OpenposeAnnotator(),

@@ -4,7 +4,7 @@
         [--detect-resolution 512]
 
 Builds every network at its real size (HED, M-LSD large, NormalBAE, DPT-Hybrid MiDaS, UperNet
-ConvNeXt-small, OpenPose, the realistic and coarse line-art generators) with random
+ConvNeXt-small, OpenPose, the realistic and coarse line-art generators, PiDiNet) with random
 weights, in the real file layouts, in a temporary MODELS_DIR (~1.6 GB, nothing downloaded): the
 FLOPs are the real checkpoints'. Then times, per annotator,
 `annotator.load(LoadContext(...))` and `make_control_map` on assets/astronaut.png with default
@@ -85,6 +85,14 @@ def save_lineart(models_dir: Path) -> None:  # sk_model.pth, sk_model2.pth: Gene
         _save(models_dir, filename, build_generator().state_dict())
 
 
+def save_pidinet(models_dir: Path) -> None:  # table5_pidinet.pth: {"state_dict": {"module.*"}}
+    from annotators.pidinet import DATA_PARALLEL_PREFIX, PIDINET_WEIGHTS, build_pidinet
+
+    state = build_pidinet().state_dict()
+    prefixed = {DATA_PARALLEL_PREFIX + key: value for key, value in state.items()}
+    _save(models_dir, PIDINET_WEIGHTS, {"state_dict": prefixed})
+
+
 def save_openpose(models_dir: Path) -> None:
     from controlnet_aux.open_pose.face import FaceNet
     from controlnet_aux.open_pose.model import bodypose_model, handpose_model
@@ -147,6 +155,7 @@ WEIGHTS = {
     "depth_midas": save_dpt_hybrid_midas, "normal_midas": save_dpt_hybrid_midas,
     "normal_bae": save_normal_bae, "seg_upernet": save_upernet_convnext_small,
     "openpose": save_openpose, "mediapipe_pose": None,  # its models ship in the mediapipe wheel
+    "pidinet": save_pidinet, "pidinet_safe": save_pidinet,
     "lineart": save_lineart, "lineart_coarse": save_lineart,
 }  # fmt: skip
 

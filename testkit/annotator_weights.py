@@ -1,7 +1,7 @@
 """Annotator weights for tests, in the real file layouts under a MODELS_DIR (no downloads).
 
 Full-size architectures with seeded random weights where the architecture is fixed by
-controlnet_aux (HED, M-LSD, NormalBAE, the line-art generators); tiny but real
+controlnet_aux (HED, M-LSD, NormalBAE, the line-art generators, PiDiNet); tiny but real
 transformers models (DPT-Hybrid, UperNet ConvNeXt) saved with `save_pretrained` exactly like their
 Hub repos.
 """
@@ -17,6 +17,7 @@ from annotators.hed import HED_WEIGHTS
 from annotators.lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS, build_generator
 from annotators.mlsd import MLSD_WEIGHTS
 from annotators.normal import build_normal_bae
+from annotators.pidinet import DATA_PARALLEL_PREFIX, PIDINET_WEIGHTS, build_pidinet
 from settings import DEFAULT_MODEL_IDS
 
 DPT_ID = DEFAULT_MODEL_IDS["depth_estimator"]
@@ -37,8 +38,12 @@ def save_hed_and_mlsd(folder: Path) -> None:
     torch.save(MobileV2_MLSD_Large().state_dict(), target / MLSD_WEIGHTS)
 
 
-# Seeds of the line-art files: realistic and coarse differ, as the real ones do.
+# Seeds of the line-art and PiDiNet files: realistic and coarse differ, as the real ones do.
 LINEART_SEEDS = {LINEART_WEIGHTS: 0, LINEART_COARSE_WEIGHTS: 1}
+PIDINET_SEED = 0
+# PiDiNet starts its fusing classifier at 0.25 per side output: on random features the fused map
+# is then a flat 127. At 100 it spans the sigmoid (every grey level, all three safe levels).
+PIDINET_CLASSIFIER_WEIGHT = 100.0
 
 
 def save_lineart(folder: Path) -> None:
@@ -49,6 +54,25 @@ def save_lineart(folder: Path) -> None:
     for filename, seed in LINEART_SEEDS.items():
         torch.manual_seed(seed)
         torch.save(build_generator().state_dict(), target / filename)
+
+
+def save_pidinet(folder: Path) -> None:
+    """Seeded random `table5_pidinet.pth` (full size, ~3 MB), laid out like the real training
+    checkpoint: {"state_dict": {"module.<name>": tensor}} (DataParallel's prefix)."""
+    target = folder / ANNOTATORS_ID
+    target.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(PIDINET_SEED)
+    network = build_pidinet()
+    with torch.no_grad():
+        network.classifier.weight.fill_(PIDINET_CLASSIFIER_WEIGHT)
+    state = network.state_dict()
+    checkpoint = {"state_dict": {DATA_PARALLEL_PREFIX + key: value for key, value in state.items()}}
+    torch.save(checkpoint, target / PIDINET_WEIGHTS)
+
+
+def save_lineart_and_pidinet(folder: Path) -> None:
+    save_lineart(folder)
+    save_pidinet(folder)
 
 
 def save_tiny_dpt_hybrid(folder: Path) -> Path:

@@ -35,12 +35,12 @@ def build_tiny_models(folder: Path) -> Path:
     Instruct Pix2Pix and line art too; seeded in `controlnet_roles` order), the v1.0 canny
     ControlNet, TAESD for previews, an LCM-LoRA, a second base as a single-file checkpoint
     (COMMUNITY_BASE), and annotator weights (HED, M-LSD, DPT-Hybrid, UperNet, the two line-art
-    generators): the tests' MODELS_DIR. NormalBAE and OpenPose weights stay missing
+    generators, PiDiNet): the tests' MODELS_DIR. NormalBAE and OpenPose weights stay missing
     (their own tests build them)."""
     from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS, V10_MODEL_IDS
     from testkit.annotator_weights import (
         save_hed_and_mlsd,
-        save_lineart,
+        save_lineart_and_pidinet,
         save_tiny_dpt_hybrid,
         save_tiny_upernet,
     )
@@ -65,7 +65,7 @@ def build_tiny_models(folder: Path) -> Path:
     save_hed_and_mlsd(folder)
     save_tiny_dpt_hybrid(folder)
     save_tiny_upernet(folder)
-    save_lineart(folder)  # last: every earlier file keeps its seeds
+    save_lineart_and_pidinet(folder)  # last: every earlier file keeps its seeds
     return folder
 
 
