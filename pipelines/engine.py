@@ -430,6 +430,8 @@ class Engine:
             if request.start_image is not None:  # its sample first, as diffusers draws them
                 scaling = pipe.vae.config.scaling_factor
                 latents = img2img.sample_latents(distribution, generators, scaling)
+                if mask is not None:  # diffusers' inpaint pipeline repeats them per image: the
+                    latents = latents.contiguous()  # layout decides the UNet's order of sums
                 image_start = img2img.ImageStart(
                     latents.to(self.device, self.dtype), request.denoising_strength, mask
                 )
