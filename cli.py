@@ -1,10 +1,13 @@
 """Command line for the ControlNet demo, on the app's engine, settings and limits.
 
     python -m cli generate --condition canny --image in.png --prompt "a house" --out results/
+    python -m cli generate --condition depth --image in.png --mask mask.png --out results/
     python -m cli annotate --annotator hed --image photos/ --out maps/
     python -m cli download --all
 
-`--image` takes a file or a folder (its image files, sorted). Settings come from the environment
+`--image` takes a file or a folder (its image files, sorted). `--init-image` (image to image, with
+`--denoising-strength` below 1) and `--mask` (inpainting: white = repaint) are single files, the
+same for every input. Settings come from the environment
 like the app's (settings.py). Exit status: 0 done, 1 some inputs or repos failed (each reported),
 2 nothing done (bad arguments or a missing model; the message says what to do).
 """
@@ -130,17 +133,27 @@ def quiet_libraries() -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from pipelines.request import GenerationRequest
+    from pipelines.request import GenerationRequest, checked_image
 
     settings = load_settings(args)
     options = given_options(args, (*MAP_OPTIONS, *GENERATE_OPTIONS))
     params = dict(args.param)
     images = find_images(args.image)
+    # Read once, with the upload checks: one that cannot be read stops everything (it would fail
+    # every input alike).
+    starts = {
+        name: checked_image(settings.limits, path, what)
+        for name, path, what in (
+            ("init_image", args.init_image, "an initial image"),
+            ("mask", args.mask, "a mask"),
+        )
+        if path is not None
+    }
 
     def build(image: Path) -> GenerationRequest:
         return GenerationRequest.build(
-            settings, args.condition, image, args.prompt, annotator=args.annotator, **options,
-            **params,
+            settings, args.condition, image, args.prompt, annotator=args.annotator, **starts,
+            **options, **params,
         )  # fmt: skip
 
     check_first(build, images)
@@ -254,6 +267,8 @@ def add_option_flags(parser: argparse.ArgumentParser, names) -> None:
     for name in names:
         spec = OPTIONS[name]
         choices = f" ({', '.join(spec.choices)})" if spec.choices else ""
+        if spec.kind == "flag":
+            choices = " (true or false)"
         default = "" if spec.default is None else f"; default {spec.default}"
         parser.add_argument(
             f"--{name.replace('_', '-')}",
@@ -289,6 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--condition", required=True, help="canny, mlsd, hed, depth, ...")
     generate.add_argument("--prompt", default="")
     generate.add_argument("--annotator", help="default: the condition's first (e.g. canny)")
+    generate.add_argument(
+        "--init-image",
+        type=Path,
+        help="image to image: start from this image (default: --image itself) at a "
+        "--denoising-strength below 1",
+    )
+    generate.add_argument(
+        "--mask",
+        type=Path,
+        help="inpainting: white = repaint, black = keep; the initial image's size",
+    )
     add_option_flags(generate, GENERATE_OPTIONS)
     generate.set_defaults(func=run_generate)
 

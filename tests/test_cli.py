@@ -187,3 +187,46 @@ def test_generate_takes_the_geometry_window_and_model_options(models_dir, photos
     assert saved["units"][0]["control_end"] == 0.5
     assert saved["units"][0]["model_id"] == "lllyasviel/sd-controlnet-canny"
     assert pixels(tmp_path / "coffee_map.png")[:40].max() == 0  # the filled border
+
+
+def test_generate_inpaints_from_an_initial_image_and_a_mask(models_dir, tmp_path):
+    start = np.asarray(Image.open(ASSETS / "astronaut.png").convert("RGB"))[::2, ::2].copy()
+    Image.fromarray(start).save(tmp_path / "start.png")  # 256 x 256: the output size
+    mask = np.zeros((256, 256), np.uint8)
+    mask[80:176, 80:176] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    args = ["generate", "--condition", "canny", "--image", ASSETS / "astronaut.png", "--out", out]
+    inputs = ["--init-image", tmp_path / "start.png", "--mask", tmp_path / "mask.png"]
+    options = ["--denoising-strength", "0.5", "--mask-blur", "2", "--keep-unmasked", "true"]
+    size = ["--image-resolution", "256", "--steps", "4", "--seed", "3"]
+    result = run_cli(models_dir, *args, *inputs, *options, *size)
+    assert result.returncode == 0, result.stderr
+    saved = read_parameters(out / "astronaut_0.png")
+    assert saved["init_image_source"] == "uploaded" and saved["mask_source"] == "uploaded"
+    assert (saved["denoising_strength"], saved["steps"], saved["steps_run"]) == (0.5, 4, 2)
+    assert (saved["mask_blur"], saved["keep_unmasked"]) == (2, True)
+    image = pixels(out / "astronaut_0.png")
+    outside = np.ones(mask.shape, bool)
+    outside[70:186, 70:186] = False  # the blur reaches 2 * 2.5 = 5 pixels past the mask
+    np.testing.assert_array_equal(image[outside], start[outside])
+    assert np.abs(image[100:156, 100:156].astype(int) - start[100:156, 100:156]).mean() > 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--mask", "missing.png"], "No image file at 'missing.png'"),
+        (["--init-image", "missing.png"], "No image file at 'missing.png'"),
+        (["--denoising-strength", "0"], "`denoising_strength` must be above 0"),
+        (["--keep-unmasked", "perhaps"], "`keep_unmasked` must be true or false"),
+    ],
+)
+def test_bad_image_to_image_inputs_stop_before_any_model_loads(
+    models_dir, tmp_path, extra, message
+):
+    image = ASSETS / "astronaut.png"
+    args = ["generate", "--condition", "canny", "--image", image, "--out", tmp_path / "out"]
+    result = run_cli(models_dir, *args, *extra)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr

@@ -162,6 +162,35 @@ def test_a1111_text_options():
     )
 
 
+def test_image_to_image_settings_in_both_chunks_and_restored():
+    inpainted = make_parameters(
+        denoising_strength=0.75,
+        mask_blur=4,
+        keep_unmasked=True,
+        init_image_source="uploaded",
+        mask_source="uploaded",
+        steps_run=15,
+    )
+    text = a1111_infotext(inpainted)
+    assert "Model: stable-diffusion-v1-5/stable-diffusion-v1-5, Denoising strength: 0.75, " in text
+    assert "Mask blur: 4, ControlNet 0: " in text  # A1111's img2img keys, before the units
+    values = restore_values(inpainted)
+    assert (values["denoising_strength"], values["mask_blur"], values["keep_unmasked"]) == (
+        0.75,
+        4,
+        True,
+    )
+    # The images are not in the PNG: a restore says which to drop again.
+    assert values["init_image_source"] == values["mask_source"] == "uploaded"
+    assert "steps_run" not in values  # what ran, not a setting: `steps` is restored
+    composed = compose_restore_values(inpainted, 2)
+    assert composed["denoising_strength"] == 0.75 and composed["mask_source"] == "uploaded"
+    # Text to image records none of them, and its restore has none.
+    plain = restore_values(make_parameters())
+    assert not {"denoising_strength", "mask_blur", "init_image_source"} & set(plain)
+    assert "Denoising strength" not in a1111_infotext(make_parameters())
+
+
 def test_none_for_foreign_and_bad_files(image, tmp_path):
     plain = io.BytesIO()
     Image.fromarray(image).save(plain, format="PNG")
