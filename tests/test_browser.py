@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium's own connections hit the closed network.
@@ -52,6 +52,22 @@ def page():
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         yield page
         browser.close()
+
+
+def open_tab(page: Page, name: str) -> Locator:
+    """Select the tab `name` (from the "More tabs" menu where a narrow screen hides it); its
+    panel."""
+    expect(page.get_by_role("tab", selected=True)).to_be_visible()  # the page has rendered
+    tab = page.get_by_role("tab", name=name, exact=True)
+    if tab.count() and tab.is_visible():
+        tab.click()
+    else:
+        page.get_by_role("button", name="More tabs").click()
+        page.get_by_role("button", name=name, exact=True).click()
+    expect(page.get_by_role("tab", name=name, exact=True)).to_have_attribute(
+        "aria-selected", "true"
+    )
+    return page.get_by_role("tabpanel").filter(visible=True)
 
 
 def log_tail(server, lines: int = 60) -> str:
@@ -172,8 +188,7 @@ def drop_on_compose(page: Page, server, png: Path):
     """Open the Compose tab with every accordion open, drop `png` on its restore zone; the panel,
     once the restore's message is shown."""
     page.goto(server.url)
-    page.get_by_role("tab", name="Compose").click()
-    panel = page.get_by_role("tabpanel").filter(visible=True)
+    panel = open_tab(page, "Compose")
     settings = panel.get_by_role("button", name="Annotator settings")
     expect(settings).to_have_count(3)
     for index in range(3):
@@ -252,8 +267,7 @@ def check_restored_single_condition(page: Page, server, tmp_path: Path) -> None:
 
     # A PNG from elsewhere: a message that says what to drop.
     page.goto(server.url)
-    page.get_by_role("tab", name="Compose").click()
-    panel = page.get_by_role("tabpanel").filter(visible=True)
+    panel = open_tab(page, "Compose")
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)
     panel.locator(".restore-settings input[type=file]").set_input_files(plain)
@@ -279,8 +293,7 @@ def check_restored_annotator_on_a_tab(page: Page, server, tmp_path: Path) -> Non
     )
     png = settings_png(tmp_path / "normal.png", [midas], prompt="a statue")
     page.goto(server.url)
-    page.get_by_role("tab", name="Normal map").click()
-    panel = page.get_by_role("tabpanel").filter(visible=True)
+    panel = open_tab(page, "Normal map")
     panel.get_by_role("button", name="Advanced options").click()
     bae = panel.get_by_role("radio", name="Normals (NormalBAE, v1.1 model)")
     midas = panel.get_by_role("radio", name="Normals from MiDaS depth (v1.0 model)")

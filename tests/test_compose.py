@@ -10,7 +10,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
-from test_browser import GENERATE_TIMEOUT_MS, THUMBNAIL
+from test_browser import GENERATE_TIMEOUT_MS, THUMBNAIL, open_tab
 from test_browser import page as page  # noqa: F401 (the headless Chromium fixture)
 
 from annotators import ANNOTATORS, make_control_map
@@ -325,11 +325,14 @@ def test_unit_settings_come_last_with_the_reference_defaults(client):
     names = [parameter["parameter_name"] for parameter in parameters]
     added = [f"{name}_{number}" for number in (1, 2, 3) for name in UNIT_SETTINGS]
     added.append("cache_interval")  # added later still
+    # Then image to image and inpainting: the initial image and mask, and their options.
+    added += ["init_image", "mask", "denoising_strength", "mask_blur", "keep_unmasked"]
     assert names[-len(added) :] == added  # appended: positional callers are not shifted
     assert names.index("controlnet_version") == len(names) - len(added) - 1
     defaults = {p["parameter_name"]: p["parameter_default"] for p in parameters}
     assert all(p["parameter_has_default"] for p in parameters[-len(added) :])
     assert defaults["cache_interval"] == 1  # feature caching off: the exact images
+    assert defaults["denoising_strength"] == 1.0  # from noise: text to image, as before
     # Each preset unit's annotator resolution: OpenPose 512, MiDaS depth 384, Canny (unused) 512.
     assert [defaults[f"detect_resolution_{k}"] for k in (1, 2, 3)] == [512, 384, 512]
     assert defaults["low_threshold_3"] == 100 and defaults["high_threshold_3"] == 200
@@ -637,8 +640,7 @@ def test_the_page_follows_each_units_condition_and_annotator(page, server):
     from playwright.sync_api import expect
 
     page.goto(server.url)
-    page.get_by_role("tab", name="Compose").click()
-    panel = page.get_by_role("tabpanel").filter(visible=True)
+    panel = open_tab(page, "Compose")
     resolution = panel.get_by_role("spinbutton", name="Annotator resolution")
     settings = panel.get_by_role("button", name="Annotator settings")
     expect(settings).to_have_count(3)

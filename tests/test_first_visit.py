@@ -16,6 +16,7 @@ from test_browser import (
     CHROMIUM_ARGS,
     GENERATE_TIMEOUT_MS,
     THUMBNAIL,
+    open_tab,
     run_check,
 )
 from test_browser import page as page  # noqa: F401 (the headless Chromium fixture, 1280 wide)
@@ -42,30 +43,20 @@ def sized_page(request):
         browser.close()
 
 
-def open_tab(page: Page, name: str) -> Locator:
-    """Select the tab `name` (from the "More tabs" menu where a narrow screen hides it); its
-    panel."""
-    expect(page.get_by_role("tab", selected=True)).to_be_visible()  # the page has rendered
-    tab = page.get_by_role("tab", name=name, exact=True)
-    if tab.count() and tab.is_visible():
-        tab.click()
-    else:
-        page.get_by_role("button", name="More tabs").click()
-        page.get_by_role("button", name=name, exact=True).click()
-    expect(page.get_by_role("tab", name=name, exact=True)).to_have_attribute(
-        "aria-selected", "true"
-    )
-    return page.get_by_role("tabpanel").filter(visible=True)
-
-
 def upload(panel: Locator, path: Path, index: int = 0) -> None:
     panel.get_by_test_id("image").nth(index).locator("input[type=file]").set_input_files(path)
 
 
 def set_number(panel: Locator, label: str, value) -> None:
+    """Type `value` into a slider's number box. Gradio's first value sync after a slider mounts
+    can undo an edit made at once: type again until it holds."""
     box = panel.get_by_role("spinbutton", name=f"number input for {label}", exact=True)
-    box.fill(str(value))
-    box.press("Enter")
+    for _ in range(3):
+        box.fill(str(value))
+        box.press("Enter")
+        panel.page.wait_for_timeout(300)
+        if box.input_value() == str(value):
+            break
     expect(box).to_have_value(str(value))
 
 

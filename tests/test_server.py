@@ -38,6 +38,8 @@ OPTIONS = [
 ]
 MODELS = ["base_model", "controlnet_version"]
 SPEED = ["cache_interval"]  # added after the others: positional callers are not shifted
+# Image to image and inpainting, added after those in turn: the images, then their options.
+START = ["init_image", "mask", "denoising_strength", "mask_blur", "keep_unmasked"]
 SHARED_KEYWORDS = [*OPTIONS, *MODELS, "annotator"]
 UNIT_KEYWORDS = ["enabled", "condition", "annotator", "image", "strength", "control_start"]
 
@@ -71,7 +73,7 @@ def test_api_names_and_keywords_follow_the_contract(client):
         names = [parameter["parameter_name"] for parameter in parameters]
         detect = ["detect_resolution"] if condition.default_detect_resolution else []
         own = [param.name for param in condition.params]
-        assert names == ["image", "prompt", *SHARED_KEYWORDS, *detect, *own, *SPEED], name
+        assert names == ["image", "prompt", *SHARED_KEYWORDS, *detect, *own, *SPEED, *START], name
         assert all(parameter["parameter_has_default"] for parameter in parameters[2:])
     annotate = [p["parameter_name"] for p in endpoints["/annotate"]["parameters"]]
     every_param = {param.name for annotator in ANNOTATORS.values() for param in annotator.params}
@@ -93,6 +95,7 @@ def test_api_names_and_keywords_follow_the_contract(client):
         *MODELS,
         *(f"{name}_{number}" for number in (1, 2, 3) for name in UNIT_SETTINGS),
         *SPEED,
+        *START,
     ]
 
 

@@ -41,6 +41,7 @@ from ui.controls import (
     upload_image,
     user_errors,
 )
+from ui.img2img import image_to_image_controls
 from ui.results import png_settings, restored_values, stream_generation, unchanged
 from ui.running import run_buttons, run_with_stop
 from ui.tab import canvas_image, drawing_paper
@@ -272,6 +273,7 @@ def build_compose_tab(page: Page) -> None:
                 with gr.Accordion("Advanced options", open=False):
                     options = generation_controls(limits, defaults, per_unit=False)
                     speed = speed_controls(limits, defaults)
+                start = image_to_image_controls(limits, defaults, photo=None)  # unit 1's photo
             with gr.Column():
                 gallery, seed_used, restore = result_column(
                     "Control maps, then images", elem_id="result-compose"
@@ -309,6 +311,8 @@ def build_compose_tab(page: Page) -> None:
         image_2=None,
         image_3=None,
         progress=gr.Progress(),
+        init_image=None,
+        mask=None,
         **kwargs,
     ):
         images = (image, image_2, image_3)
@@ -322,12 +326,19 @@ def build_compose_tab(page: Page) -> None:
 
         def call(on_progress, on_preview):
             return engine.compose(
-                raw_units, prompt, on_progress=on_progress, on_preview=on_preview, **kwargs
+                raw_units,
+                prompt,
+                init_image=init_image,
+                mask=mask,
+                on_progress=on_progress,
+                on_preview=on_preview,
+                **kwargs,
             )
 
         yield from stream_generation(call, progress, store, request)
 
-    inputs_kwargs = {**unit_inputs, **options, **models, **settings_inputs, **speed}
+    # The image-to-image keywords come last: positional callers are not shifted.
+    inputs_kwargs = {**unit_inputs, **options, **models, **settings_inputs, **speed, **start}
     name_input_errors(inputs_kwargs)
     run_with_stop(
         [run.click, prompt.submit],
@@ -354,6 +365,7 @@ def build_compose_tab(page: Page) -> None:
         **models,
         **settings_inputs,
         **speed,
+        **{name: c for name, c in start.items() if name not in ("init_image", "mask")},
     }
     notes = [note for _, _, note in unit_columns]
     restore.upload(

@@ -62,12 +62,13 @@ def image_to_image_controls(
             brush=gr.Brush(colors=[MASK_COLOUR], color_mode="fixed", default_size=24),
             layers=False,
             transforms=(),
+            format="png",  # lossless: the kept pixels must come back exactly
             elem_classes=["init-editor"],
         )
         use_photo = gr.Button("Paint on the input photo", size="sm") if photo else None
         # What the generate events read (API keywords); the editor fills them.
-        init_image = gr.Image(label="Initial image", type="filepath", visible=False)
-        mask = gr.Image(label="Mask", type="filepath", image_mode="L", visible=False)
+        init_image = gr.Image(label="Initial image", type="filepath", format="png", visible=False)
+        mask = gr.Image(label="Mask", type="filepath", image_mode="L", format="png", visible=False)
         options = controls_for(GROUP, limits, defaults)
     editor.change(
         split_editor,

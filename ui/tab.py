@@ -35,6 +35,7 @@ from ui.controls import (
     upload_image,
     user_errors,
 )
+from ui.img2img import image_to_image_controls
 from ui.results import restored_settings, stream_generation
 from ui.running import run_buttons, run_with_stop
 from ui.status import StatusNotes
@@ -108,6 +109,9 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
                         )
                     options = generation_controls(limits, defaults)
                     speed = speed_controls(limits, defaults)
+                start = image_to_image_controls(
+                    limits, defaults, photo=image if condition.input_kind == "upload" else None
+                )
                 # API keyword order: shared options, detect resolution, the annotator's own.
                 detect = map_controls.pop("detect_resolution", None)
                 map_controls = {
@@ -132,12 +136,22 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
         tab.select(fn=None, js=BRUSH_ON_OPEN, api_visibility="private")
 
     @user_errors
-    def generate(image, prompt, request: gr.Request, progress=gr.Progress(), **kwargs):
+    def generate(
+        image,
+        prompt,
+        request: gr.Request,
+        progress=gr.Progress(),
+        init_image=None,
+        mask=None,
+        **kwargs,
+    ):
         def call(on_progress, on_preview):
             return engine.generate(
                 condition.name,
                 canvas_image(image),
                 prompt,
+                init_image=init_image,
+                mask=mask,
                 on_progress=on_progress,
                 on_preview=on_preview,
                 **kwargs,
@@ -152,7 +166,7 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
             gr.Warning(warning)
         return [(control.image, "Control map")]
 
-    name_input_errors({**options, **models, **map_controls, **speed})
+    name_input_errors({**options, **models, **map_controls, **speed, **start})
     run_with_stop(
         [run.click, prompt.submit],
         run,
@@ -161,7 +175,8 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
         f"result-{condition.name}",
         fn=generate,
         inputs=[image, prompt],
-        inputs_kwargs={**options, **models, **map_controls, **speed},
+        # The image-to-image keywords come last: positional callers are not shifted.
+        inputs_kwargs={**options, **models, **map_controls, **speed, **start},
         outputs=[gallery, seed_used],
         api_name=condition.name,
         concurrency_id=GPU_QUEUE,
@@ -175,7 +190,8 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
         api_visibility="private",
         concurrency_id=GPU_QUEUE,  # annotator networks run on the GPU too
     )
-    restorable = {"prompt": prompt, **options, **models, **map_controls, **speed}
+    settings_only = {name: c for name, c in start.items() if name not in ("init_image", "mask")}
+    restorable = {"prompt": prompt, **options, **models, **map_controls, **speed, **settings_only}
     restored = restore.upload(
         fn=lambda file: restored_settings(file, condition.name, restorable),
         inputs=restore,
