@@ -301,3 +301,18 @@ def test_the_parameters_restore_the_image_to_image_settings(small_engine, coffee
         num_images=2,
     )  # fmt: skip
     assert_same_images(again.images, result.images, "restored", True)
+
+
+def test_previews_and_feature_caching_run_on_the_shorter_schedule(engine, astronaut):
+    """The session's engine has the TAESD preview decoder; 8 steps at 0.5 run 4."""
+    previews = []
+    common = {"image_resolution": 256, "steps": 8, "seed": 5, "denoising_strength": 0.5}
+    exact = engine.generate(
+        "canny", astronaut, PROMPT, **common,
+        on_preview=lambda images, step, total: previews.append((step, total, images[0].shape)),
+    )  # fmt: skip
+    assert previews == [(1, 4, (256, 256, 3)), (2, 4, (256, 256, 3)), (3, 4, (256, 256, 3))]
+    cached = engine.generate("canny", astronaut, PROMPT, **common, cache_interval=2)
+    assert cached.parameters[0]["steps_run"] == 4 and cached.parameters[0]["cache_interval"] == 2
+    difference = np.abs(cached.images[0].astype(int) - exact.images[0]).mean()
+    assert 0 < difference < 20  # the shallow steps change the image a little, not wholly
