@@ -72,3 +72,19 @@ def test_the_image_editor_splits_into_the_initial_image_and_the_mask():
     sheet = np.zeros((6, 8, 4), np.uint8)  # what an empty editor holds: a transparent sheet
     assert split_editor({"background": sheet, "layers": [stroke]})[0] is None
     assert split_editor(None) == (None, None)
+
+
+def test_a_restore_resets_the_image_to_image_options_a_png_does_not_record():
+    """A text-to-image PNG records no denoising strength (it was 1): the page must not keep the
+    0.5 of the last image-to-image run; a PNG made from images says to drop them again."""
+    from ui.results import with_start_defaults
+
+    values, note = with_start_defaults({"prompt": "a house", "steps": 9})
+    assert values["denoising_strength"] == 1.0 and values["keep_unmasked"] is True
+    assert values["mask_blur"] == 4 and note == "" and values["steps"] == 9
+    made_from = {"denoising_strength": 0.5, "init_image_source": "uploaded", "mask_source": "x"}
+    values, note = with_start_defaults(made_from)
+    assert values["denoising_strength"] == 0.5 and "init_image_source" not in values
+    assert note == " It was made from an initial image and a mask: drop them again."
+    _, note = with_start_defaults({"init_image_source": "control_image"})
+    assert note == " It was made from an initial image: drop it again."

@@ -42,7 +42,13 @@ from ui.controls import (
     user_errors,
 )
 from ui.img2img import image_to_image_controls
-from ui.results import png_settings, restored_values, stream_generation, unchanged
+from ui.results import (
+    png_settings,
+    restored_values,
+    stream_generation,
+    unchanged,
+    with_start_defaults,
+)
 from ui.running import run_buttons, run_with_stop
 from ui.tab import canvas_image, drawing_paper
 
@@ -233,6 +239,7 @@ def _restored_composition(
     values = compose_restore_values({**parameters, "units": units}, len(unit_columns))
     if not units:  # nothing for the slots: keep them rather than switch every one off
         values = {name: value for name, value in values.items() if not name.startswith("enabled_")}
+    values, _ = with_start_defaults(values)
     restored = restored_values(
         values, controls, parameters.get("seed"), note=" Drop the images again."
     )

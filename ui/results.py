@@ -22,6 +22,7 @@ from typing import Any
 
 import gradio as gr
 
+from pipelines.request import SHARED_OPTIONS
 from png_info import read_parameters, restore_values, save_png
 from ui.running import STOPS, checked_progress, session_of
 
@@ -194,7 +195,25 @@ def restored_settings(
         for name in ("annotator", "detect_resolution", *_unit_param_names(parameters)):
             values.pop(name, None)
         gr.Warning(f"This PNG was made on the {made_on!r} tab: its shared settings were restored.")
-    return restored_values(values, controls, parameters.get("seed"))
+    values, note = with_start_defaults(values)
+    return restored_values(values, controls, parameters.get("seed"), note=note)
+
+
+def with_start_defaults(values: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """`values` with every image-to-image option a PNG does not record set to its default (a
+    text-to-image PNG records none: its denoising strength was 1), and the note for a PNG made
+    from an initial image or a mask, which the PNG does not hold."""
+    values = dict(values)
+    for name, spec in SHARED_OPTIONS.items():
+        if spec.group == "image_to_image":
+            values.setdefault(name, spec.default)
+    sources = [values.pop(name, None) for name in ("init_image_source", "mask_source")]
+    words = ("an initial image", "a mask")
+    used = [what for what, source in zip(words, sources, strict=True) if source]
+    if not used:
+        return values, ""
+    them = "them" if len(used) > 1 else "it"
+    return values, f" It was made from {' and '.join(used)}: drop {them} again."
 
 
 def _unit_param_names(parameters: dict) -> list[str]:
