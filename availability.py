@@ -28,6 +28,7 @@ ROLE_WORDS = {
     "lcm_lora": "the LCM-LoRA",
     "ip2p": "the Instruct Pix2Pix ControlNet",
     "lineart": "the line art ControlNet",
+    "inpaint": "the inpaint ControlNet",
 }
 
 

@@ -39,6 +39,9 @@ DEFAULT_MODEL_IDS: dict[str, str] = {
     # Line art (the paper's cartoon line drawings): white lines on black. Neither it, ip2p nor
     # tile has a v1.0 model (V10_MODEL_IDS): the v1.0 family runs their v1.1 ones.
     "lineart": "lllyasviel/control_v11p_sd15_lineart",
+    # Inpaint: the initial image with the pixels to repaint at -1 (pipelines.loop.img2img's
+    # MASKED_IMAGE_ROLES); no v1.0 model either.
+    "inpaint": "lllyasviel/control_v11p_sd15_inpaint",
     "annotators": "lllyasviel/Annotators",
     "depth_estimator": "Intel/dpt-hybrid-midas",
     "segmenter": "openmmlab/upernet-convnext-small",

@@ -315,6 +315,7 @@ class GenerationRequest:
             settings.limits, chosen.name, annotator, image, params=given, **unit_values
         )
         values.update(_image_inputs(settings.limits, values, unit.image, init_image, mask))
+        _require_mask((unit,), values)
         return cls((unit,), **values)
 
     @classmethod
@@ -351,6 +352,7 @@ class GenerationRequest:
         if not built:
             raise InvalidRequestError("Every control unit is switched off: switch one on.")
         values.update(_image_inputs(limits, values, built[0].image, init_image, mask))
+        _require_mask(built, values)
         return cls(tuple(built), **values)
 
     @classmethod
@@ -589,6 +591,22 @@ def _image_inputs(
             )
         image_inputs["mask"] = prepared
     return image_inputs
+
+
+def _require_mask(units: Sequence[UnitRequest], values: Mapping[str, Any]) -> None:
+    """A unit on the inpaint ControlNet (`MASKED_IMAGE_ROLES`) needs a mask: without one its
+    control image would be the photo with nothing to repaint."""
+    from pipelines.loop.img2img import MASKED_IMAGE_ROLES
+
+    if values.get("mask") is not None:
+        return
+    for unit in units:
+        if unit.controlnet_role in MASKED_IMAGE_ROLES:
+            raise InvalidRequestError(
+                f"{unit.condition.label} needs a mask: paint the area to repaint in white over "
+                "the image in Start from an image (API: `mask`, white = repaint, the image's "
+                "size)."
+            )
 
 
 def refuse_unknown_params(params: Mapping[str, Any], annotator_names) -> None:

@@ -16,6 +16,9 @@ COMMUNITY_BASE_MODELS = f"Tiny community={COMMUNITY_BASE}"  # the BASE_MODELS se
 RECORDED_ROLES = (
     "canny", "depth", "mlsd", "normal", "normal_midas", "openpose", "scribble", "seg", "softedge",
 )  # fmt: skip
+# Roles added after tile, ip2p and line art, seeded after them in this order, so every earlier
+# role keeps its weights.
+ADDED_ROLES = ("inpaint",)
 
 
 def controlnet_roles() -> list[str]:
@@ -27,12 +30,13 @@ def controlnet_roles() -> list[str]:
     for condition in CONDITIONS.values():
         roles.update(condition.controlnet_role_by_annotator.values())
     recorded = [role for role in RECORDED_ROLES if role in roles]
-    return recorded + sorted(roles - set(RECORDED_ROLES))
+    added = [role for role in ADDED_ROLES if role in roles]
+    return recorded + sorted(roles - set(RECORDED_ROLES) - set(ADDED_ROLES)) + added
 
 
 def build_tiny_models(folder: Path) -> Path:
     """Tiny SD1.5, a tiny ControlNet for every role a condition uses (v1.0 MiDaS normals, tile,
-    Instruct Pix2Pix and line art too; seeded in `controlnet_roles` order), the v1.0 canny
+    Instruct Pix2Pix, line art and inpaint too; seeded in `controlnet_roles` order), the v1.0 canny
     ControlNet, TAESD for previews, an LCM-LoRA, a second base as a single-file checkpoint
     (COMMUNITY_BASE), and annotator weights (HED, M-LSD, DPT-Hybrid, UperNet, the two line-art
     generators, PiDiNet): the tests' MODELS_DIR. NormalBAE and OpenPose weights stay missing
