@@ -186,8 +186,8 @@ CONDITIONS: dict[str, Condition] = {
             "inpaint",
             ("none",),
             description="Repaint part of your photo: paint the area to change in white in the "
-            "Start from an image editor (a mask is needed); describe the whole picture in the "
-            "prompt. The inpaint "
+            "Start from an image editor (a mask is needed), or extend the canvas with the "
+            "outpaint settings there; describe the whole picture in the prompt. The inpaint "
             "ControlNet sees the photo with the area to repaint blanked out (at -1, as it was "
             "trained), so the new pixels continue the kept ones. There is no v1.0 inpaint model: "
             "with v1.0 chosen, this tab runs the v1.1 one.",

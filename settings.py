@@ -193,6 +193,11 @@ class Limits:
     max_upload_bytes: int = 25 * 1024 * 1024
     # Checked from the header before decoding: 12000 x 12000 (144 MP) is refused.
     max_upload_pixels: int = 50_000_000
+    # Outpainting: the most pixels one side may grow by (in the image's own pixels), and the most
+    # pixels an outpainted output may have (its short side is the image resolution as always; the
+    # long one grows with the canvas).
+    max_outpaint: int = 1024
+    max_outpaint_pixels: int = 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,14 @@ MASK_THRESHOLD = 127
 # Where the initial image came from, as the PNG records it (the images are not in the PNG).
 UPLOADED = "uploaded"  # an initial image (or mask) of its own
 CONTROL_IMAGE = "control_image"  # the first unit's photo
+# Outpainting: the sides the canvas grows on, and how the new area is filled before it is repainted.
+OUTPAINT_SIDES = ("outpaint_left", "outpaint_right", "outpaint_top", "outpaint_bottom")
+OUTPAINT_FILLS = {
+    "edge": "Edge pixels repeated outward",
+    "blur": "Edge pixels repeated, then blurred",
+}
+# The Gaussian's sigma (in the image's own pixels) of the "blur" fill.
+OUTPAINT_BLUR_SIGMA = 16.0
 
 
 # ---- the requests --------------------------------------------------------------------------------
@@ -247,6 +255,30 @@ class GenerationRequest:
         "blurred edge. Off: the whole image comes from the latents, so the kept area changes a "
         "little too.",
     )
+    outpaint_left: int = whole(
+        0, "Outpaint left (pixels)", maximum="max_outpaint", step=8, group="image_to_image",
+        info="Outpainting: extend the canvas by this many of the image's own pixels on the left. "
+        "The new area is repainted (with a painted mask, both are); a denoising strength of 1 "
+        "is best, as the new area is filled from noise.",
+    )
+    outpaint_right: int = whole(
+        0, "Outpaint right (pixels)", maximum="max_outpaint", step=8, group="image_to_image",
+        info="Outpainting: extend the canvas on the right.",
+    )
+    outpaint_top: int = whole(
+        0, "Outpaint top (pixels)", maximum="max_outpaint", step=8, group="image_to_image",
+        info="Outpainting: extend the canvas at the top.",
+    )
+    outpaint_bottom: int = whole(
+        0, "Outpaint bottom (pixels)", maximum="max_outpaint", step=8, group="image_to_image",
+        info="Outpainting: extend the canvas at the bottom.",
+    )
+    outpaint_fill: str = choice(
+        "edge", "Outpaint fill", widget="radio", group="image_to_image", noun="outpaint fill",
+        choices=OUTPAINT_FILLS,
+        info="What the new area holds before it is repainted (what the control maps see there): "
+        "the edge pixels repeated, or repeated and blurred.",
+    )
     # fmt: on
     # The initial image at the output size (RGB uint8), when one is used: denoising strength
     # below 1, or a mask. None: text to image, from noise.
@@ -254,11 +286,17 @@ class GenerationRequest:
     # The mask at the output size, blurred (uint8 (H, W): above MASK_THRESHOLD is repainted).
     mask: np.ndarray | None = field(default=None, repr=False)
     init_image_source: str | None = None  # UPLOADED or CONTROL_IMAGE, when one is used
+    mask_source: str | None = None  # UPLOADED: a painted mask (None: none, or outpainting's own)
 
     @property
     def repainted(self) -> np.ndarray | None:
         """The pixels the mask repaints, (H, W) bool at the output size; None without a mask."""
         return None if self.mask is None else self.mask > MASK_THRESHOLD
+
+    @property
+    def outpainted(self) -> bool:
+        """Whether the canvas was extended (any outpaint side above 0)."""
+        return any(getattr(self, name) > 0 for name in OUTPAINT_SIDES)
 
     @property
     def start_index(self) -> int:
@@ -314,9 +352,14 @@ class GenerationRequest:
         unit = UnitRequest.build(
             settings.limits, chosen.name, annotator, image, params=given, **unit_values
         )
-        values.update(_image_inputs(settings.limits, values, unit.image, init_image, mask))
-        _require_mask((unit,), values)
-        return cls((unit,), **values)
+        units, init_image, mask, painted = _outpaint(
+            settings.limits, values, (unit,), init_image, mask
+        )
+        values.update(
+            _image_inputs(settings.limits, values, units[0].image, init_image, mask, painted)
+        )
+        _require_mask(units, values)
+        return cls(units, **values)
 
     @classmethod
     def composed(
@@ -351,9 +394,10 @@ class GenerationRequest:
         ]
         if not built:
             raise InvalidRequestError("Every control unit is switched off: switch one on.")
-        values.update(_image_inputs(limits, values, built[0].image, init_image, mask))
-        _require_mask(built, values)
-        return cls(tuple(built), **values)
+        units, init_image, mask, painted = _outpaint(limits, values, built, init_image, mask)
+        values.update(_image_inputs(limits, values, units[0].image, init_image, mask, painted))
+        _require_mask(units, values)
+        return cls(units, **values)
 
     @classmethod
     def _shared_values(cls, settings: Settings, **given: Any) -> dict[str, Any]:
@@ -388,8 +432,8 @@ class GenerationRequest:
                 "init_image_source": self.init_image_source,
                 "steps_run": self.steps_run,
             }
-            if self.mask is not None:
-                image_inputs["mask_source"] = UPLOADED
+            if self.mask_source is not None:
+                image_inputs["mask_source"] = self.mask_source
         return {
             "app": APP,
             **recorded,
@@ -411,6 +455,8 @@ class GenerationRequest:
             return self.start_image is not None
         if name in ("mask_blur", "keep_unmasked"):
             return self.mask is not None
+        if name in (*OUTPAINT_SIDES, "outpaint_fill"):
+            return self.outpainted
         return True
 
 
@@ -545,7 +591,12 @@ def mask_at(mask: np.ndarray, size: tuple[int, int], resize_mode: str, blur: int
 
 
 def _image_inputs(
-    limits: Limits, values: Mapping[str, Any], photo: np.ndarray, init_image: Any, mask: Any
+    limits: Limits,
+    values: Mapping[str, Any],
+    photo: np.ndarray,
+    init_image: Any,
+    mask: Any,
+    painted: bool = True,
 ) -> dict[str, Any]:
     """The initial image and the mask at the output size (which the first unit's `photo` sets),
     checked; nothing for text to image (denoising strength 1 and no mask: an initial image given
@@ -590,7 +641,135 @@ def _image_inputs(
                 "after its blur). Paint the area to change in white; black keeps the image."
             )
         image_inputs["mask"] = prepared
+        image_inputs["mask_source"] = UPLOADED if painted else None
     return image_inputs
+
+
+def outpaint_sides(values: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right): how many pixels the canvas grows by on each side."""
+    return (
+        values["outpaint_top"],
+        values["outpaint_bottom"],
+        values["outpaint_left"],
+        values["outpaint_right"],
+    )
+
+
+def extend_canvas(image: np.ndarray, sides: tuple[int, int, int, int], fill: str) -> np.ndarray:
+    """`image` (H, W, 3) or (H, W) uint8 with `sides` (top, bottom, left, right) pixels more: the
+    edge pixels repeated outward ("edge"), or repeated and then blurred by a Gaussian of sigma
+    OUTPAINT_BLUR_SIGMA in the new area only ("blur"; the image's own pixels stay as they are)."""
+    import cv2
+
+    top, bottom, left, right = sides
+    widths = ((top, bottom), (left, right)) + ((0, 0),) * (image.ndim - 2)
+    extended = np.pad(np.asarray(image, np.uint8), widths, mode="edge")
+    if fill == "blur" and any(sides):
+        blurred = cv2.GaussianBlur(
+            extended, (0, 0), OUTPAINT_BLUR_SIGMA, borderType=cv2.BORDER_REPLICATE
+        )
+        new = outpaint_area(image.shape[:2], sides)
+        extended[new] = blurred.reshape(extended.shape)[new]
+    return np.ascontiguousarray(extended)
+
+
+def outpaint_area(size: tuple[int, int], sides: tuple[int, int, int, int]) -> np.ndarray:
+    """The new pixels of a (height, width) image extended by `sides`: (H', W') bool."""
+    top, bottom, left, right = sides
+    height, width = size
+    new = np.ones((height + top + bottom, width + left + right), bool)
+    new[top : top + height, left : left + width] = False
+    return new
+
+
+def _scaled_sides(
+    sides: tuple[int, int, int, int], size: tuple[int, int], reference: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """`sides` given in pixels of an image of `reference` size, for one of `size`."""
+    top, bottom, left, right = sides
+    (height, width), (ref_height, ref_width) = size, reference
+    if (height, width) == (ref_height, ref_width):
+        return sides
+    return (
+        round(top * height / ref_height),
+        round(bottom * height / ref_height),
+        round(left * width / ref_width),
+        round(right * width / ref_width),
+    )
+
+
+def _outpaint(
+    limits: Limits,
+    values: Mapping[str, Any],
+    units: Sequence[UnitRequest],
+    init_image: Any,
+    mask: Any,
+) -> tuple[tuple[UnitRequest, ...], Any, Any, bool]:
+    """Outpainting: the initial image (the uploaded one, or the first unit's photo) extended by
+    the outpaint sides, the new area white in the mask (on top of a painted mask, if any), and
+    every unit's image extended the same way (in proportion, where its size differs). Returns
+    the units, the initial image, the mask, and whether a mask was painted; unchanged without
+    outpainting."""
+    from dataclasses import replace as replaced
+
+    from PIL import Image
+
+    units = tuple(units)
+    sides = outpaint_sides(values)
+    if not any(sides):
+        return units, init_image, mask, True
+    fill = values["outpaint_fill"]
+    initial = units[0].image
+    if init_image is not None:
+        initial = checked_image(limits, init_image, "an initial image")
+    drawn = None if mask is None else checked_image(limits, mask, "a mask")
+    if drawn is not None and drawn.shape[:2] != initial.shape[:2]:
+        what = "initial image" if init_image is not None else "image"
+        raise InvalidImageError(
+            f"The mask is {drawn.shape[1]}x{drawn.shape[0]} pixels but the {what} is "
+            f"{initial.shape[1]}x{initial.shape[0]}: give a mask of the {what}'s size "
+            "(white = repaint, black = keep); outpainting extends both."
+        )
+    height, width = initial.shape[:2]
+    top, bottom, left, right = sides
+    new_height, new_width = height + top + bottom, width + left + right
+    if max(new_height, new_width) / min(new_height, new_width) > limits.max_aspect_ratio:
+        raise InvalidRequestError(
+            f"Outpainted, the {width}x{height} image would be {new_width}x{new_height}: its "
+            f"aspect ratio is over {limits.max_aspect_ratio:g}:1. Extend it less, or on the "
+            "other sides too."
+        )
+    out_height, out_width = target_size(
+        new_height, new_width, values["image_resolution"], values["aspect_ratio"]
+    )
+    if out_height * out_width > limits.max_outpaint_pixels:
+        raise InvalidRequestError(
+            f"Outpainted, the image would be generated at {out_width}x{out_height} "
+            f"({out_height * out_width:,} pixels), over this server's limit of "
+            f"{limits.max_outpaint_pixels:,}: extend it less, or lower the image resolution."
+        )
+    if new_height * new_width > limits.max_upload_pixels:
+        raise InvalidRequestError(
+            f"Outpainted, the image would be {new_width}x{new_height}, over the "
+            f"{limits.max_upload_pixels:,} pixels an image may have: extend it less."
+        )
+    grey = np.zeros((height, width), np.uint8)
+    if drawn is not None:
+        grey = np.asarray(Image.fromarray(drawn).convert("L"))
+    new_mask = extend_canvas(grey, sides, "edge")
+    new_mask[outpaint_area((height, width), sides)] = 255
+    extended_units = tuple(
+        replaced(
+            unit,
+            image=extend_canvas(
+                unit.image, _scaled_sides(sides, unit.image.shape[:2], (height, width)), fill
+            ),
+        )
+        for unit in units
+    )
+    if init_image is not None:
+        init_image = extend_canvas(initial, sides, fill)
+    return extended_units, init_image, new_mask, drawn is not None
 
 
 def _require_mask(units: Sequence[UnitRequest], values: Mapping[str, Any]) -> None:
@@ -605,7 +784,7 @@ def _require_mask(units: Sequence[UnitRequest], values: Mapping[str, Any]) -> No
             raise InvalidRequestError(
                 f"{unit.condition.label} needs a mask: paint the area to repaint in white over "
                 "the image in Start from an image (API: `mask`, white = repaint, the image's "
-                "size)."
+                "size), or extend the canvas with an outpaint side there."
             )
 
 

@@ -40,6 +40,7 @@ MODELS = ["base_model", "controlnet_version"]
 SPEED = ["cache_interval"]  # added after the others: positional callers are not shifted
 # Image to image and inpainting, added after those in turn: the images, then their options.
 START = ["init_image", "mask", "denoising_strength", "mask_blur", "keep_unmasked"]
+START += [f"outpaint_{side}" for side in ("left", "right", "top", "bottom")] + ["outpaint_fill"]
 SHARED_KEYWORDS = [*OPTIONS, *MODELS, "annotator"]
 UNIT_KEYWORDS = ["enabled", "condition", "annotator", "image", "strength", "control_start"]
 
