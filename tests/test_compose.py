@@ -327,6 +327,8 @@ def test_unit_settings_come_last_with_the_reference_defaults(client):
     added.append("cache_interval")  # added later still
     # Then image to image and inpainting: the initial image and mask, and their options.
     added += ["init_image", "mask", "denoising_strength", "mask_blur", "keep_unmasked"]
+    added += [f"outpaint_{side}" for side in ("left", "right", "top", "bottom")]
+    added.append("outpaint_fill")
     assert names[-len(added) :] == added  # appended: positional callers are not shifted
     assert names.index("controlnet_version") == len(names) - len(added) - 1
     defaults = {p["parameter_name"]: p["parameter_default"] for p in parameters}
