@@ -144,7 +144,11 @@ def test_every_tab_generates_end_to_end(engine, astronaut, condition, annotator)
     if CONDITIONS[condition].input_kind == "canvas":
         image = np.zeros((512, 512, 4), np.uint8)
         image[200:220, 50:450] = (0, 0, 0, 255)
-    result = engine.generate(condition, image, "an astronaut", annotator=annotator, **FAST)
+    extra = {}
+    if condition == "inpaint":  # it needs a mask: white = repaint
+        extra["mask"] = np.zeros(image.shape[:2], np.uint8)
+        extra["mask"][100:300, 100:300] = 255
+    result = engine.generate(condition, image, "an astronaut", annotator=annotator, **FAST, **extra)
     assert result.control_map.shape == (256, 256, 3)
     if annotator != "mlsd":  # random M-LSD weights find no line: an empty map is right there
         assert result.control_map.max() > 0
