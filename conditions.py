@@ -25,6 +25,8 @@ class Condition:
     description: str = ""
     # Annotators whose maps another ControlNet was trained on (e.g. MiDaS normals -> v1.0 normal).
     controlnet_role_by_annotator: Mapping[str, str] = field(default_factory=dict)
+    # A mask is needed (the inpaint ControlNet): the page opens its "Start from an image" editor.
+    needs_mask: bool = False
     # (file in assets/, prompt) pairs shown under the tab.
     examples: tuple[tuple[str, str], ...] = ()
     # What the prompt box suggests, where a prompt is not a description (ip2p: an instruction);
@@ -185,12 +187,13 @@ CONDITIONS: dict[str, Condition] = {
             "Inpaint",
             "inpaint",
             ("none",),
-            description="Repaint part of your photo: paint the area to change in white in the "
-            "Start from an image editor (a mask is needed), or extend the canvas with the "
+            description="Repaint part of your photo: paint over the area to change in the "
+            "Start from an image editor below (a mask is needed), or extend the canvas with the "
             "outpaint settings there; describe the whole picture in the prompt. The inpaint "
             "ControlNet sees the photo with the area to repaint blanked out (at -1, as it was "
             "trained), so the new pixels continue the kept ones. There is no v1.0 inpaint model: "
             "with v1.0 chosen, this tab runs the v1.1 one.",
+            needs_mask=True,
         ),
     )
 }

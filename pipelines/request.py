@@ -638,7 +638,8 @@ def _image_inputs(
         if not (prepared > MASK_THRESHOLD).any():
             raise InvalidRequestError(
                 "The mask marks nothing to repaint: no pixel of it is white (above mid-grey, "
-                "after its blur). Paint the area to change in white; black keeps the image."
+                "after its blur). Paint over the area to change (in a mask file: white repaints, "
+                "black keeps)."
             )
         image_inputs["mask"] = prepared
         image_inputs["mask_source"] = UPLOADED if painted else None
@@ -782,8 +783,8 @@ def _require_mask(units: Sequence[UnitRequest], values: Mapping[str, Any]) -> No
     for unit in units:
         if unit.controlnet_role in MASKED_IMAGE_ROLES:
             raise InvalidRequestError(
-                f"{unit.condition.label} needs a mask: paint the area to repaint in white over "
-                "the image in Start from an image (API: `mask`, white = repaint, the image's "
+                f"{unit.condition.label} needs a mask: paint over the area to repaint in the "
+                "image under Start from an image (API: `mask`, white = repaint, the image's "
                 "size), or extend the canvas with an outpaint side there."
             )
 

@@ -117,7 +117,7 @@ def test_availability_names_the_inpaint_controlnet(models_dir, tmp_path, monkeyp
 
 # ---- the request ---------------------------------------------------------------------------------
 def test_a_request_without_a_mask_is_refused(settings, photo, mask):
-    with pytest.raises(InvalidRequestError, match="Inpaint needs a mask: paint the area"):
+    with pytest.raises(InvalidRequestError, match="Inpaint needs a mask: paint over the area"):
         GenerationRequest.build(settings, "inpaint", photo, PROMPT)
     with pytest.raises(InvalidRequestError, match="Inpaint needs a mask"):
         GenerationRequest.build(settings, "inpaint", photo, PROMPT, denoising_strength=0.5)

@@ -44,15 +44,20 @@ def split_editor(value: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 
 def image_to_image_controls(
-    limits: Limits, defaults: dict[str, Any], photo: gr.components.Component | None
+    limits: Limits,
+    defaults: dict[str, Any],
+    photo: gr.components.Component | None,
+    open_: bool = False,
 ) -> dict[str, gr.components.Component]:
     """The accordion's controls by API keyword: `init_image`, `mask`, then the group's options.
-    `photo`: the tab's input image, for "Paint on the input photo" (None: no such button)."""
-    with gr.Accordion("Start from an image: image to image, inpainting", open=False):
+    `photo`: the tab's input image, for "Paint on the input photo" (None: no such button);
+    `open_`: shown open (a tab that cannot run without a mask)."""
+    label = "Start from an image: image to image, inpainting, outpainting"
+    with gr.Accordion(label, open=open_):
         gr.Markdown(
             "Set the denoising strength below 1 to start from an image instead of noise: the "
             "input photo, or one you put here. Paint over it to repaint only there (inpainting); "
-            "the rest is kept."
+            "the rest is kept. The outpaint settings extend the canvas: the new area is painted."
         )
         editor = gr.ImageEditor(
             label="Initial image (empty: the input photo); paint the area to repaint",

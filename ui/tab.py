@@ -110,7 +110,10 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
                     options = generation_controls(limits, defaults)
                     speed = speed_controls(limits, defaults)
                 start = image_to_image_controls(
-                    limits, defaults, photo=image if condition.input_kind == "upload" else None
+                    limits,
+                    defaults,
+                    photo=image if condition.input_kind == "upload" else None,
+                    open_=condition.needs_mask,
                 )
                 # API keyword order: shared options, detect resolution, the annotator's own.
                 detect = map_controls.pop("detect_resolution", None)
