@@ -22,6 +22,9 @@ from testkit.app_process import start_app, stop_app  # noqa: E402
 from testkit.models_dir import COMMUNITY_BASE, COMMUNITY_BASE_MODELS, build_tiny_models  # noqa: E402
 from testkit.paths import ASSETS  # noqa: E402
 
+# The image-to-image tests' shared fixtures (small_engine, photo, mask).
+pytest_plugins = ["start_image"]
+
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:

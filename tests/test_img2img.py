@@ -6,33 +6,22 @@ steps actually run."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from start_image import PROMPT, SIZE, reference_pipeline
 
 from errors import InvalidImageError, InvalidRequestError
 from pipelines.loop import step_plan
-from pipelines.loop.schedulers import SCHEDULERS, make_scheduler, start_index
+from pipelines.loop.schedulers import SCHEDULERS, start_index
 from pipelines.request import GenerationRequest
-from settings import Limits
 from testkit.tolerances import ROUNDING_LEVELS, assert_levels_within
 
-SIZE = 128
-PROMPT = "a cup of coffee"
 GUIDANCE = 7.0
 # Every sampler the page offers, DDIM also with eta (its noise comes from the same generators).
 SAMPLERS = [(name, 0.0) for name in SCHEDULERS] + [("DDIM", 0.5)]
-
-
-@pytest.fixture(scope="module")
-def small_engine(settings):
-    from pipelines.engine import Engine
-
-    limits = replace(Limits(), min_resolution=SIZE)
-    return Engine(replace(settings, limits=limits, previews=False), device="cpu")
 
 
 def options(**overrides):
@@ -55,20 +44,13 @@ def diffusers_images(engine, request: GenerationRequest, control_map: np.ndarray
     engine's control map and initial image at the output size: uint8 images."""
     from diffusers import StableDiffusionControlNetImg2ImgPipeline
 
-    pipe = engine.base_pipeline()
     unit = request.units[0]
-    theirs = StableDiffusionControlNetImg2ImgPipeline(
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-        unet=pipe.unet,
-        controlnet=engine.controlnet(unit.controlnet_role),
-        scheduler=make_scheduler(request.scheduler, pipe.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    theirs = reference_pipeline(
+        StableDiffusionControlNetImg2ImgPipeline,
+        engine,
+        request.units[0].controlnet_role,
+        request.scheduler,
     )
-    theirs.set_progress_bar_config(disable=True)
     height, width = request.size
     output = theirs(
         prompt=request.full_prompt,

@@ -6,44 +6,17 @@ the inpaint ControlNet's hook gets the initial image with the masked pixels at -
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from start_image import PROMPT, SIZE, reference_pipeline
 
 from errors import InvalidImageError, InvalidRequestError
 from pipelines.loop import img2img
-from pipelines.loop.schedulers import make_scheduler
 from pipelines.request import GenerationRequest
-from settings import Limits
 from testkit.tolerances import ROUNDING_LEVELS, assert_levels_within
-
-SIZE = 128
-PROMPT = "a cup of coffee"
-
-
-@pytest.fixture(scope="module")
-def small_engine(settings):
-    from pipelines.engine import Engine
-
-    limits = replace(Limits(), min_resolution=SIZE)
-    return Engine(replace(settings, limits=limits, previews=False), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def photo(coffee) -> np.ndarray:
-    """The coffee photo at the output size (128 x 192): no resizing between it and the images."""
-    return np.asarray(Image.fromarray(coffee).resize((192, 128), Image.LANCZOS))
-
-
-@pytest.fixture(scope="module")
-def mask() -> np.ndarray:
-    """White (repaint) in a rectangle of a 128 x 192 mask, black elsewhere."""
-    drawn = np.zeros((128, 192), np.uint8)
-    drawn[40:88, 60:140] = 255
-    return drawn
 
 
 def options(**overrides):
@@ -68,20 +41,13 @@ def diffusers_images(engine, request: GenerationRequest, control_map: np.ndarray
     image, its thresholded mask and its control map at the output size: uint8 images."""
     from diffusers import StableDiffusionControlNetInpaintPipeline
 
-    pipe = engine.base_pipeline()
     unit = request.units[0]
-    theirs = StableDiffusionControlNetInpaintPipeline(
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-        unet=pipe.unet,
-        controlnet=engine.controlnet(unit.controlnet_role),
-        scheduler=make_scheduler(request.scheduler, pipe.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    theirs = reference_pipeline(
+        StableDiffusionControlNetInpaintPipeline,
+        engine,
+        request.units[0].controlnet_role,
+        request.scheduler,
     )
-    theirs.set_progress_bar_config(disable=True)
     height, width = request.size
     images = []
     for seed in seeds:  # one image per call: diffusers shares the first generator's latents

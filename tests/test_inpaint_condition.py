@@ -5,47 +5,22 @@ it runs at any denoising strength, alone and composed, and downloads as the othe
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from start_image import PROMPT, SIZE, reference_pipeline
 
 import download
 from availability import ROLE_WORDS, condition_status
 from conditions import CONDITIONS
 from errors import InvalidRequestError
 from pipelines.loop import img2img
-from pipelines.loop.schedulers import make_scheduler
 from pipelines.request import GenerationRequest
-from settings import DEFAULT_MODEL_IDS, V10_MODEL_IDS, Limits, Settings
+from settings import DEFAULT_MODEL_IDS, V10_MODEL_IDS, Settings
 from testkit.models_dir import RECORDED_ROLES, controlnet_roles
 
-SIZE = 128
-PROMPT = "a cup of coffee"
 INPAINT_ID = "lllyasviel/control_v11p_sd15_inpaint"
-
-
-@pytest.fixture(scope="module")
-def small_engine(settings):
-    from pipelines.engine import Engine
-
-    limits = replace(Limits(), min_resolution=SIZE)
-    return Engine(replace(settings, limits=limits, previews=False), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def photo(coffee) -> np.ndarray:
-    """The coffee photo at the output size (128 x 192)."""
-    return np.asarray(Image.fromarray(coffee).resize((192, 128), Image.LANCZOS))
-
-
-@pytest.fixture(scope="module")
-def mask() -> np.ndarray:
-    drawn = np.zeros((128, 192), np.uint8)
-    drawn[40:88, 60:140] = 255
-    return drawn
 
 
 def options(**overrides):
@@ -187,20 +162,10 @@ def test_the_images_are_diffusers_inpaint_pipelines_fed_the_minus_one_image(
         **options(scheduler="DDIM", denoising_strength=0.75),
     )  # fmt: skip
     result = small_engine.run(request)
-    pipe = small_engine.base_pipeline()
     unit = request.units[0]
-    theirs = StableDiffusionControlNetInpaintPipeline(
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-        unet=pipe.unet,
-        controlnet=small_engine.controlnet("inpaint"),
-        scheduler=make_scheduler(request.scheduler, pipe.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    theirs = reference_pipeline(
+        StableDiffusionControlNetInpaintPipeline, small_engine, "inpaint", request.scheduler
     )
-    theirs.set_progress_bar_config(disable=True)
     height, width = request.size
     output = theirs(
         prompt=request.full_prompt,
