@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.timing import time_in_turns
 from pipelines.engine import Engine
 from settings import Settings
 from testkit.models_dir import build_tiny_canny
@@ -40,32 +40,20 @@ WINDOWS = {  # name -> generate options
 
 
 def time_windows(engine, image, base: dict, repeats: int, steps: int) -> dict[str, dict]:
-    """Each window's timings; the windows take turns in every round, so a slow spell of a shared
-    machine lands on all of them rather than on one."""
-    calls: list[int] = []
-    handle = engine.controlnet("canny").register_forward_hook(lambda *args: calls.append(1))
-    seconds: dict[str, list[float]] = {name: [] for name in WINDOWS}
-    counted: dict[str, int] = {}
-    try:
-        for window in WINDOWS.values():
-            engine.generate("canny", image, "a house", **base, **window)  # warm-up
-        for _ in range(repeats):
-            for name, window in WINDOWS.items():
-                calls.clear()
-                started = time.perf_counter()
-                engine.generate("canny", image, "a house", **base, **window)
-                seconds[name].append(time.perf_counter() - started)
-                counted[name] = len(calls)
-    finally:
-        handle.remove()
+    results = time_in_turns(
+        lambda options: engine.generate("canny", image, "a house", **base, **options),
+        WINDOWS,
+        repeats,
+        engine.controlnet("canny"),
+    )
     return {
         name: {
-            "median_s": round(statistics.median(values), 4),
-            "min_s": round(min(values), 4),
-            "controlnet_calls_per_run": counted[name],
+            "median_s": r["median_s"],
+            "min_s": r["min_s"],
+            "controlnet_calls_per_run": r["calls"],
             "steps": steps,
         }
-        for name, values in seconds.items()
+        for name, r in results.items()
     }
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.timing import time_in_turns
 from pipelines.engine import Engine
 from settings import Settings
 from testkit.models_dir import build_tiny_canny
@@ -44,33 +44,15 @@ def cases(size: int) -> dict[str, dict]:
 
 
 def time_cases(engine, image, base: dict, repeats: int, size: int) -> dict[str, dict]:
-    """Each case's timings; the cases take turns in every round, so a slow spell of a shared
-    machine lands on all of them rather than on one."""
-    calls: list[int] = []
-    unet = engine.base_pipeline().unet
-    handle = unet.register_forward_hook(lambda *args: calls.append(1))
-    runs = cases(size)
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    counted: dict[str, int] = {}
-    try:
-        for options in runs.values():
-            engine.generate("canny", image, "a house", **base, **options)  # warm-up
-        for _ in range(repeats):
-            for name, options in runs.items():
-                calls.clear()
-                started = time.perf_counter()
-                engine.generate("canny", image, "a house", **base, **options)
-                seconds[name].append(time.perf_counter() - started)
-                counted[name] = len(calls)
-    finally:
-        handle.remove()
+    results = time_in_turns(
+        lambda options: engine.generate("canny", image, "a house", **base, **options),
+        cases(size),
+        repeats,
+        engine.base_pipeline().unet,
+    )
     return {
-        name: {
-            "median_s": round(statistics.median(values), 4),
-            "min_s": round(min(values), 4),
-            "unet_calls": counted[name],
-        }
-        for name, values in seconds.items()
+        name: {"median_s": r["median_s"], "min_s": r["min_s"], "unet_calls": r["calls"]}
+        for name, r in results.items()
     }
 
 

@@ -175,3 +175,39 @@ def compare(images: np.ndarray, reference: np.ndarray | None, tolerance: float) 
         "mean_abs_diff": round(mean, 4),
         "matches_eager": mean <= tolerance,
     }
+
+
+def time_in_turns(
+    call: Callable[[dict], object],
+    cases: dict[str, dict],
+    repeats: int,
+    counted: torch.nn.Module,
+) -> dict[str, dict]:
+    """Median and min seconds of `call(options)` for each case's options, and how many times the
+    module `counted` ran in one call (a forward hook). One warm-up call per case; then the cases
+    take turns in every round, so a slow spell of a shared machine lands on all of them rather
+    than on one."""
+    calls: list[int] = []
+    handle = counted.register_forward_hook(lambda *args: calls.append(1))
+    seconds: dict[str, list[float]] = {name: [] for name in cases}
+    runs: dict[str, int] = {}
+    try:
+        for options in cases.values():
+            call(options)
+        for _ in range(repeats):
+            for name, options in cases.items():
+                calls.clear()
+                started = time.perf_counter()
+                call(options)
+                seconds[name].append(time.perf_counter() - started)
+                runs[name] = len(calls)
+    finally:
+        handle.remove()
+    return {
+        name: {
+            "median_s": round(statistics.median(values), 4),
+            "min_s": round(min(values), 4),
+            "calls": runs[name],
+        }
+        for name, values in seconds.items()
+    }
