@@ -198,6 +198,9 @@ class Limits:
     # long one grows with the canvas).
     max_outpaint: int = 1024
     max_outpaint_pixels: int = 1024 * 1024
+    # Upscaling: the most pixels an upscaled image may have (it is repainted in tiles, so this
+    # bounds the time and the blend's memory, 16 bytes per pixel, not the GPU's).
+    max_upscale_pixels: int = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,7 @@ class Settings:
             max_prompt_chars=_env_int(env, "MAX_PROMPT_CHARS", base_limits.max_prompt_chars),
             max_upload_bytes=_env_int(env, "MAX_UPLOAD_BYTES", base_limits.max_upload_bytes),
             max_upload_pixels=_env_int(env, "MAX_UPLOAD_PIXELS", base_limits.max_upload_pixels),
+            max_upscale_pixels=_env_int(env, "MAX_UPSCALE_PIXELS", base_limits.max_upscale_pixels),
         )
         default_overrides = {
             name: min(_env_int(env, variable, 0), maximum)

@@ -45,6 +45,7 @@ from pipelines.request import (
 from pipelines.request import defaults as request_defaults
 from pipelines.results import ControlMap, GenerationResult
 from pipelines.speed import compile_guard, feature_cache, lcm_lora
+from pipelines.upscale import UpscaleRequest, run_upscale
 from pipelines.zerogpu import gpu_seconds, gpu_task
 from settings import MAX_SEED, Settings
 
@@ -79,6 +80,7 @@ class Engine:
         # The GPU part of each request; on ZeroGPU it runs inside spaces.GPU for a fitting time.
         self._generate_on_gpu = gpu_task(self._generate_checked, duration=self._generate_seconds)
         self._annotate_on_gpu = gpu_task(self._annotate_checked, duration=OVERHEAD_ANNOTATE_SECONDS)
+        self._upscale_on_gpu = gpu_task(self._upscale_checked, duration=self._upscale_seconds)
 
     # ---- where it runs (the model store decides) -----------------------------------------------
     device = property(lambda self: self.models.device)
@@ -226,6 +228,20 @@ class Engine:
         )
         return self.run(request, on_progress, on_preview)
 
+    def upscale(
+        self, image: Any, prompt: str = "", *, on_progress=None, **options: Any
+    ) -> GenerationResult:
+        """`image` enlarged by `factor` and repainted in tiles with the tile ControlNet at a low
+        denoising strength (`pipelines.upscale`). `on_progress(step, total)` counts every tile's
+        steps."""
+        return self.run_upscale(
+            UpscaleRequest.build(self.settings, image, prompt, **options), on_progress
+        )
+
+    def run_upscale(self, request: UpscaleRequest, on_progress=None) -> GenerationResult:
+        """A checked upscale request (one GPU slice on ZeroGPU for all its tiles)."""
+        return self._upscale_on_gpu(request, on_progress)
+
     def run(
         self, request: GenerationRequest, on_progress=None, on_preview=None
     ) -> GenerationResult:
@@ -253,6 +269,15 @@ class Engine:
             len(request.units),
             request.cache_interval,
         )
+
+    def _upscale_checked(self, request: UpscaleRequest, on_progress=None) -> GenerationResult:
+        # Each tile is a generation of its own: `last_timing` is the last tile's.
+        return run_upscale(request, self._generate_checked, on_progress)
+
+    def _upscale_seconds(self, request: UpscaleRequest, *callbacks) -> int:
+        height, width = request.tiles[0].size
+        steps = request.steps_run
+        return gpu_seconds(steps, 1, height, width, 1, request.tiles[0].cache_interval)
 
     def _generate_checked(
         self, request: GenerationRequest, on_progress, on_preview: PreviewCallback | None = None
