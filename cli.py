@@ -3,6 +3,7 @@
     python -m cli generate --condition canny --image in.png --prompt "a house" --out results/
     python -m cli generate --condition depth --image in.png --mask mask.png --out results/
     python -m cli annotate --annotator hed --image photos/ --out maps/
+    python -m cli upscale --image small.png --factor 2 --prompt "a house" --out results/
     python -m cli download --all
 
 `--image` takes a file or a folder (its image files, sorted). `--init-image` (image to image, with
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from errors import InvalidImageError, ModelUnavailableError, UserFacingError
 from pipelines.request import SHARED_OPTIONS, UNIT_OPTIONS, Option
+from pipelines.upscale import TAKEN_OPTIONS, TAKEN_UNIT_OPTIONS, UPSCALE_OPTIONS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,11 +37,17 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 # (engine, image, output stem, progress callback) -> lines to print: a summary, then warnings.
 RunOne = Callable[[Any, Path, str, Callable[[int, int], None]], list[str]]
-OPTIONS: dict[str, Option] = {**SHARED_OPTIONS, **UNIT_OPTIONS}
+OPTIONS: dict[str, Option] = {**SHARED_OPTIONS, **UNIT_OPTIONS, **UPSCALE_OPTIONS}
 # Options both commands take (the output's geometry and the annotator's resolution); generate
 # takes every other request option as well (--prompt has its own flag).
 MAP_OPTIONS = ("image_resolution", "detect_resolution", "aspect_ratio", "resize_mode")
-GENERATE_OPTIONS = tuple(name for name in OPTIONS if name not in (*MAP_OPTIONS, "prompt"))
+GENERATE_OPTIONS = tuple(
+    name for name in (*SHARED_OPTIONS, *UNIT_OPTIONS) if name not in (*MAP_OPTIONS, "prompt")
+)
+# An upscale's own options, then what it takes from a generation's.
+UPSCALE_FLAGS = tuple(
+    name for name in (*UPSCALE_OPTIONS, *TAKEN_OPTIONS, *TAKEN_UNIT_OPTIONS) if name != "prompt"
+)
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -193,6 +201,30 @@ def run_annotate(args: argparse.Namespace) -> int:
     return run_each(args, settings, images, run)
 
 
+def run_upscale(args: argparse.Namespace) -> int:
+    from pipelines.upscale import UpscaleRequest
+
+    settings = load_settings(args)
+    options = given_options(args, UPSCALE_FLAGS)
+    images = find_images(args.image)
+
+    def build(image: Path) -> UpscaleRequest:
+        return UpscaleRequest.build(settings, image, args.prompt, **options)
+
+    check_first(build, images)
+
+    def run(engine, image: Path, stem: str, progress) -> list[str]:
+        request = build(image)
+        result = engine.run_upscale(request, on_progress=progress)
+        path = save_png(result.images[0], args.out / f"{stem}_upscaled.png", result.parameters[0])
+        height, width = request.size
+        tiles = f"{len(request.tiles)} tile{'s' if len(request.tiles) > 1 else ''}"
+        summary = f"{image.name}: {width}x{height} in {tiles}, seed {result.seed} -> {path.name}"
+        return [summary, *result.warnings]
+
+    return run_each(args, settings, images, run, steps=1)
+
+
 def run_each(
     args: argparse.Namespace,
     settings: Settings,
@@ -323,6 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     annotate.add_argument("--annotator", required=True, help="canny, hed, openpose, ...")
     annotate.set_defaults(func=run_annotate)
+
+    upscale = commands.add_parser(
+        "upscale", parents=[common], help="larger images, repainted in tiles (tile ControlNet)"
+    )
+    upscale.add_argument("--image", type=Path, required=True, help="an image or a folder")
+    upscale.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    upscale.add_argument("--prompt", default="")
+    upscale.add_argument("--device", help="cuda, cuda:1 or cpu (default: $DEVICE or auto)")
+    add_option_flags(upscale, UPSCALE_FLAGS)
+    upscale.set_defaults(func=run_upscale)
 
     fetch = commands.add_parser(
         "download", parents=[common], help="fetch the default weights into MODELS_DIR"

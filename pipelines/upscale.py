@@ -34,7 +34,6 @@ from PIL import Image
 
 from annotators.util import SIZE_MULTIPLE
 from errors import InvalidRequestError
-from pipelines.loop.denoise import ProgressCallback
 from pipelines.notices import Notices
 from pipelines.options import number, options_of, whole
 from pipelines.request import SHARED_OPTIONS, GenerationRequest, checked_image
@@ -54,6 +53,7 @@ TAKEN_OPTIONS = tuple(
     if SHARED_OPTIONS[name].group not in ("output", "image_to_image")
 ) + ("denoising_strength",)
 TAKEN_UNIT_OPTIONS = ("strength", "control_start", "control_end")
+ProgressCallback = Callable[[int, int], None]  # (steps done, total)
 
 
 @dataclass(frozen=True)

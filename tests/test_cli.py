@@ -164,7 +164,7 @@ def test_annotate_writes_maps_only(models_dir, photos, tmp_path):
 def test_help_lists_the_subcommands(models_dir):
     result = run_cli(models_dir, "--help")
     assert result.returncode == 0
-    for command in ("generate", "annotate", "download"):
+    for command in ("generate", "annotate", "upscale", "download"):
         assert command in result.stdout
     script = subprocess.run(
         [sys.executable, "cli.py", "generate", "--help"],
@@ -230,3 +230,19 @@ def test_bad_image_to_image_inputs_stop_before_any_model_loads(
     result = run_cli(models_dir, *args, *extra)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_upscale_writes_the_larger_image_with_its_parameters(models_dir, tmp_path):
+    source = tmp_path / "small.png"
+    Image.open(ASSETS / "coffee.jpg").convert("RGB").resize((192, 128)).save(source)
+    out = tmp_path / "out"
+    args = ["upscale", "--image", source, "--prompt", "a cup", "--out", out, "--seed", "3"]
+    result = run_cli(models_dir, *args, "--steps", "3", "--tile-size", "256", "--factor", "2")
+    assert result.returncode == 0, result.stderr
+    assert "small.png: 384x256 in 2 tiles, seed 3 -> small_upscaled.png" in result.stdout
+    assert pixels(out / "small_upscaled.png").shape == (256, 384, 3)
+    assert read_parameters(out / "small_upscaled.png")["upscale"]["tiles"] == 2
+    refused = run_cli(models_dir, *args, "--num-images", "2")  # not an upscale option
+    assert refused.returncode == 2 and "unrecognized arguments: --num-images" in refused.stderr
+    too_strong = run_cli(models_dir, *args, "--denoising-strength", "1")
+    assert too_strong.returncode == 2 and "denoising strength below 1" in too_strong.stderr

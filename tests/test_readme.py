@@ -24,7 +24,7 @@ from ui.compose import UNIT_SETTINGS
 
 README = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
 DOCUMENTED_URL = "http://127.0.0.1:7860"  # what the examples call; the tests swap in the server's
-ENDPOINTS = [f"/{name}" for name in CONDITIONS] + ["/compose", "/annotate"]
+ENDPOINTS = [f"/{name}" for name in CONDITIONS] + ["/compose", "/upscale", "/annotate"]
 REQUIRED_KEYS = {
     "title",
     "emoji",
@@ -167,7 +167,9 @@ def test_python_examples_for_every_endpoint_run(server, tmp_path, monkeypatch):
     results: list = []
 
     def quick(*args, api_name, **kwargs):  # one step per image: the tiny models' output is noise
-        if api_name != "/annotate":
+        if api_name == "/upscale":  # its default strength 0.35 runs int(3 * 0.35) = 1 step
+            kwargs.setdefault("steps", 3)
+        elif api_name != "/annotate":
             kwargs.setdefault("steps", 1)
         result = predict(*args, api_name=api_name, **kwargs)
         results.append((api_name, result))
@@ -179,6 +181,9 @@ def test_python_examples_for_every_endpoint_run(server, tmp_path, monkeypatch):
     for api_name, result in results:
         if api_name == "/annotate":
             assert Image.open(result).size[0] > 0
+        elif api_name == "/upscale":  # the upscaled image alone
+            gallery, seed = result
+            assert [item["caption"] for item in gallery] == [f"Image 1 · seed {seed}"]
         else:
             gallery, seed = result
             maps = 2 if api_name == "/compose" else 1
@@ -202,6 +207,8 @@ def test_keyword_table_matches_the_api(endpoints):
         names = {parameter["parameter_name"] for parameter in endpoints[endpoint]["parameters"]}
         if endpoint == "/annotate":
             assert listed == names
+        elif endpoint == "/upscale":  # its own keywords, and some of the shared ones
+            assert listed <= names and names - listed <= shared, endpoint
         elif endpoint == "/compose":
             units = {f"{name}_k" for name in ("enabled", "condition", "annotator", "strength")}
             units |= {"control_start_k", "control_end_k", "image_2", "image_3"}

@@ -68,7 +68,8 @@ def test_help_lists_the_launch_flags():
 
 def test_api_names_and_keywords_follow_the_contract(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert {f"/{name}" for name in CONDITIONS} | {"/compose", "/annotate"} == set(endpoints)
+    others = {"/compose", "/upscale", "/annotate"}
+    assert {f"/{name}" for name in CONDITIONS} | others == set(endpoints)
     for name, condition in CONDITIONS.items():
         parameters = endpoints[f"/{name}"]["parameters"]
         names = [parameter["parameter_name"] for parameter in parameters]
@@ -180,6 +181,28 @@ def test_bad_requests_get_clear_messages_and_the_server_keeps_serving(client, tm
         image=handle_file(ASSETS / "coffee.jpg"), prompt="still here", api_name="/canny", **FAST
     )
     assert len(gallery) == 2
+
+
+def test_upscale_endpoint_returns_the_larger_image_and_refuses_bad_strengths(client, tmp_path):
+    source = tmp_path / "small.png"
+    Image.open(ASSETS / "coffee.jpg").convert("RGB").resize((192, 128)).save(source)
+    options = {"prompt": "a cup of coffee", "steps": 2, "seed": 5, "api_name": "/upscale"}
+    # The slider's bound or the engine's own check, whichever comes first.
+    with pytest.raises(AppError, match="strength below 1|Value 1 is greater than maximum"):
+        client.predict(image=handle_file(source), denoising_strength=1, **options)
+    gallery, seed = client.predict(
+        image=handle_file(source),
+        factor=2,
+        tile_size=256,
+        tile_overlap=64,
+        denoising_strength=0.5,
+        **options,
+    )
+    assert seed == 5 and [item["caption"] for item in gallery] == ["Image 1 · seed 5"]
+    assert read(gallery[0]).shape == (256, 384, 3)  # 128 x 192, twice as large
+    parameters = read_parameters(gallery[0]["image"])
+    assert parameters["upscale"]["tiles"] == 2  # 384 wide in tiles of 256 overlapping by 64+
+    assert parameters["steps_run"] == 2 * int(2 * 0.5)
 
 
 def test_drawn_scribble_endpoint_takes_the_canvas_composite(client, tmp_path):

@@ -16,6 +16,7 @@ from ui.controls import Page, model_controls
 from ui.results import PngStore
 from ui.status import StatusNotes, system_panel
 from ui.tab import build_annotate_tab, build_condition_tab
+from ui.upscale import build_upscale_tab
 
 TITLE = "ControlNet for Stable Diffusion 1.5"
 # Given to `launch(css=...)` (Gradio 6 takes a page's CSS there).
@@ -47,6 +48,7 @@ def build_demo(engine, settings: Settings) -> gr.Blocks:
             for condition in CONDITIONS.values():
                 build_condition_tab(condition, page, notes)
             build_compose_tab(page)
+            build_upscale_tab(page)
             build_annotate_tab(page)
         system_panel(engine)
         notes.refresh_on_load(demo)

@@ -16,6 +16,7 @@ from annotators import ANNOTATORS, Annotator, Param
 from annotators.util import load_image
 from errors import InvalidImageError, ModelUnavailableError, UserFacingError
 from pipelines.request import SHARED_OPTIONS, UNIT_OPTIONS, Option
+from pipelines.upscale import UPSCALE_OPTIONS
 from settings import Limits
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ def option_control(
     spec: Option, limits: Limits, value: Any, **overrides: Any
 ) -> gr.components.Component:
     """The page's control for a request option, from its declaration (`pipelines.request`)."""
+    minimum, maximum = spec.bounds(limits)
+    minimum, maximum = overrides.pop("minimum", minimum), overrides.pop("maximum", maximum)
     common = {"label": spec.label, "value": value, "info": spec.info or None, **overrides}
     if spec.widget == "text":
         return gr.Textbox(**common)
@@ -140,7 +143,6 @@ def option_control(
         ]
         widget = gr.Dropdown if spec.widget == "dropdown" else gr.Radio
         return widget(**{**common, "choices": choices})
-    minimum, maximum = spec.bounds(limits)
     if spec.widget == "number":
         precision = {"precision": 0} if spec.kind == "whole" else {}
         return gr.Number(minimum=minimum, maximum=maximum, **precision, **common)
@@ -153,9 +155,11 @@ def controls_for(
 ) -> dict[str, gr.components.Component]:
     """The controls of one group of request options, keyed by their API keyword names, in
     declaration order; `overrides` gives a control's extra arguments by keyword."""
-    specs = {**SHARED_OPTIONS, **UNIT_OPTIONS}
+    specs = {**SHARED_OPTIONS, **UNIT_OPTIONS, **UPSCALE_OPTIONS}
     return {
-        name: option_control(spec, limits, defaults[name], **overrides.get(name, {}))
+        name: option_control(
+            spec, limits, defaults.get(name, spec.default), **overrides.get(name, {})
+        )
         for name, spec in specs.items()
         if spec.group == group
     }
@@ -210,7 +214,16 @@ def generation_controls(
     controls = controls_for("output", limits, defaults)
     if per_unit:
         controls.update(unit_controls(limits, defaults))
-    controls.update(controls_for("sampling", limits, defaults))
+    controls.update(sampling_controls(limits, defaults))
+    return controls
+
+
+def sampling_controls(
+    limits: Limits, defaults: dict[str, Any]
+) -> dict[str, gr.components.Component]:
+    """The sampler, steps, guidance, seed, control mode and prompts' additions; eta shown only
+    for the samplers that take it."""
+    controls = controls_for("sampling", limits, defaults)
     _show_only_for(controls["eta"], controls["scheduler"], ETA_SAMPLERS)
     return controls
 
@@ -251,9 +264,11 @@ def shown_settings(
     return detect, [gr.update(visible=name in own) for name in names]
 
 
-def result_column(label: str, elem_id: str) -> tuple[gr.Gallery, gr.Number, gr.File]:
+def result_column(
+    label: str, elem_id: str, restorable: bool = True
+) -> tuple[gr.Gallery, gr.Number, gr.File | None]:
     """The results: the gallery (control maps first), the seed used (hidden until a run gives
-    one: a number box would show 0), and the restore drop."""
+    one: a number box would show 0), and the restore drop (None where not `restorable`)."""
     gallery = gr.Gallery(
         label=label,
         format="png",
@@ -263,6 +278,8 @@ def result_column(label: str, elem_id: str) -> tuple[gr.Gallery, gr.Number, gr.F
         elem_classes=["result-gallery"],
     )
     seed_used = gr.Number(label="Seed used", precision=0, interactive=False, visible=False)
+    if not restorable:
+        return gallery, seed_used, None
     restore = gr.File(
         label="Restore settings: drop a PNG made here",
         file_types=[".png"],
