@@ -33,7 +33,7 @@ def test_every_model_event_shares_one_bounded_queue():
 
     demo = build_demo(FakeEngine(), Settings(queue_size=7))
     functions = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
-    for name in [*CONDITIONS, "compose", "annotate"]:
+    for name in [*CONDITIONS, "compose", "upscale", "annotate"]:
         assert functions[name].concurrency_id == "gpu", name
         assert functions[name].concurrency_limit in ("default", 1), name
     previews = [fn for fn in demo.fns.values() if fn.name == "preview_map"]
@@ -88,3 +88,19 @@ def test_a_restore_resets_the_image_to_image_options_a_png_does_not_record():
     assert note == " It was made from an initial image and a mask: drop them again."
     _, note = with_start_defaults({"init_image_source": "control_image"})
     assert note == " It was made from an initial image: drop it again."
+
+
+def test_the_image_sent_to_upscale_is_the_selected_image_or_the_first_one():
+    from ui.upscale import chosen_image
+
+    items = [
+        ("map.png", "Control map"),
+        ("a.png", "Image 1 · seed 1"),
+        ("b.png", "Image 2 · seed 2"),
+    ]
+    assert chosen_image(items, 2) == "b.png"
+    assert chosen_image(items, None) == "a.png"
+    assert chosen_image(items, 0) == "a.png"  # a control map is not upscaled
+    assert chosen_image(items, 7) == "a.png"  # an index from an earlier gallery
+    assert chosen_image([("p.png", "Preview 1, step 2 of 8")], 0) is None
+    assert chosen_image(None, None) is None

@@ -16,7 +16,7 @@ from ui.controls import Page, model_controls
 from ui.results import PngStore
 from ui.status import StatusNotes, system_panel
 from ui.tab import build_annotate_tab, build_condition_tab
-from ui.upscale import build_upscale_tab
+from ui.upscale import build_upscale_tab, send_results_to_upscale
 
 TITLE = "ControlNet for Stable Diffusion 1.5"
 # Given to `launch(css=...)` (Gradio 6 takes a page's CSS there).
@@ -43,13 +43,14 @@ def build_demo(engine, settings: Settings) -> gr.Blocks:
         limits, defaults = settings.limits, request_defaults(settings)
         with gr.Row():
             models = model_controls(engine.base_model_names, limits, defaults)
-        page = Page(engine, limits, defaults, models, PngStore())
-        with gr.Tabs():
+        page = Page(engine, limits, defaults, models, PngStore(), to_upscale=[])
+        with gr.Tabs() as tabs:
             for condition in CONDITIONS.values():
                 build_condition_tab(condition, page, notes)
             build_compose_tab(page)
-            build_upscale_tab(page)
+            upscale_inputs = build_upscale_tab(page)
             build_annotate_tab(page)
+        send_results_to_upscale(page.to_upscale, upscale_inputs, tabs)
         system_panel(engine)
         notes.refresh_on_load(demo)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)

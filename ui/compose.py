@@ -51,6 +51,7 @@ from ui.results import (
 )
 from ui.running import run_buttons, run_with_stop
 from ui.tab import canvas_image, drawing_paper
+from ui.upscale import upscale_button
 
 # (condition, switched on) for each unit slot: the paper's pose + depth, then edges, off.
 UNIT_PRESETS = (("openpose", True), ("depth", True), ("canny", False))  # at most 3 units
@@ -263,7 +264,7 @@ def _restored_composition(
 
 
 def build_compose_tab(page: Page) -> None:
-    engine, limits, defaults, models, store = page
+    engine, limits, defaults, models, store, _ = page
     units = UNIT_PRESETS[: limits.max_units]
     with gr.Tab("Compose", id="compose"):
         gr.Markdown(
@@ -285,6 +286,7 @@ def build_compose_tab(page: Page) -> None:
                 gallery, seed_used, restore = result_column(
                     "Control maps, then images", elem_id="result-compose"
                 )
+                page.to_upscale.append((gallery, prompt, upscale_button()))
         with gr.Row(equal_height=False):
             unit_columns = [
                 _unit_controls(number, name, enabled, limits, defaults)

@@ -124,6 +124,9 @@ class Page(NamedTuple):
     defaults: dict[str, Any]
     models: dict[str, gr.components.Component]
     store: Any
+    # Each tab's results that the Upscale tab can take: (gallery, prompt, button), filled while
+    # the tabs are built and wired once the Upscale tab exists.
+    to_upscale: list
 
 
 def option_control(

@@ -39,6 +39,7 @@ from ui.img2img import image_to_image_controls
 from ui.results import restored_settings, stream_generation
 from ui.running import run_buttons, run_with_stop
 from ui.status import StatusNotes
+from ui.upscale import upscale_button
 
 CANVAS_SIZE = (512, 512)  # the reference interactive scribble canvas
 
@@ -75,7 +76,7 @@ def input_component(condition: Condition, limits) -> gr.components.Component:
 
 
 def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | None = None) -> None:
-    engine, limits, defaults, models, store = page
+    engine, limits, defaults, models, store, _ = page
     with gr.Tab(condition.label, id=condition.name) as tab:
         if condition.description:
             gr.Markdown(condition.description)
@@ -134,6 +135,7 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
                 gallery, seed_used, restore = result_column(
                     "Control map, then images", elem_id=f"result-{condition.name}"
                 )
+                page.to_upscale.append((gallery, prompt, upscale_button()))
 
     if condition.input_kind == "canvas":
         tab.select(fn=None, js=BRUSH_ON_OPEN, api_visibility="private")

@@ -35,8 +35,9 @@ DESCRIPTION = (
 )
 
 
-def build_upscale_tab(page: Page) -> None:
-    engine, limits, defaults, models, store = page
+def build_upscale_tab(page: Page) -> tuple[gr.Image, gr.Textbox]:
+    """The tab; returns its image and prompt, which other tabs' results can be sent to."""
+    engine, limits, defaults, models, store, _ = page
     with gr.Tab("Upscale", id=TAB_ID):
         gr.Markdown(DESCRIPTION)
         with gr.Row():
@@ -87,3 +88,57 @@ def build_upscale_tab(page: Page) -> None:
         api_name=TAB_ID,
         concurrency_id=GPU_QUEUE,
     )
+    return image, prompt
+
+
+def upscale_button() -> gr.Button:
+    """Under a tab's results: send the chosen image (and the prompt) to the Upscale tab."""
+    return gr.Button("Upscale the selected image", size="sm")
+
+
+def chosen_image(items: list | None, index: int | None) -> str | None:
+    """The gallery item to upscale: the one selected, if it is an image (not a control map or a
+    preview), else the first image; None when the gallery holds none."""
+    images = [
+        position
+        for position, (_, caption) in enumerate(items or [])
+        if (caption or "").startswith("Image")
+    ]
+    if not images:
+        return None
+    return items[index if index in images else images[0]][0]
+
+
+def selected_index(event: gr.SelectData) -> int:
+    return event.index
+
+
+def send_results_to_upscale(
+    sources: list, inputs: tuple[gr.Image, gr.Textbox], tabs: gr.Tabs
+) -> None:
+    """Each (gallery, prompt, button) of `sources`: the button puts the gallery's chosen image
+    and the prompt into the Upscale tab's `inputs` and opens that tab."""
+    image, prompt = inputs
+
+    def send(items, index, text):
+        path = chosen_image(items, index)
+        if path is None:
+            gr.Warning("Generate an image first: there is none to upscale yet.")
+            return gr.update(), gr.update(), gr.update()
+        return path, text, gr.Tabs(selected=TAB_ID)
+
+    for gallery, source_prompt, button in sources:
+        selected = gr.State(None)
+        gallery.select(
+            selected_index,
+            outputs=selected,
+            api_visibility="private",
+            show_progress="hidden",
+        )
+        gallery.change(lambda: None, outputs=selected, api_visibility="private")
+        button.click(
+            send,
+            inputs=[gallery, selected, source_prompt],
+            outputs=[image, prompt, tabs],
+            api_visibility="private",
+        )
