@@ -291,7 +291,7 @@ class Engine:
             for unit in request.units
         ]
         # 2. Advice on settings the models are not made for.
-        notices.extend_texts(_family_advice(request))
+        notices.extend_texts(_family_advice(request, self.settings.v10_model_ids))
         notices.extend_texts(
             lcm_lora.advice(request.scheduler, request.steps, request.guidance_scale)
         )
@@ -527,15 +527,29 @@ class Engine:
         return preview
 
 
-def _family_advice(request: GenerationRequest) -> list[str]:
-    if request.controlnet_version == "v1.0" and any(
-        unit.annotator.name == "normal_bae" for unit in request.units
-    ):
-        return [
+def _family_advice(request: GenerationRequest, v10_model_ids: Mapping[str, str]) -> list[str]:
+    """What the ControlNet family choice means here: v1.0 has no model for some conditions (their
+    v1.1 model runs), and its normal model was trained on MiDaS normals."""
+    if request.controlnet_version != "v1.0":
+        return []
+    advice = []
+    without = [
+        unit.condition.label
+        for unit in request.units
+        if unit.controlnet_role not in v10_model_ids and unit.controlnet_role != "normal_midas"
+    ]
+    if without:
+        names = " and ".join(dict.fromkeys(without))
+        advice.append(
+            f"{names} {'has' if len(set(without)) == 1 else 'have'} no v1.0 ControlNet (the "
+            "paper's models did not include it): the v1.1 model ran."
+        )
+    if any(unit.annotator.name == "normal_bae" for unit in request.units):
+        advice.append(
             "The v1.0 normal ControlNet was trained on MiDaS normals; NormalBAE maps may "
             "steer it less well. Pick the MiDaS normals annotator for it."
-        ]
-    return []
+        )
+    return advice
 
 
 def _public_name(source: str | None) -> str | None:

@@ -204,6 +204,11 @@ def test_v10_on_the_new_tabs_runs_their_v11_models(engine, coffee):
         np.testing.assert_array_equal(v10.images[0], v11.images[0])
         assert v10.parameters[0]["controlnet_version"] == "v1.0"
         assert v10.parameters[0]["units"][0]["model_id"] == DEFAULT_MODEL_IDS[condition]
+        label = CONDITIONS[condition].label
+        assert f"{label} has no v1.0 ControlNet" in " ".join(v10.warnings), v10.warnings
+        assert not any("v1.0" in warning for warning in v11.warnings)
+    canny_v10 = engine.generate("canny", coffee, "a cup", controlnet_version="v1.0", **FAST)
+    assert not any("no v1.0 ControlNet" in warning for warning in canny_v10.warnings)
 
 
 def test_the_new_conditions_compose(engine, astronaut):
