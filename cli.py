@@ -126,7 +126,7 @@ def save_png(array: np.ndarray, path: Path, parameters: dict | None = None) -> P
 
 def quiet_libraries() -> None:
     """Library progress bars and deprecation chatter off: the CLI draws one bar and says what
-    matters (the engine reports its own warnings, e.g. a prompt cut at 77 tokens)."""
+    matters (the engine reports its own warnings, e.g. an annotator's fallback)."""
     import warnings
 
     from diffusers.utils import logging as diffusers_logging

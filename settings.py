@@ -187,8 +187,8 @@ class Limits:
     max_strength: float = 2.0
     max_resolution_weighting: float = 3.0
     max_units: int = 3  # ControlNets composed in one generation (the Compose tab)
-    # CLIP reads 77 tokens; longer prompts are cut with a warning. This only bounds the work of
-    # tokenising what a caller sends.
+    # Prompts of any length are read, in 75-token chunks (pipelines/loop/prompt_embeddings.py).
+    # This bounds the work of tokenising and encoding what a caller sends.
     max_prompt_chars: int = 10_000
     max_upload_bytes: int = 25 * 1024 * 1024
     # Checked from the header before decoding: 12000 x 12000 (144 MP) is refused.

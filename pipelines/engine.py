@@ -418,20 +418,13 @@ class Engine:
     ):
         if request.cache_interval > 1:
             feature_cache.check_supported(pipe.unet)
-        prompt = request.full_prompt
-        max_tokens = pipe.tokenizer.model_max_length
-        token_count = len(pipe.tokenizer(prompt).input_ids)
-        if token_count > max_tokens:
-            notices.add(
-                f"The prompt is {token_count} tokens long; CLIP reads only the first "
-                f"{max_tokens}, so the rest was ignored."
-            )
-        prompt_embeds, negative_embeds = encode_prompt(
+        prompt_embeds, negative_embeds = encode_prompt(  # any length: 75-token chunks
             pipe,
             self.device,
-            prompt,
+            request.full_prompt,
             request.negative_prompt if request.use_cfg else None,
             request.num_images,
+            request.clip_skip,
         )
         height, width = request.size
         shape = (

@@ -1,5 +1,5 @@
 """Notices: what a request tells the person besides its images (an annotator's fallback, a prompt
-cut at 77 tokens, a first compile, a VAE retry), collected one way through every step."""
+a v1.0 model missing, a first compile, a VAE retry), collected one way through every step."""
 
 from __future__ import annotations
 

@@ -220,6 +220,11 @@ class GenerationRequest:
         "cropped, worst quality, low quality",
         "Negative prompt",
     )
+    clip_skip: int = whole(
+        1, "CLIP skip", minimum=1, maximum=4,
+        info="Which of CLIP's last layers reads the prompt: 1 = the last (SD1.5's own); 2 suits "
+        "anime base models and the anime line-art ControlNet, which were trained with it.",
+    )
     base_model: str = choice(
         None, "Base model", widget="dropdown", group="model",  # None: the operator's first
         info="ControlNets transfer to community SD1.5 checkpoints (paper Fig. 12).",
@@ -457,6 +462,8 @@ class GenerationRequest:
             return self.mask is not None
         if name in (*OUTPAINT_SIDES, "outpaint_fill"):
             return self.outpainted
+        if name in RECORDED_WHEN_NOT_DEFAULT:
+            return getattr(self, name) != SHARED_OPTIONS[name].default
         return True
 
 
@@ -469,6 +476,8 @@ def recorded_values(parameters: Mapping[str, Any]) -> tuple[dict[str, Any], list
         for name, spec in SHARED_OPTIONS.items()
         if spec.recorded and name in parameters
     }
+    for name in RECORDED_WHEN_NOT_DEFAULT:  # absent: it was its default
+        shared.setdefault(name, SHARED_OPTIONS[name].default)
     units = parameters.get("units")
     unit_values = []
     for unit in units if isinstance(units, list) else []:
@@ -831,6 +840,8 @@ def _composed_unit(limits: Limits, number: int, raw: Any, shared_image: Any) -> 
 
 UNIT_OPTIONS: dict[str, Option] = options_of(UnitRequest)
 SHARED_OPTIONS: dict[str, Option] = options_of(GenerationRequest)
+# Options the PNG records only where they are not their default (A1111's "Clip skip" too).
+RECORDED_WHEN_NOT_DEFAULT = ("clip_skip",)
 # What a composition's unit mapping may hold.
 UNIT_KEYS = ("image", "enabled", "condition", "annotator", *UNIT_OPTIONS, "params")
 # A control map alone belongs to no condition.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from start_image import PROMPT, SIZE, reference_pipeline
+from start_image import NEGATIVE_PROMPT, PROMPT, SIZE, reference_pipeline
 
 from errors import InvalidImageError, InvalidRequestError
 from pipelines.loop import step_plan
@@ -26,6 +26,7 @@ SAMPLERS = [(name, 0.0) for name in SCHEDULERS] + [("DDIM", 0.5)]
 
 def options(**overrides):
     return {
+        "negative_prompt": NEGATIVE_PROMPT,
         "image_resolution": SIZE,
         "steps": 6,
         "seed": 11,

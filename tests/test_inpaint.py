@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from start_image import PROMPT, SIZE, reference_pipeline
+from start_image import NEGATIVE_PROMPT, PROMPT, SIZE, reference_pipeline
 
 from errors import InvalidImageError, InvalidRequestError
 from pipelines.loop import img2img
@@ -21,6 +21,7 @@ from testkit.tolerances import ROUNDING_LEVELS, assert_levels_within
 
 def options(**overrides):
     return {
+        "negative_prompt": NEGATIVE_PROMPT,
         "image_resolution": SIZE,
         "steps": 6,
         "seed": 21,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from start_image import PROMPT, SIZE, reference_pipeline
+from start_image import NEGATIVE_PROMPT, PROMPT, SIZE, reference_pipeline
 
 import download
 from availability import ROLE_WORDS, condition_status
@@ -25,6 +25,7 @@ INPAINT_ID = "lllyasviel/control_v11p_sd15_inpaint"
 
 def options(**overrides):
     return {
+        "negative_prompt": NEGATIVE_PROMPT,
         "image_resolution": SIZE,
         "steps": 4,
         "seed": 11,

@@ -272,6 +272,7 @@ def test_restore_values_full():
         "resize_mode": "crop_and_resize",
         "base_model": "Stable Diffusion 1.5",
         "controlnet_version": "v1.1",
+        "clip_skip": 1,
         "condition": "canny",
         "annotator": "canny",
         "strength": 1.0,
@@ -286,14 +287,16 @@ def test_restore_values_full():
 
 def test_restore_values_missing_keys():
     old = {"prompt": "a house", "seed": 7, "units": [{"condition": "canny", "strength": 0.5}]}
+    # CLIP skip is recorded only where it is not 1: absent, it was 1.
     assert restore_values(old) == {
         "prompt": "a house",
         "seed": 7,
+        "clip_skip": 1,
         "condition": "canny",
         "strength": 0.5,
     }
-    assert restore_values({"prompt": "x", "units": []}) == {"prompt": "x"}
-    assert restore_values({}) == {}
+    assert restore_values({"prompt": "x", "units": []}) == {"prompt": "x", "clip_skip": 1}
+    assert restore_values({}) == {"clip_skip": 1}
 
 
 def depth_unit() -> dict:
@@ -356,6 +359,7 @@ def test_compose_restore_values_missing_keys_from_older_pngs():
     assert compose_restore_values(old, 2) == {
         "prompt": "a house",
         "seed": 7,
+        "clip_skip": 1,
         "enabled_1": True,
         "condition_1": "canny",
         "strength_1": 0.5,
@@ -364,11 +368,12 @@ def test_compose_restore_values_missing_keys_from_older_pngs():
     # No units (or not a list, or a unit that is not a mapping): every slot is off.
     assert compose_restore_values({"seed": 1}, 2) == {
         "seed": 1,
+        "clip_skip": 1,
         "enabled_1": False,
         "enabled_2": False,
     }
-    assert compose_restore_values({"units": "canny"}, 1) == {"enabled_1": False}
-    assert compose_restore_values({"units": ["canny"]}, 1) == {"enabled_1": False}
+    assert compose_restore_values({"units": "canny"}, 1) == {"clip_skip": 1, "enabled_1": False}
+    assert compose_restore_values({"units": ["canny"]}, 1) == {"clip_skip": 1, "enabled_1": False}
 
 
 def test_compose_restore_values_takes_the_first_units_when_there_are_more():

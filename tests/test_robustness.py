@@ -26,9 +26,14 @@ def test_empty_prompt_is_the_papers_no_prompt_setting(engine, astronaut):
     assert len(result.images) == 1
 
 
-def test_a_5000_character_prompt_is_cut_to_77_tokens_with_a_warning(engine, astronaut):
-    result = engine.generate("canny", astronaut, "a red house by the sea " * 218, **FAST)
-    assert any("CLIP reads only the first 77" in warning for warning in result.warnings)
+def test_a_5000_character_prompt_is_read_in_full_and_a_longer_one_refused(engine, astronaut):
+    long_prompt = "a red house by the sea " * 218
+    result = engine.generate("canny", astronaut, long_prompt, added_prompt="", **FAST)
+    assert not result.warnings
+    # Its end steers too: the same prompt with its last words changed gives another image.
+    changed = long_prompt[:-10] + "a blue car"
+    other = engine.generate("canny", astronaut, changed, added_prompt="", **FAST)
+    assert not np.array_equal(result.images[0], other.images[0])
     with pytest.raises(InvalidRequestError, match="limit is 10000"):
         engine.generate("canny", astronaut, "x" * 10_001, **FAST)
 
