@@ -6,11 +6,12 @@ detectron2 OneFormer, task "semantic", the argmax class painted with the dataset
 annotators/ade20k.py and annotators/coco_panoptic.py for where the colours come from). The same
 networks come here from transformers (`OneFormerForUniversalSegmentation`,
 `shi-labs/oneformer_{ade20k,coco}_swin_large`). Their `OneFormerProcessor` resizes the image as
-the reference's predictor does (short side to the config's test size, 512 for ADE20K) and encodes
-the task prompt "the task is semantic" with its CLIP tokenizer; `post_process_semantic_segmentation`
-combines the query classes and masks and resizes to the detect-resolution image; each pixel is
-then painted `palette[class]` (the reference fills each class region through matplotlib; here
-every pixel is exactly a palette colour, as seg_upernet's are).
+the reference's predictor does (its short side to the model's test size, the long side capped)
+and encodes the task prompt "the task is semantic" with its CLIP tokenizer;
+`post_process_semantic_segmentation` combines the query classes and masks and resizes to the
+detect-resolution image; each pixel is then painted `palette[class]` (the reference fills each
+class region through matplotlib; here every pixel is exactly a palette colour, as seg_upernet's
+are).
 
 The image processor reads a class list when it loads (`class_info_file`, e.g.
 `ade20k_panoptic.json`, from `repo_path`: the Hub *dataset* repo `shi-labs/oneformer_demo`).

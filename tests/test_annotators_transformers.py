@@ -358,3 +358,46 @@ def test_a_missing_class_list_names_its_download_command(name, models_dir, tmp_p
     message = str(caught.value)
     assert f"python -m cli download {CLASS_INFO_ROLE}" in message
     assert ANNOTATORS[name].class_info_file in message
+
+
+# --- download and availability ----------------------------------------------------------------
+
+NEW_ROLES = [
+    "depth_zoe",
+    "depth_anything",
+    "segmenter_oneformer_ade20k",
+    "segmenter_oneformer_coco",
+    CLASS_INFO_ROLE,
+]
+
+
+def test_downloaded_roles_load_and_annotate_offline(models_dir, tmp_path, monkeypatch, photo):
+    import download
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "models"
+    assert download.download(NEW_ROLES, out, source=models_dir, echo=lambda line: None) == []
+    with no_network():
+        for name in ANNOTATOR_NAMES:
+            control_map = ANNOTATORS[name].load(context_for(out))(photo)
+            assert control_map.shape[:2] == photo.shape[:2] and control_map.dtype == np.uint8
+
+
+def test_the_page_knows_which_new_annotators_are_here(models_dir, tmp_path, monkeypatch):
+    from availability import command, condition_status
+    from settings import Settings
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for tab in ("depth", "seg"):
+        here = condition_status(CONDITIONS[tab], Settings(models_dir=models_dir))
+        # Only the tab's first annotator (MiDaS, UperNet) lacks its model in this folder.
+        assert set(here.annotator_missing) == {CONDITIONS[tab].annotators[0]}
+        empty = condition_status(CONDITIONS[tab], Settings(models_dir=tmp_path))
+        missing = {name: command(needs) for name, needs in empty.annotator_missing.items()}
+        if tab == "depth":
+            assert missing["depth_zoe"] == "python -m cli download depth_zoe"
+            assert missing["depth_anything_v2"] == "python -m cli download depth_anything"
+        else:
+            assert missing["seg_oneformer_coco"] == (
+                f"python -m cli download segmenter_oneformer_coco {CLASS_INFO_ROLE}"
+            )
