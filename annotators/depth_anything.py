@@ -12,6 +12,9 @@ The network comes from transformers (`DepthAnythingForDepthEstimation`,
 `depth-anything/Depth-Anything-V2-Small-hf`, Apache-2.0, the "depth_anything" role), prepared
 by the repo's `DPTImageProcessor` (the same 518 / 14 / ImageNet settings); its prediction is
 resized back to the detect-resolution image bilinearly with aligned corners, as `infer_image`.
+One difference: where both sides are under 518 (a detect resolution below it), the processor
+scales by the factor nearest 1, so the short side stays under 518; `infer_image` brings it up
+to 518. At the default 512 the two agree.
 """
 
 from __future__ import annotations
