@@ -25,6 +25,11 @@ ROLE_WORDS = {
     "annotators": "the annotator weights",
     "depth_estimator": "the MiDaS depth estimator",
     "segmenter": "the UperNet segmenter",
+    "depth_zoe": "the ZoeDepth depth estimator",
+    "depth_anything": "the Depth Anything V2 depth estimator",
+    "segmenter_oneformer_ade20k": "the OneFormer ADE20K segmenter",
+    "segmenter_oneformer_coco": "the OneFormer COCO segmenter",
+    "oneformer_class_info": "OneFormer's class lists",
     "lcm_lora": "the LCM-LoRA",
     "ip2p": "the Instruct Pix2Pix ControlNet",
     "lineart": "the line art ControlNet",
@@ -50,11 +55,11 @@ class Need:
         )
 
 
-def _cached(repo_id: str, filename: str) -> bool:
+def _cached(repo_id: str, filename: str, repo_type: str = "model") -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        return isinstance(try_to_load_from_cache(repo_id, filename), str)
+        return isinstance(try_to_load_from_cache(repo_id, filename, repo_type=repo_type), str)
     except ValueError:  # not a repo id (a path that does not exist)
         return False
 
@@ -68,7 +73,8 @@ def is_here(need: Need, models_dir: Path) -> bool:
     required = [(need.file,)] if need.file else rule_for(need.role, "fp16").requires
     if is_local:
         return all(any((Path(source) / name).is_file() for name in entry) for entry in required)
-    return all(any(_cached(need.model_id, name) for name in entry) for entry in required)
+    repo_type = rule_for(need.role).repo_type
+    return all(any(_cached(need.model_id, name, repo_type) for name in entry) for entry in required)
 
 
 @dataclass(frozen=True)

@@ -121,8 +121,9 @@ CONDITIONS: dict[str, Condition] = {
             "depth",
             "Depth",
             "depth",
-            ("depth_midas", "none"),
-            description="MiDaS depth of your photo (near = bright) keeps its 3D layout.",
+            ("depth_midas", "depth_zoe", "depth_anything_v2", "none"),
+            description="Depth of your photo (near = bright: MiDaS, ZoeDepth or Depth Anything "
+            "V2) keeps its 3D layout.",
             examples=(("chelsea.jpg", "a fox curled up, autumn leaves"),),
         ),
         Condition(
@@ -139,9 +140,9 @@ CONDITIONS: dict[str, Condition] = {
             "seg",
             "Segmentation",
             "seg",
-            ("seg_upernet", "none"),
-            description="ADE20K segmentation of your photo (or your own colour map) sets what goes "
-            "where.",
+            ("seg_upernet", "seg_oneformer_ade20k", "seg_oneformer_coco", "none"),
+            description="Segmentation of your photo (ADE20K classes, or COCO's with OneFormer "
+            "COCO, each in its own palette; or your own colour map) sets what goes where.",
             examples=(("rocket.jpg", "a lighthouse on a cliff"),),
         ),
         Condition(

@@ -55,6 +55,13 @@ class FileRule:
     requires: tuple[tuple[str, ...], ...] = ()
     # Rules of other roles fetched from the same repo: their files are kept too (`merge`).
     also: tuple[FileRule, ...] = ()
+    # "dataset" for a Hub dataset repo (OneFormer's class lists in shi-labs/oneformer_demo).
+    repo_type: str = "model"
+
+    @property
+    def hub_kwargs(self) -> dict[str, str]:
+        """What the Hub calls need besides the repo id: the repo type, where not a model."""
+        return {} if self.repo_type == "model" else {"repo_type": self.repo_type}
 
 
 def merge(rule: FileRule, other: FileRule) -> FileRule:
@@ -64,7 +71,9 @@ def merge(rule: FileRule, other: FileRule) -> FileRule:
     requires = rule.requires + tuple(
         entry for entry in other.requires if entry not in rule.requires
     )
-    return FileRule(rule.allow, rule.ignore, rule.prefer, requires, (*rule.also, other))
+    return FileRule(
+        rule.allow, rule.ignore, rule.prefer, requires, (*rule.also, other), rule.repo_type
+    )
 
 
 _BASE_COMPONENTS = ("unet", "vae", "text_encoder")  # safety_checker, feature_extractor: unused
@@ -156,6 +165,34 @@ TRANSFORMERS_RULE = FileRule(
         ("model.safetensors", "pytorch_model.bin"),
     ),
 )
+# OneFormer's repos (shi-labs/oneformer_*_swin_large) add the CLIP tokenizer its processor
+# encodes the task prompt with, saved as the slow tokenizer's files; tokenizer.json where a repo
+# has it.
+ONEFORMER_RULE = FileRule(
+    allow=(
+        *TRANSFORMERS_RULE.allow,
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.json",
+    ),
+    prefer=TRANSFORMERS_RULE.prefer,
+    requires=(
+        *TRANSFORMERS_RULE.requires,
+        ("tokenizer_config.json",),
+        ("vocab.json", "tokenizer.json"),
+        ("merges.txt", "tokenizer.json"),
+    ),
+)
+# The class lists OneFormer's image processor reads at load (`class_info_file`), from the Hub
+# dataset repo its preprocessor_config.json names (`repo_path`: shi-labs/oneformer_demo).
+ONEFORMER_CLASS_FILES = ("ade20k_panoptic.json", "coco_panoptic.json")
+ONEFORMER_CLASS_INFO_RULE = FileRule(
+    allow=ONEFORMER_CLASS_FILES,
+    requires=tuple((name,) for name in ONEFORMER_CLASS_FILES),
+    repo_type="dataset",
+)
 # SD1.5's checker, in the SD1.5 repo's safety_checker/ and feature_extractor/ subfolders (the
 # pipeline layout pipelines/models/safety.py reads); never the pickled pytorch_model.bin.
 SAFETY_RULE = FileRule(
@@ -183,6 +220,11 @@ ROLE_RULES: dict[str, FileRule] = {
     "annotators": ANNOTATORS_RULE,
     "depth_estimator": TRANSFORMERS_RULE,
     "segmenter": TRANSFORMERS_RULE,
+    "depth_zoe": TRANSFORMERS_RULE,
+    "depth_anything": TRANSFORMERS_RULE,
+    "segmenter_oneformer_ade20k": ONEFORMER_RULE,
+    "segmenter_oneformer_coco": ONEFORMER_RULE,
+    "oneformer_class_info": ONEFORMER_CLASS_INFO_RULE,
     "safety_checker": SAFETY_RULE,
     "lcm_lora": FileRule(
         allow=("pytorch_lora_weights.safetensors",),
@@ -267,12 +309,12 @@ def source_listing(source: Path, repo_id: str) -> dict[str, int]:
     }
 
 
-def hub_listing(repo_id: str) -> dict[str, int]:
+def hub_listing(repo_id: str, repo_type: str = "model") -> dict[str, int]:
     """Repo path -> size of every file of the Hub repo's main branch."""
     from huggingface_hub import HfApi
 
     try:
-        info = HfApi().model_info(repo_id, files_metadata=True)
+        info = HfApi().repo_info(repo_id, repo_type=repo_type, files_metadata=True)
     except Exception as error:  # noqa: BLE001 (hub errors differ by version; all mean "not here")
         raise DownloadError(f"Could not list `{repo_id}` on the Hub: {error}") from error
     return {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or ()}
@@ -294,7 +336,7 @@ def fetch_repo(
 
     Returns (the files fetched: path -> size, how many were already present).
     """
-    listing = source_listing(source, repo_id) if source else hub_listing(repo_id)
+    listing = source_listing(source, repo_id) if source else hub_listing(repo_id, **rule.hub_kwargs)
     wanted = select(listing, rule)
     if not wanted:
         raise DownloadError(f"`{repo_id}` has none of the files the app needs ({rule.allow}).")
@@ -307,7 +349,9 @@ def fetch_repo(
         from huggingface_hub import snapshot_download
 
         try:
-            snapshot_download(repo_id, local_dir=target, allow_patterns=list(todo))
+            snapshot_download(
+                repo_id, local_dir=target, allow_patterns=list(todo), **rule.hub_kwargs
+            )
         except Exception as error:  # noqa: BLE001 (network, auth and disk errors all end here)
             raise DownloadError(f"Downloading `{repo_id}` failed: {error}") from error
     absent = incomplete(target, rule)

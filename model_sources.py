@@ -32,7 +32,18 @@ def resolve_source(model_id: str, models_dir: Path) -> tuple[str, bool]:
 
 
 # The roles whose weights the annotators load (the control-map preview needs them too).
-ANNOTATOR_ROLES = frozenset({"annotators", "depth_estimator", "segmenter"})
+ANNOTATOR_ROLES = frozenset(
+    {
+        "annotators",
+        "depth_estimator",
+        "segmenter",
+        "depth_zoe",
+        "depth_anything",
+        "segmenter_oneformer_ade20k",
+        "segmenter_oneformer_coco",
+        "oneformer_class_info",
+    }
+)
 
 
 def hub_offline() -> bool:

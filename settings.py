@@ -45,6 +45,14 @@ DEFAULT_MODEL_IDS: dict[str, str] = {
     "annotators": "lllyasviel/Annotators",
     "depth_estimator": "Intel/dpt-hybrid-midas",
     "segmenter": "openmmlab/upernet-convnext-small",
+    # ZoeDepth (ControlNet v1.1's default depth annotator) and Depth Anything V2 small.
+    "depth_zoe": "Intel/zoedepth-nyu-kitti",
+    "depth_anything": "depth-anything/Depth-Anything-V2-Small-hf",
+    # OneFormer Swin-L (v1.1's default seg annotators), and the Hub *dataset* repo holding the
+    # class lists their image processor reads when it loads.
+    "segmenter_oneformer_ade20k": "shi-labs/oneformer_ade20k_swin_large",
+    "segmenter_oneformer_coco": "shi-labs/oneformer_coco_swin_large",
+    "oneformer_class_info": "shi-labs/oneformer_demo",
 }
 
 # Models loaded only when a setting asks for them (not fetched by `download --all`).

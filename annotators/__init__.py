@@ -17,6 +17,7 @@ import numpy as np
 from annotators.base import Annotator, Detector, LoadContext, Param
 from annotators.canny import CannyAnnotator
 from annotators.depth import MidasDepthAnnotator
+from annotators.depth_anything import DepthAnythingV2Annotator
 from annotators.hed import FakeScribbleAnnotator, HedAnnotator, HedSafeAnnotator
 from annotators.lineart import (
     LineartAnnotator,
@@ -26,6 +27,7 @@ from annotators.lineart import (
 )
 from annotators.mlsd import MlsdAnnotator
 from annotators.normal import MidasNormalAnnotator, NormalBaeAnnotator
+from annotators.oneformer import OneFormerAde20kAnnotator, OneFormerCocoAnnotator
 from annotators.passthrough import PassthroughAnnotator
 from annotators.pidinet import PidinetAnnotator, PidinetSafeAnnotator
 from annotators.pose import MediapipePoseAnnotator, OpenposeAnnotator
@@ -42,6 +44,7 @@ from annotators.util import (
     resize_image,
     resize_to,
 )
+from annotators.zoe import ZoeDepthAnnotator
 from errors import look_up
 
 ANNOTATORS: dict[str, Annotator] = {
@@ -58,9 +61,13 @@ ANNOTATORS: dict[str, Annotator] = {
         OpenposeAnnotator(),
         MediapipePoseAnnotator(),
         MidasDepthAnnotator(),
+        ZoeDepthAnnotator(),
+        DepthAnythingV2Annotator(),
         NormalBaeAnnotator(),
         MidasNormalAnnotator(),
         UpernetSegAnnotator(),
+        OneFormerAde20kAnnotator(),
+        OneFormerCocoAnnotator(),
         TileResampleAnnotator(),
         LineartAnnotator(),
         LineartCoarseAnnotator(),

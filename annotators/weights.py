@@ -18,8 +18,11 @@ from errors import ModelUnavailableError
 from model_sources import download_command, hub_offline, missing_model_message, resolve_source
 
 
-def weights_file(context: LoadContext, filename: str, role: str = "annotators") -> Path:
-    """Local path of `filename` from the repo of `role` (downloaded once when allowed)."""
+def weights_file(
+    context: LoadContext, filename: str, role: str = "annotators", repo_type: str = "model"
+) -> Path:
+    """Local path of `filename` from the repo of `role` (downloaded once when allowed);
+    `repo_type` "dataset" for a Hub dataset repo (OneFormer's class lists)."""
     repo = context.model_ids[role]
     source, is_local = resolve_source(repo, context.models_dir)
     if is_local:
@@ -34,7 +37,9 @@ def weights_file(context: LoadContext, filename: str, role: str = "annotators") 
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(repo, filename, local_files_only=hub_offline()))
+        return Path(
+            hf_hub_download(repo, filename, repo_type=repo_type, local_files_only=hub_offline())
+        )
     except Exception as error:  # noqa: BLE001 (hub errors differ by version; all mean "not here")
         message = missing_model_message(role, repo, context.models_dir)
         raise ModelUnavailableError(f"`{filename}`: {message}") from error
@@ -53,14 +58,17 @@ def load_state_dict(path: Path) -> dict[str, Any]:
 
 
 def load_pretrained(
-    context: LoadContext, role: str, model_class: Any, processor_class: Any
+    context: LoadContext, role: str, model_class: Any, processor_class: Any, **processor_kwargs: Any
 ) -> tuple[Any, Any]:
-    """(model, image processor) of a transformers repo of `role`, or a ModelUnavailableError."""
+    """(model, image processor) of a transformers repo of `role`, or a ModelUnavailableError.
+
+    `processor_kwargs` override the processor's saved settings (OneFormer's class-list folder).
+    """
     source, kwargs = pretrained_source(context, role)
     try:
         model = model_class.from_pretrained(source, **kwargs)
         processor = processor_class.from_pretrained(
-            source, local_files_only=kwargs["local_files_only"]
+            source, local_files_only=kwargs["local_files_only"], **processor_kwargs
         )
     except OSError as error:
         if resolve_source(context.model_ids[role], context.models_dir)[1]:

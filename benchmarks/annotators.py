@@ -3,10 +3,11 @@
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.annotators [--repeats 3] [--only hed mlsd]
         [--detect-resolution 512]
 
-Builds every network at its real size (HED, M-LSD large, NormalBAE, DPT-Hybrid MiDaS, UperNet
-ConvNeXt-small, OpenPose, the realistic and coarse line-art generators, PiDiNet) with random
-weights, in the real file layouts, in a temporary MODELS_DIR (~1.6 GB, nothing downloaded): the
-FLOPs are the real checkpoints'. Then times, per annotator,
+Builds every network at its real size (HED, M-LSD large, NormalBAE, DPT-Hybrid MiDaS, ZoeDepth
+NK, Depth Anything V2 small, UperNet ConvNeXt-small, OneFormer Swin-L ADE20K and COCO, OpenPose,
+the realistic and coarse line-art generators, PiDiNet) with random weights, in the real file
+layouts, in a temporary MODELS_DIR (~4.8 GB, nothing downloaded): the FLOPs are the real
+checkpoints'. Then times, per annotator,
 `annotator.load(LoadContext(...))` and `make_control_map` on assets/astronaut.png with default
 parameters, as the engine calls them: one untimed warm-up call, then --repeats calls. One JSON
 line per annotator on stdout, notes (machine, skips) on stderr. Caveat: post-processing that
@@ -149,6 +150,109 @@ def save_upernet_convnext_small(models_dir: Path) -> None:
     SegformerImageProcessor().save_pretrained(folder)  # the repo's: a default one
 
 
+def save_zoedepth_nk(models_dir: Path) -> None:
+    """Intel/zoedepth-nyu-kitti: BEiT-L 384 + two metric bin heads (transformers' conversion)."""
+    from transformers import (
+        BeitConfig,
+        ZoeDepthConfig,
+        ZoeDepthForDepthEstimation,
+        ZoeDepthImageProcessor,
+    )
+
+    backbone = BeitConfig(
+        image_size=384, num_hidden_layers=24, hidden_size=1024, intermediate_size=4096,
+        num_attention_heads=16, use_relative_position_bias=True, reshape_hidden_states=False,
+        out_features=["stage6", "stage12", "stage18", "stage24"],
+    )  # fmt: skip
+    config = ZoeDepthConfig(
+        backbone_config=backbone, neck_hidden_sizes=[256, 512, 1024, 1024],
+        bin_centers_type="softplus",
+        bin_configurations=[
+            {"name": "nyu", "n_bins": 64, "min_depth": 1e-3, "max_depth": 10.0},
+            {"name": "kitti", "n_bins": 64, "min_depth": 1e-3, "max_depth": 80.0},
+        ],
+        num_patch_transformer_layers=4, patch_transformer_hidden_size=128,
+        patch_transformer_intermediate_size=1024, patch_transformer_num_attention_heads=4,
+    )  # fmt: skip
+    folder = models_dir / DEFAULT_MODEL_IDS["depth_zoe"]
+    ZoeDepthForDepthEstimation(config).save_pretrained(folder)
+    ZoeDepthImageProcessor(  # the repo's: 384 x 512 keeping the aspect, multiples of 32, padded
+        size={"height": 384, "width": 512}, keep_aspect_ratio=True, ensure_multiple_of=32,
+        do_pad=True, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    ).save_pretrained(folder)  # fmt: skip
+
+
+def save_depth_anything_v2_small(models_dir: Path) -> None:
+    """depth-anything/Depth-Anything-V2-Small-hf: DINOv2 ViT-S/14 + DPT head (24.8 M)."""
+    from transformers import (
+        DepthAnythingConfig,
+        DepthAnythingForDepthEstimation,
+        Dinov2Config,
+        DPTImageProcessor,
+    )
+
+    backbone = Dinov2Config(
+        image_size=518, patch_size=14, hidden_size=384, num_hidden_layers=12,
+        num_attention_heads=6, out_indices=[3, 6, 9, 12], reshape_hidden_states=False,
+    )  # fmt: skip
+    config = DepthAnythingConfig(
+        backbone_config=backbone, reassemble_hidden_size=384,
+        neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64, head_hidden_size=32,
+    )  # fmt: skip
+    folder = models_dir / DEFAULT_MODEL_IDS["depth_anything"]
+    DepthAnythingForDepthEstimation(config).save_pretrained(folder)
+    DPTImageProcessor(  # the repo's: 518 keeping the aspect, multiples of 14, ImageNet, bicubic
+        size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14,
+        resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(folder)  # fmt: skip
+
+
+def _save_oneformer_swin_large(models_dir: Path, dataset: str) -> None:
+    """shi-labs/oneformer_<dataset>_swin_large: Swin-L 384 backbone, the repo's processor."""
+    from transformers import (
+        OneFormerConfig,
+        OneFormerForUniversalSegmentation,
+        OneFormerImageProcessor,
+        SwinConfig,
+    )
+
+    from annotators.ade20k import ADE20K_CLASSES
+    from annotators.coco_panoptic import COCO_PANOPTIC_CLASSES
+    from testkit.transformers_annotators import save_class_info, save_tiny_clip_tokenizer
+
+    # The test sizes of the detectron2 configs v1.1 runs: its ADE20K Swin-L yaml's 640 / 2560;
+    # the COCO one sets none, so detectron2's default 800 / 1333.
+    classes, queries, short_side, long_side = {
+        "ade20k": (ADE20K_CLASSES, 250, 640, 2560),
+        "coco": (COCO_PANOPTIC_CLASSES, 150, 800, 1333),
+    }[dataset]
+    backbone = SwinConfig(
+        image_size=384, embed_dim=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48],
+        window_size=12, out_features=["stage1", "stage2", "stage3", "stage4"],
+    )  # fmt: skip
+    config = OneFormerConfig(
+        backbone_config=backbone, num_queries=queries, id2label=dict(enumerate(classes)),
+        label2id={name: index for index, name in enumerate(classes)},
+    )  # fmt: skip
+    folder = models_dir / DEFAULT_MODEL_IDS[f"segmenter_oneformer_{dataset}"]
+    OneFormerForUniversalSegmentation(config).save_pretrained(folder)
+    class_folder = save_class_info(models_dir)
+    OneFormerImageProcessor(
+        size={"shortest_edge": short_side}, max_size=long_side, num_labels=len(classes),
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], ignore_index=255,
+        class_info_file=f"{dataset}_panoptic.json", repo_path=str(class_folder),
+    ).save_pretrained(folder)  # fmt: skip
+    save_tiny_clip_tokenizer(folder)  # it only encodes "the task is semantic": size is moot
+
+
+def save_oneformer_ade20k(models_dir: Path) -> None:
+    _save_oneformer_swin_large(models_dir, "ade20k")
+
+
+def save_oneformer_coco(models_dir: Path) -> None:
+    _save_oneformer_swin_large(models_dir, "coco")
+
+
 # Annotator -> what builds the files its load() reads. Classical annotators need none.
 WEIGHTS = {
     "hed": save_hed, "hed_safe": save_hed, "fake_scribble": save_hed, "mlsd": save_mlsd,
@@ -157,6 +261,8 @@ WEIGHTS = {
     "openpose": save_openpose, "mediapipe_pose": None,  # its models ship in the mediapipe wheel
     "pidinet": save_pidinet, "pidinet_safe": save_pidinet,
     "lineart": save_lineart, "lineart_coarse": save_lineart,
+    "depth_zoe": save_zoedepth_nk, "depth_anything_v2": save_depth_anything_v2_small,
+    "seg_oneformer_ade20k": save_oneformer_ade20k, "seg_oneformer_coco": save_oneformer_coco,
 }  # fmt: skip
 
 

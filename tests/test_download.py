@@ -68,7 +68,42 @@ EXPECTED = {
         "model.safetensors",
         "preprocessor_config.json",
     ],
+    **dict.fromkeys(
+        (DEFAULT_MODEL_IDS["depth_zoe"], DEFAULT_MODEL_IDS["depth_anything"]),
+        ["config.json", "model.safetensors", "preprocessor_config.json"],
+    ),
+    **dict.fromkeys(
+        (
+            DEFAULT_MODEL_IDS["segmenter_oneformer_ade20k"],
+            DEFAULT_MODEL_IDS["segmenter_oneformer_coco"],
+        ),
+        [
+            "config.json",
+            "merges.txt",
+            "model.safetensors",
+            "preprocessor_config.json",
+            "special_tokens_map.json",
+            "tokenizer_config.json",
+            "vocab.json",
+        ],
+    ),
+    DEFAULT_MODEL_IDS["oneformer_class_info"]: ["ade20k_panoptic.json", "coco_panoptic.json"],
 }
+# The Hub listings of the newer annotator repos (main), with what the download leaves behind:
+# README and .gitattributes everywhere, OneFormer's original detectron2 checkpoints and pickled
+# weights beside the safetensors, and the demo dataset's images and other class lists.
+ZOE_LISTING = [".gitattributes", "README.md", "config.json", "model.safetensors"]
+ZOE_LISTING += ["preprocessor_config.json"]
+ONEFORMER_LISTING = {
+    DEFAULT_MODEL_IDS["segmenter_oneformer_ade20k"]: "250_16_swin_l_oneformer_ade20k_160k.pth",
+    DEFAULT_MODEL_IDS["segmenter_oneformer_coco"]: "150_16_swin_l_oneformer_coco_100ep.pth",
+}
+ONEFORMER_FILES = [".gitattributes", "README.md", "config.json", "merges.txt"]
+ONEFORMER_FILES += ["model.safetensors", "preprocessor_config.json", "pytorch_model.bin"]
+ONEFORMER_FILES += ["special_tokens_map.json", "tokenizer_config.json", "vocab.json"]
+CLASS_INFO_LISTING = [".gitattributes", "ade20k.jpeg", "ade20k_panoptic.json"]
+CLASS_INFO_LISTING += ["cityscapes.png", "cityscapes_panoptic.json", "coco.jpeg"]
+CLASS_INFO_LISTING += ["coco_panoptic.json"]
 
 
 def dummy(path: Path, size: int = 16) -> None:
@@ -119,6 +154,14 @@ def mirror(tmp_path_factory) -> Path:
         for name in ("config.json", "preprocessor_config.json", "pytorch_model.bin", "README.md"):
             dummy(hub / repo_id / name)
     dummy(hub / "openmmlab/upernet-convnext-small/model.safetensors")  # preferred over the .bin
+    for role in ("depth_zoe", "depth_anything"):
+        for name in ZOE_LISTING:
+            dummy(hub / DEFAULT_MODEL_IDS[role] / name)
+    for repo_id, checkpoint in ONEFORMER_LISTING.items():
+        for name in (*ONEFORMER_FILES, checkpoint):
+            dummy(hub / repo_id / name)
+    for name in CLASS_INFO_LISTING:
+        dummy(hub / DEFAULT_MODEL_IDS["oneformer_class_info"] / name)
     return hub
 
 
@@ -285,6 +328,57 @@ def test_rules_keep_the_needed_files_of_real_repo_listings():
     midas = ["config.json", "preprocessor_config.json", "pytorch_model.bin", "README.md"]
     kept = download.select(dict.fromkeys(midas, 1), download.rule_for("depth_estimator"))
     assert list(kept) == ["config.json", "preprocessor_config.json", "pytorch_model.bin"]
+
+
+@pytest.mark.parametrize("role", ["depth_zoe", "depth_anything"])
+def test_depth_rules_keep_the_model_and_its_processor(role):
+    kept = download.select(dict.fromkeys(ZOE_LISTING, 1), download.rule_for(role))
+    assert list(kept) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+
+
+@pytest.mark.parametrize("role", ["segmenter_oneformer_ade20k", "segmenter_oneformer_coco"])
+def test_oneformer_rules_keep_its_tokenizer_and_leave_the_original_checkpoints(role):
+    listing = [*ONEFORMER_FILES, ONEFORMER_LISTING[DEFAULT_MODEL_IDS[role]]]
+    kept = download.select(dict.fromkeys(listing, 1), download.rule_for(role))
+    assert list(kept) == EXPECTED[DEFAULT_MODEL_IDS[role]]
+    # A repo that has only the fast tokenizer's file is complete with it.
+    fast = ["config.json", "preprocessor_config.json", "model.safetensors", "tokenizer.json"]
+    fast += ["tokenizer_config.json"]
+    rule = download.rule_for(role)
+    assert set(download.select(dict.fromkeys(fast, 1), rule)) == set(fast)
+    assert all(any(name in fast for name in entry) for entry in rule.requires)
+
+
+def test_the_class_lists_come_from_the_oneformer_demo_dataset_repo():
+    rule = download.rule_for("oneformer_class_info")
+    assert rule.repo_type == "dataset" and rule.hub_kwargs == {"repo_type": "dataset"}
+    kept = download.select(dict.fromkeys(CLASS_INFO_LISTING, 1), rule)
+    assert list(kept) == ["ade20k_panoptic.json", "coco_panoptic.json"]
+    assert download.rule_for("depth_zoe").hub_kwargs == {}  # model repos: the Hub's default
+
+
+def test_a_dataset_repo_is_listed_and_fetched_as_a_dataset(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    listing = dict.fromkeys(CLASS_INFO_LISTING, 7)
+    listed, fetched = [], []
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def fake_listing(repo_id, **kwargs):
+        listed.append((repo_id, kwargs))
+        return listing
+
+    def fake_snapshot(repo_id, **kwargs):
+        fetched.append((repo_id, kwargs["allow_patterns"], kwargs.get("repo_type")))
+        for name in kwargs["allow_patterns"]:
+            dummy(kwargs["local_dir"] / name, listing[name])
+
+    monkeypatch.setattr(download, "hub_listing", fake_listing)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    assert download.download(["oneformer_class_info"], tmp_path, echo=lambda line: None) == []
+    repo_id = DEFAULT_MODEL_IDS["oneformer_class_info"]
+    assert listed == [(repo_id, {"repo_type": "dataset"})]
+    assert fetched == [(repo_id, ["ade20k_panoptic.json", "coco_panoptic.json"], "dataset")]
 
 
 def test_fp16_rules_take_each_variant_where_the_repo_has_it():
