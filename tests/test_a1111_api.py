@@ -221,9 +221,8 @@ def test_bad_payloads_get_a1111_errors_and_the_server_keeps_serving(server, coff
     status, answer = txt2img(cfg_scale=-1)
     assert status == 422 and answer["detail"].startswith("`cfg_scale` must be between")
     status, answer = txt2img(unit={"weight": 5})
-    assert status == 422 and "controlnet.args[0].weight` must be between 0 and 2" in (
-        answer["detail"]
-    )
+    assert status == 422
+    assert "controlnet.args[0].weight` must be between 0 and 2" in answer["detail"]
     status, answer = txt2img(unit={"module": "shuffle"})
     assert status == 422 and "unknown ControlNet module 'shuffle'" in answer["detail"]
     assert "depth_midas" in answer["detail"]  # the names that are available

@@ -178,7 +178,7 @@ def detect_resolution_slider(limits: Limits, default: int, visible: bool = True)
 
 
 def pixel_perfect_checkbox(limits: Limits, defaults: dict[str, Any]) -> gr.Checkbox:
-    """"Auto" for the annotator resolution: it follows the output size (off by default)."""
+    """The annotator resolution's "Auto": it follows the output size (off by default)."""
     spec = UNIT_OPTIONS["pixel_perfect"]
     return option_control(spec, limits, defaults["pixel_perfect"])
 
