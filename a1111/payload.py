@@ -118,7 +118,7 @@ def generation(settings: Settings, payload: Any, img2img: bool) -> Generation:
             mask = decode_image(limits, payload["mask"], "mask")
             if payload.get("inpainting_mask_invert"):
                 mask = 255 - mask
-            if payload.get("inpainting_fill", 1) != 1:
+            if payload.get("inpainting_fill", 0) != 1:  # A1111's default: 0, fill
                 notes.append(
                     "inpainting_fill: the masked area starts from the initial image noised "
                     "(A1111's 1, original), whatever was asked."
@@ -140,10 +140,10 @@ def generation(settings: Settings, payload: Any, img2img: bool) -> Generation:
             )
         units[0]["image"] = first_image = init_image
     for key, values in unit_modes.items():
-        if len(set(values)) > 1:
-            raise InvalidRequestError(
-                f"The units' `{key}` differ ({', '.join(map(str, values))}): this server uses "
-                "one for every unit; send the same in each."
+        if len(set(values)) > 1:  # one for every unit here: the first unit's
+            notes.append(
+                f"The units' `{key}` differ ({', '.join(values)}); every unit used the first "
+                f"one's, {values[0]}."
             )
     shared["resize_mode"] = unit_modes["resize_mode"][0]
     shared["control_mode"] = unit_modes["control_mode"][0]

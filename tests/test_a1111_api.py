@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,9 +18,10 @@ import webuiapi
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from a1111 import names
 from pipelines.request import fitted_to
 from png_info import read_parameters
-from testkit.paths import ASSETS
+from testkit.paths import ASSETS, PROJECT_ROOT
 
 PROMPT, NEGATIVE = "a cup of coffee", "lowres"
 # coffee.jpg is 600x400: at a short side of 256 in its own aspect the output is 384x256.
@@ -241,3 +243,36 @@ def test_bad_payloads_get_a1111_errors_and_the_server_keeps_serving(server, coff
     status, answer = txt2img(seed=7, override_settings={"CLIP_stop_at_last_layers": 2})
     assert status == 200 and json.loads(answer["info"])["all_seeds"] == [7]
     assert "override_settings" in " ".join(json.loads(answer["info"])["notes"])
+
+
+def a1111_section() -> str:
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    return readme.split("### AUTOMATIC1111's API", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readmes_webuiapi_example_runs(server, monkeypatch):
+    block = re.search(r"^```python\n(.*?)^```$", a1111_section(), re.MULTILINE | re.DOTALL)
+    code = block.group(1)
+    assert "http://127.0.0.1:7860" in code
+    monkeypatch.chdir(PROJECT_ROOT)  # the example's paths are relative to the repository
+    namespace: dict = {}
+    exec(
+        compile(code.replace("http://127.0.0.1:7860", server.url.rstrip("/")), "README", "exec"),
+        namespace,
+    )
+    assert namespace["result"].info["all_seeds"] == [42]
+    assert namespace["image"].size == (384, 256) and namespace["depth"].size[0] > 0
+
+
+def test_the_readmes_name_table_is_the_code_table():
+    rows = re.findall(r"^\| (`[^|]*) \| ([^|]*) \|", a1111_section(), re.MULTILINE)
+    documented = {}
+    for modules, annotators in rows:
+        played = re.findall(r"`(\w+)`", annotators)
+        for module in re.findall(r"`(\w+)`", modules):
+            documented[module] = played
+    assert set(documented) == set(names.MODULES)
+    for module, entry in names.MODULES.items():
+        assert documented[module][: len(entry.annotators)] == list(entry.annotators), module
+    for model in names.MODELS:
+        assert f"`{model}`" in a1111_section() or model.startswith("sd-controlnet-"), model
