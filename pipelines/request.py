@@ -492,7 +492,6 @@ def recorded_values(parameters: Mapping[str, Any]) -> tuple[dict[str, Any], list
             continue
         values = {key: unit[key] for key in ("condition", "annotator") if key in unit}
         values.update({key: unit[key] for key in UNIT_OPTIONS if unit.get(key) is not None})
-        values.setdefault("pixel_perfect", False)  # recorded only when on
         if isinstance(unit.get("params"), Mapping):
             values["params"] = dict(unit["params"])
         unit_values.append(values)

@@ -74,8 +74,8 @@ def test_png_records_it_only_when_on_and_a_restore_turns_it_off_without_it():
         parameters = request.parameters(["m"], "base", None)
         assert ("pixel_perfect" in parameters["units"][0]) is on
         assert ("Pixel Perfect: True" in a1111_infotext(parameters)) is on
-        _, units = recorded_values(parameters)
-        assert units[0]["pixel_perfect"] is on
+        _, units = recorded_values(parameters)  # the mirror: back as it was written
+        assert units[0].get("pixel_perfect", False) is on
 
 
 def test_cli_takes_it_from_the_option_table():
@@ -84,3 +84,20 @@ def test_cli_takes_it_from_the_option_table():
     given = given_options(args, MAP_OPTIONS)
     assert UNIT_OPTIONS["pixel_perfect"].check(given["pixel_perfect"], Settings().limits) is True
     assert "pixel_perfect" not in given_options(build_parser().parse_args(argv), MAP_OPTIONS)
+
+
+def test_a_restore_turns_it_off_for_a_png_made_without_it(tmp_path):
+    import gradio as gr
+
+    from png_info import save_png
+    from ui.results import restored_settings
+
+    settings, image = Settings(), np.zeros((64, 96, 3), np.uint8)
+    for on in (False, True):
+        request = GenerationRequest.build(
+            settings, "lineart", image, annotator="lineart_standard", pixel_perfect=on
+        )
+        path = save_png(image, tmp_path / f"{on}.png", request.parameters(["m"], "base", None))
+        controls = {"pixel_perfect": gr.Checkbox(value=not on), "steps": gr.Slider(1, 100)}
+        restored = restored_settings(str(path), "lineart", controls)
+        assert restored[controls["pixel_perfect"]] is on and restored[controls["steps"]] == 20
