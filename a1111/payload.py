@@ -153,6 +153,7 @@ def generation(settings: Settings, payload: Any, img2img: bool) -> Generation:
         notes.append("The initial image is fitted by the first unit's `resize_mode`.")
     shared.update(_geometry(limits, payload, first_image))
     shared.update(_sampling(payload, notes))
+    shared.update(_overrides(settings, payload, notes))
     _note_unsupported(payload, notes)
     try:
         request = GenerationRequest.composed(
@@ -305,9 +306,24 @@ def _sampling(payload: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     }
     if sampler == "DDIM" and payload.get("eta") is not None:
         values["eta"] = payload["eta"]  # the one sampler here whose step takes it
-    if payload.get("override_settings"):
-        notes.append("override_settings are not applied on this server: they were ignored.")
     return values
+
+
+def _overrides(settings: Settings, payload: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
+    """`override_settings`: its `sd_model_checkpoint`, when it names one of the operator's base
+    models, picks it; everything else is named in the notes and not applied."""
+    overrides = payload.get("override_settings") or {}
+    if not isinstance(overrides, Mapping):
+        raise InvalidRequestError("`override_settings` must be an object.")
+    chosen = {}
+    checkpoint = overrides.get("sd_model_checkpoint")
+    if isinstance(checkpoint, str) and checkpoint in settings.base_models:
+        chosen["base_model"] = checkpoint
+    applied = {"sd_model_checkpoint"} if chosen else set()
+    ignored = sorted(str(key) for key in overrides if key not in applied)
+    if ignored:
+        notes.append(f"override_settings not applied on this server: {', '.join(ignored)}.")
+    return chosen
 
 
 def _batch(payload: Mapping[str, Any]) -> Any:

@@ -70,11 +70,25 @@ def test_a_unit_becomes_the_composed_request_with_a1111s_rules():
     assert (request.seed, request.guidance_scale, request.num_images) == (5, 4.5, 6)
     assert request.added_prompt == "" and request.size == (256, 384)
     assert request.resize_mode == "crop_and_resize" and built.save_maps == [True, True]
+    assert request.base_model == "Stable Diffusion 1.5"  # the operator's first
     assert built.notes == []
     one_way = txt2img(canny, {**canny, "resize_mode": "Resize and Fill", "control_mode": 2})
     assert one_way.request.resize_mode == "crop_and_resize"  # the first unit's, for every unit
     assert one_way.request.control_mode.name == "balanced"
     assert [note.split("`")[1] for note in one_way.notes] == ["resize_mode", "control_mode"]
+
+
+def test_override_settings_pick_a_base_model_and_name_the_rest():
+    unit = {"image": b64(PHOTO), "module": "canny"}
+    two_bases = Settings(base_models={"First": "a/b", "Second": "c/d"})
+    overrides = {"sd_model_checkpoint": "Second", "CLIP_stop_at_last_layers": 2}
+    body = {"width": 384, "height": 256, "override_settings": overrides}
+    body["alwayson_scripts"] = {"controlnet": {"args": [unit]}}
+    built = payload.generation(two_bases, body, img2img=False)
+    assert built.request.base_model == "Second"
+    assert built.notes == [
+        "override_settings not applied on this server: CLIP_stop_at_last_layers."
+    ]
 
 
 def test_sizes_the_app_does_not_make_are_refused_with_the_ones_it_does():
