@@ -197,3 +197,11 @@ def test_the_page_and_the_api_never_run_on_the_device_at_once(settings):
     spans.sort()
     assert len(spans) == 3
     assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
+
+
+def test_api_auth_is_read_from_the_environment_as_a1111s_api_auth():
+    assert Settings.from_env({}).api_auth == ()
+    pairs = Settings.from_env({"API_AUTH": "ann:s3cret, bob:pa:ss"}).api_auth
+    assert pairs == (("ann", "s3cret"), ("bob", "pa:ss"))  # a password may hold a colon
+    with pytest.raises(ValueError, match="API_AUTH must be user:password"):
+        Settings.from_env({"API_AUTH": "ann"})
