@@ -79,7 +79,7 @@ class Engine:
         self.fast_path_failure: str | None = None  # why the fast path was left, if it was
         self.last_timing: RunTiming | None = None  # how long the last generation took
         # One request on the device at a time, whoever sends it: the page's queue and the
-        # AUTOMATIC1111-style API both run through `run` and `run_map`.
+        # AUTOMATIC1111-style API both run through `run`, `run_map` and `run_upscale`.
         self.gpu_lock = threading.Lock()
         # The GPU part of each request; on ZeroGPU it runs inside spaces.GPU for a fitting time.
         self._generate_on_gpu = gpu_task(self._generate_checked, duration=self._generate_seconds)
@@ -245,8 +245,10 @@ class Engine:
         )
 
     def run_upscale(self, request: UpscaleRequest, on_progress=None) -> GenerationResult:
-        """A checked upscale request (one GPU slice on ZeroGPU for all its tiles)."""
-        return self._upscale_on_gpu(request, on_progress)
+        """A checked upscale request (one GPU slice on ZeroGPU for all its tiles), after any
+        request already running."""
+        with self.gpu_lock:
+            return self._upscale_on_gpu(request, on_progress)
 
     def run(
         self, request: GenerationRequest, on_progress=None, on_preview=None

@@ -184,18 +184,19 @@ def test_the_page_and_the_api_never_run_on_the_device_at_once(settings):
         time.sleep(0.05)
         spans.append((started, time.perf_counter()))
 
-    engine._generate_on_gpu, engine._annotate_on_gpu = busy, busy
+    engine._generate_on_gpu = engine._annotate_on_gpu = engine._upscale_on_gpu = busy
     threads = [
         threading.Thread(target=engine.run, args=(None,)),  # the page's generation
         threading.Thread(target=engine.run_map, args=(None,)),  # an API detect
         threading.Thread(target=engine.run, args=(None,)),  # an API txt2img
+        threading.Thread(target=engine.run_upscale, args=(None,)),  # the page's upscale
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     spans.sort()
-    assert len(spans) == 3
+    assert len(spans) == 4
     assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False))
 
 
