@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from a1111.routes import add_routes
     from pipelines.engine import Engine  # torch is imported here, not for --help
     from ui import PAGE_CSS, build_demo
 
@@ -66,7 +67,11 @@ def main(argv: list[str] | None = None) -> None:
         css=PAGE_CSS,
         # Only the example images are served from disk; uploads live in Gradio's own cache.
         allowed_paths=[str(PROJECT_ROOT / "assets")],
+        prevent_thread_lock=True,  # the A1111 routes join the page's server first
     )
+    # The AUTOMATIC1111-compatible API on the same server and port (/sdapi/v1/..., /controlnet/...).
+    add_routes(demo.server_app, engine, settings)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -40,7 +40,13 @@ RunOne = Callable[[Any, Path, str, Callable[[int, int], None]], list[str]]
 OPTIONS: dict[str, Option] = {**SHARED_OPTIONS, **UNIT_OPTIONS, **UPSCALE_OPTIONS}
 # Options both commands take (the output's geometry and the annotator's resolution); generate
 # takes every other request option as well (--prompt has its own flag).
-MAP_OPTIONS = ("image_resolution", "detect_resolution", "aspect_ratio", "resize_mode")
+MAP_OPTIONS = (
+    "image_resolution",
+    "detect_resolution",
+    "pixel_perfect",
+    "aspect_ratio",
+    "resize_mode",
+)
 GENERATE_OPTIONS = tuple(
     name for name in (*SHARED_OPTIONS, *UNIT_OPTIONS) if name not in (*MAP_OPTIONS, "prompt")
 )

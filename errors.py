@@ -24,6 +24,10 @@ class InvalidImageError(InvalidRequestError):
     """An uploaded image cannot be read or is too large."""
 
 
+class ImageTooLargeError(InvalidImageError):
+    """An uploaded image is over the byte or pixel limit."""
+
+
 class ModelUnavailableError(UserFacingError):
     """A model is neither in MODELS_DIR nor in the local cache, and the Hub cannot be reached."""
 

@@ -74,6 +74,7 @@ def _unit_text(unit: dict, parameters: dict) -> str:
         "Processor Res": unit.get("detect_resolution"),
         "Guidance Start": unit.get("control_start"),
         "Guidance End": unit.get("control_end"),
+        "Pixel Perfect": True if unit.get("pixel_perfect") else None,  # written only when on
         "Control Mode": _CONTROL_MODES.get(control, control),
     }
     return ", ".join(f"{k}: {_plain(v)}" for k, v in fields.items() if v is not None)

@@ -248,6 +248,9 @@ class Settings:
     # With the fast path on: compile the default request's shape at start (in the background),
     # so the first visitor does not wait for it.
     warm_up: bool = True
+    # The AUTOMATIC1111-compatible API's HTTP basic credentials, (user, password) pairs (as
+    # A1111's --api-auth). Empty: no credentials asked; set them before exposing the port.
+    api_auth: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -308,6 +311,7 @@ class Settings:
             device=env.get("DEVICE") or None,
             queue_size=max(1, _env_int(env, "QUEUE_SIZE", 20)),
             base_models=parse_base_models(env.get("BASE_MODELS"), model_ids["base"]),
+            api_auth=parse_api_auth(env.get("API_AUTH")),
             v10_model_ids=v10_model_ids,
             safety_checker=_env_flag(env, "SAFETY_CHECKER"),
             fast_path=fast_path,
@@ -317,3 +321,20 @@ class Settings:
             previews=_env_flag(env, "PREVIEWS", default=True),
             warm_up=_env_flag(env, "WARM_UP", default=True),
         )
+
+
+def parse_api_auth(text: str | None) -> tuple[tuple[str, str], ...]:
+    """`API_AUTH` ("user:password", several separated by commas, as A1111's --api-auth) as
+    (user, password) pairs; unset or empty: none."""
+    pairs = []
+    for entry in (text or "").split(","):
+        if not entry.strip():
+            continue
+        user, sep, password = entry.strip().partition(":")
+        if not sep or not user or not password:
+            raise ValueError(
+                "Environment variable API_AUTH must be user:password (several separated by "
+                f"commas), got an entry without both: {user or entry.strip()!r}."
+            )
+        pairs.append((user, password))
+    return tuple(pairs)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from errors import InvalidImageError
+from errors import ImageTooLargeError, InvalidImageError
 
 # SD1.5's VAE downsamples by 8 and its UNet by another 8: sizes must be multiples of 64.
 SIZE_MULTIPLE = 64
@@ -119,6 +119,18 @@ def fitted_size(image_height: int, image_width: int, height: int, width: int) ->
     )
 
 
+def pixel_perfect_resolution(
+    image_height: int, image_width: int, height: int, width: int, resize_mode: str
+) -> int:
+    """The annotator resolution (short side) that matches an output of (height, width): the
+    image's short side scaled as `resize_mode` scales the image into the output (to fit inside
+    for "resize_and_fill", to cover otherwise). The rule of the AUTOMATIC1111 ControlNet
+    extension's "Pixel Perfect" (`pixel_perfect_resolution` in sd-webui-controlnet)."""
+    scale_height, scale_width = height / image_height, width / image_width
+    fit = min if resize_mode == "resize_and_fill" else max
+    return int(np.round(fit(scale_height, scale_width) * min(image_height, image_width)))
+
+
 def fill_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Centre `image` (no larger than the target) on a (height, width) canvas filled with the
     median colour of its border, like the AUTOMATIC1111 extension's "Resize and fill"."""
@@ -168,7 +180,7 @@ def load_image(
     if size == 0:
         raise InvalidImageError("The uploaded file is empty: upload a PNG, JPEG or WebP image.")
     if size > max_bytes:
-        raise InvalidImageError(
+        raise ImageTooLargeError(
             f"The file is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB. "
             "Upload a smaller image."
         )
@@ -190,7 +202,7 @@ def _checked_upright(picture: Image.Image, max_pixels: int) -> Image.Image:
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
-        raise InvalidImageError(
+        raise ImageTooLargeError(
             f"The image is {width}x{height} pixels; the limit is {max_pixels / 1e6:.0f} "
             "megapixels. Downscale it first."
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,9 @@ class Engine:
         self.defaults = request_defaults(settings)  # every option's default on this server
         self.fast_path_failure: str | None = None  # why the fast path was left, if it was
         self.last_timing: RunTiming | None = None  # how long the last generation took
+        # One request on the device at a time, whoever sends it: the page's queue and the
+        # AUTOMATIC1111-style API both run through `run`, `run_map` and `run_upscale`.
+        self.gpu_lock = threading.Lock()
         # The GPU part of each request; on ZeroGPU it runs inside spaces.GPU for a fitting time.
         self._generate_on_gpu = gpu_task(self._generate_checked, duration=self._generate_seconds)
         self._annotate_on_gpu = gpu_task(self._annotate_checked, duration=OVERHEAD_ANNOTATE_SECONDS)
@@ -161,6 +165,7 @@ class Engine:
         detect_resolution: int | None = None,
         aspect_ratio: str | None = None,
         resize_mode: str | None = None,
+        pixel_perfect: bool | None = None,
         **params: Any,
     ) -> ControlMap:
         """The control map only (no diffusion model needed)."""
@@ -172,6 +177,7 @@ class Engine:
             detect_resolution,
             aspect_ratio,
             resize_mode,
+            pixel_perfect,
             **params,
         )
         return self.run_map(request)
@@ -239,18 +245,23 @@ class Engine:
         )
 
     def run_upscale(self, request: UpscaleRequest, on_progress=None) -> GenerationResult:
-        """A checked upscale request (one GPU slice on ZeroGPU for all its tiles)."""
-        return self._upscale_on_gpu(request, on_progress)
+        """A checked upscale request (one GPU slice on ZeroGPU for all its tiles), after any
+        request already running."""
+        with self.gpu_lock:
+            return self._upscale_on_gpu(request, on_progress)
 
     def run(
         self, request: GenerationRequest, on_progress=None, on_preview=None
     ) -> GenerationResult:
-        """A checked request (the CLI builds its own), on the GPU where there is one."""
-        return self._generate_on_gpu(request, on_progress, on_preview)
+        """A checked request (the CLI builds its own), on the GPU where there is one, after any
+        request already running there."""
+        with self.gpu_lock:
+            return self._generate_on_gpu(request, on_progress, on_preview)
 
     def run_map(self, request: MapRequest) -> ControlMap:
-        """A checked control-map request."""
-        return self._annotate_on_gpu(request)
+        """A checked control-map request, after any request already running."""
+        with self.gpu_lock:
+            return self._annotate_on_gpu(request)
 
     def _annotate_checked(self, request: MapRequest) -> ControlMap:
         notices = Notices()
@@ -363,7 +374,7 @@ class Engine:
             detector,
             unit.image,
             image_resolution,
-            unit.detect_at,
+            unit.detect_at(size, resize_mode),
             dict(unit.params),
             size=size,
             resize_mode=resize_mode,

@@ -27,6 +27,7 @@ from annotators.util import (
     fill_to,
     fitted_size,
     load_image,
+    pixel_perfect_resolution,
     resize_to,
     target_size,
 )
@@ -89,17 +90,27 @@ class UnitRequest:
         None, "Annotator resolution", step=64, group="map",
         minimum="min_detect_resolution", maximum="max_detect_resolution",
     )
+    # On: the annotator resolution follows the output size and resize mode (AUTOMATIC1111's
+    # pixel-perfect rule) instead of `detect_resolution`. Off by default: the reference apps'
+    # resolutions. Recorded in the PNG only when on.
+    pixel_perfect: bool = flag(
+        False, "Pixel perfect (annotator resolution from the output size)", group="map",
+        info="Run the annotator at the resolution the output needs (the output's size, as the "
+        "resize mode fits the image into it) instead of the slider's.",
+    )
     # fmt: on
     # The annotator's parameters as sent (what the PNG records), and checked with the
     # annotator's defaults filled in (what it runs with).
     given_params: Mapping[str, Any] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
-    def detect_at(self) -> int | None:
-        """The short side the annotator's network runs at; None: at the output size."""
+    def detect_at(self, size: tuple[int, int], resize_mode: str) -> int | None:
+        """The short side the annotator's network runs at for an output of `size` (H, W)
+        fitted by `resize_mode`; None: at the output size."""
         if self.annotator.default_detect_resolution is None:
             return None
+        if self.pixel_perfect:
+            return pixel_perfect_resolution(*self.image.shape[:2], *size, resize_mode)
         return self.detect_resolution or self.annotator.default_detect_resolution
 
     @property
@@ -152,7 +163,11 @@ class UnitRequest:
         return {
             "condition": self.condition.name,
             "annotator": self.annotator.name,
-            **{name: getattr(self, name) for name in UNIT_OPTIONS},
+            **{
+                name: getattr(self, name)
+                for name in UNIT_OPTIONS
+                if name != "pixel_perfect" or self.pixel_perfect  # only when on
+            },
             "params": dict(self.given_params),
             "model_id": model_id,
         }
@@ -516,6 +531,7 @@ class MapRequest:
         detect_resolution: Any = None,
         aspect_ratio: Any = None,
         resize_mode: Any = None,
+        pixel_perfect: Any = None,
         **params: Any,
     ) -> MapRequest:
         chosen = get_annotator(annotator)
@@ -530,12 +546,14 @@ class MapRequest:
             )
         }
         detect = UNIT_OPTIONS["detect_resolution"].check(detect_resolution, limits)
+        perfect = UNIT_OPTIONS["pixel_perfect"].check(pixel_perfect, limits)
         source = checked_image(limits, image)
         unit = UnitRequest(
             _ANY_CONDITION,
             chosen,
             source,
             detect_resolution=detect,
+            pixel_perfect=perfect,
             given_params=params,
             params=chosen.check_params(params),
         )

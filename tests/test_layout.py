@@ -17,6 +17,7 @@ LAYERS = (
     ("conditions",),
     ("pipelines",),
     ("png_info", "download", "availability"),
+    ("a1111",),
     ("ui",),
     ("cli", "app"),
 )

@@ -75,11 +75,13 @@ def test_api_names_and_keywords_follow_the_contract(client):
         names = [parameter["parameter_name"] for parameter in parameters]
         detect = ["detect_resolution"] if condition.default_detect_resolution else []
         own = [param.name for param in condition.params]
-        assert names == ["image", "prompt", *SHARED_KEYWORDS, *detect, *own, *SPEED, *START], name
+        auto = ["pixel_perfect"] if detect else []  # added last: positional callers not shifted
+        expected = ["image", "prompt", *SHARED_KEYWORDS, *detect, *own, *SPEED, *START, *auto]
+        assert names == expected, name
         assert all(parameter["parameter_has_default"] for parameter in parameters[2:])
     annotate = [p["parameter_name"] for p in endpoints["/annotate"]["parameters"]]
     every_param = {param.name for annotator in ANNOTATORS.values() for param in annotator.params}
-    geometry = {"image_resolution", "detect_resolution", *GEOMETRY}
+    geometry = {"image_resolution", "detect_resolution", "pixel_perfect", *GEOMETRY}
     assert set(annotate) == {"image", "annotator", *geometry} | every_param
     compose = [p["parameter_name"] for p in endpoints["/compose"]["parameters"]]
     units = [

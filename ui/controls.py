@@ -177,6 +177,12 @@ def detect_resolution_slider(limits: Limits, default: int, visible: bool = True)
     return option_control(UNIT_OPTIONS["detect_resolution"], limits, default, visible=visible)
 
 
+def pixel_perfect_checkbox(limits: Limits, defaults: dict[str, Any]) -> gr.Checkbox:
+    """The annotator resolution's "Auto": it follows the output size (off by default)."""
+    spec = UNIT_OPTIONS["pixel_perfect"]
+    return option_control(spec, limits, defaults["pixel_perfect"])
+
+
 def unit_controls(
     limits: Limits, defaults: dict[str, Any], label: str | None = None
 ) -> dict[str, gr.components.Component]:

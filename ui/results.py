@@ -22,7 +22,7 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.request import SHARED_OPTIONS
+from pipelines.request import SHARED_OPTIONS, UNIT_OPTIONS
 from png_info import read_parameters, restore_values, save_png
 from ui.running import STOPS, checked_progress, session_of
 
@@ -192,9 +192,16 @@ def restored_settings(
     made_on = values.pop("condition", None)
     if made_on != condition_name:
         # Another tab's annotator and its parameters mean nothing here: restore the rest.
-        for name in ("annotator", "detect_resolution", *_unit_param_names(parameters)):
+        for name in (
+            "annotator",
+            "detect_resolution",
+            "pixel_perfect",
+            *_unit_param_names(parameters),
+        ):
             values.pop(name, None)
         gr.Warning(f"This PNG was made on the {made_on!r} tab: its shared settings were restored.")
+    elif isinstance(parameters.get("units"), list):  # recorded only when on: off without it
+        values.setdefault("pixel_perfect", UNIT_OPTIONS["pixel_perfect"].default)
     values, note = with_start_defaults(values)
     return restored_values(values, controls, parameters.get("seed"), note=note)
 

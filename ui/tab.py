@@ -28,6 +28,7 @@ from ui.controls import (
     geometry_controls,
     name_input_errors,
     param_control,
+    pixel_perfect_checkbox,
     resolution_slider,
     result_column,
     shown_settings,
@@ -101,6 +102,8 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
                 first = ANNOTATORS[condition.annotators[0]]
                 for param in condition.params:
                     map_controls[param.name] = param_control(param, visible=first.has(param))
+                # Added after every other keyword: positional callers are not shifted.
+                auto: dict[str, gr.components.Component] = {}
                 with gr.Accordion("Advanced options", open=False):
                     if condition.default_detect_resolution is not None:
                         map_controls["detect_resolution"] = detect_resolution_slider(
@@ -108,6 +111,7 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
                             first.default_detect_resolution or condition.default_detect_resolution,
                             visible=first.default_detect_resolution is not None,
                         )
+                        auto["pixel_perfect"] = pixel_perfect_checkbox(limits, defaults)
                     options = generation_controls(limits, defaults)
                     speed = speed_controls(limits, defaults)
                 start = image_to_image_controls(
@@ -171,7 +175,7 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
             gr.Warning(warning)
         return [(control.image, "Control map")]
 
-    name_input_errors({**options, **models, **map_controls, **speed, **start})
+    name_input_errors({**options, **models, **map_controls, **speed, **start, **auto})
     run_with_stop(
         [run.click, prompt.submit],
         run,
@@ -181,7 +185,7 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
         fn=generate,
         inputs=[image, prompt],
         # The image-to-image keywords come last: positional callers are not shifted.
-        inputs_kwargs={**options, **models, **map_controls, **speed, **start},
+        inputs_kwargs={**options, **models, **map_controls, **speed, **start, **auto},
         outputs=[gallery, seed_used],
         api_name=condition.name,
         concurrency_id=GPU_QUEUE,
@@ -190,13 +194,21 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
     preview.click(
         fn=preview_map,
         inputs=[image],
-        inputs_kwargs={**geometry, **map_controls},
+        inputs_kwargs={**geometry, **map_controls, **auto},
         outputs=[gallery],
         api_visibility="private",
         concurrency_id=GPU_QUEUE,  # annotator networks run on the GPU too
     )
     settings_only = {name: c for name, c in start.items() if name not in ("init_image", "mask")}
-    restorable = {"prompt": prompt, **options, **models, **map_controls, **speed, **settings_only}
+    restorable = {
+        "prompt": prompt,
+        **options,
+        **models,
+        **map_controls,
+        **speed,
+        **settings_only,
+        **auto,
+    }
     restored = restore.upload(
         fn=lambda file: restored_settings(file, condition.name, restorable),
         inputs=restore,
@@ -271,6 +283,7 @@ def build_annotate_tab(page: Page) -> None:
                     for param in annotator.params:
                         if param.name not in controls:  # a name shared by annotators: one control
                             controls[param.name] = param_control(param, first.has(param))
+                controls["pixel_perfect"] = pixel_perfect_checkbox(limits, defaults)
                 make = gr.Button("Make map", variant="primary")
             with gr.Column():
                 output = gr.Image(label="Control map", format="png")
