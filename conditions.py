@@ -183,6 +183,20 @@ CONDITIONS: dict[str, Condition] = {
             ),
         ),
         Condition(
+            "lineart_anime",
+            "Anime line art",
+            "lineart_anime",
+            ("lineart_anime", "line_drawing", "none"),
+            description="Anime line art drawn from your picture (by a network trained on anime "
+            "drawings) steers the image. For a drawing of your own choose line drawing: black "
+            "lines on white become the white-on-black lines the model was trained on. It works "
+            "best with an anime base model. There is no v1.0 anime line art model: with v1.0 "
+            "chosen, this tab runs the v1.1 one.",
+            examples=(
+                ("lineart_anime_girl.png", "1girl, smiling, short hair, school uniform, anime"),
+            ),
+        ),
+        Condition(
             "inpaint",
             "Inpaint",
             "inpaint",

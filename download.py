@@ -27,6 +27,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 from annotators.hed import HED_WEIGHTS
 from annotators.lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS
+from annotators.lineart_anime import LINEART_ANIME_WEIGHTS
 from annotators.mlsd import MLSD_WEIGHTS
 from annotators.normal import BAE_WEIGHTS
 from annotators.pidinet import PIDINET_WEIGHTS
@@ -141,6 +142,7 @@ ANNOTATOR_FILES = (
     LINEART_WEIGHTS,
     LINEART_COARSE_WEIGHTS,
     PIDINET_WEIGHTS,
+    LINEART_ANIME_WEIGHTS,
 )
 ANNOTATORS_RULE = FileRule(
     allow=ANNOTATOR_FILES, requires=tuple((name,) for name in ANNOTATOR_FILES)

@@ -42,6 +42,9 @@ DEFAULT_MODEL_IDS: dict[str, str] = {
     # Inpaint: the initial image with the pixels to repaint at -1 (pipelines.loop.img2img's
     # MASKED_IMAGE_ROLES); no v1.0 model either.
     "inpaint": "lllyasviel/control_v11p_sd15_inpaint",
+    # Anime line art: white lines on black from anime drawings (trained on an anime base model
+    # with CLIP skip 2); no v1.0 model.
+    "lineart_anime": "lllyasviel/control_v11p_sd15s2_lineart_anime",
     "annotators": "lllyasviel/Annotators",
     "depth_estimator": "Intel/dpt-hybrid-midas",
     "segmenter": "openmmlab/upernet-convnext-small",

@@ -24,6 +24,7 @@ from annotators.lineart import (
     LineartStandardAnnotator,
     LineDrawingAnnotator,
 )
+from annotators.lineart_anime import LineartAnimeAnnotator
 from annotators.mlsd import MlsdAnnotator
 from annotators.normal import MidasNormalAnnotator, NormalBaeAnnotator
 from annotators.passthrough import PassthroughAnnotator
@@ -66,6 +67,7 @@ ANNOTATORS: dict[str, Annotator] = {
         LineartCoarseAnnotator(),
         LineartStandardAnnotator(),
         LineDrawingAnnotator(),
+        LineartAnimeAnnotator(),
         PassthroughAnnotator(),
     )
 }

@@ -4,9 +4,9 @@
         [--detect-resolution 512]
 
 Builds every network at its real size (HED, M-LSD large, NormalBAE, DPT-Hybrid MiDaS, UperNet
-ConvNeXt-small, OpenPose, the realistic and coarse line-art generators, PiDiNet) with random
-weights, in the real file layouts, in a temporary MODELS_DIR (~1.6 GB, nothing downloaded): the
-FLOPs are the real checkpoints'. Then times, per annotator,
+ConvNeXt-small, OpenPose, the realistic, coarse and anime line-art generators, PiDiNet) with
+random weights, in the real file layouts, in a temporary MODELS_DIR (~1.8 GB, nothing
+downloaded): the FLOPs are the real checkpoints'. Then times, per annotator,
 `annotator.load(LoadContext(...))` and `make_control_map` on assets/astronaut.png with default
 parameters, as the engine calls them: one untimed warm-up call, then --repeats calls. One JSON
 line per annotator on stdout, notes (machine, skips) on stderr. Caveat: post-processing that
@@ -85,6 +85,12 @@ def save_lineart(models_dir: Path) -> None:  # sk_model.pth, sk_model2.pth: Gene
         _save(models_dir, filename, build_generator().state_dict())
 
 
+def save_lineart_anime(models_dir: Path) -> None:  # netG.pth: UnetGenerator(3, 1, 8, 64), 218 MB
+    from annotators.lineart_anime import LINEART_ANIME_WEIGHTS, build_anime_generator
+
+    _save(models_dir, LINEART_ANIME_WEIGHTS, build_anime_generator().state_dict())
+
+
 def save_pidinet(models_dir: Path) -> None:  # table5_pidinet.pth: {"state_dict": {"module.*"}}
     from annotators.pidinet import DATA_PARALLEL_PREFIX, PIDINET_WEIGHTS, build_pidinet
 
@@ -156,7 +162,7 @@ WEIGHTS = {
     "normal_bae": save_normal_bae, "seg_upernet": save_upernet_convnext_small,
     "openpose": save_openpose, "mediapipe_pose": None,  # its models ship in the mediapipe wheel
     "pidinet": save_pidinet, "pidinet_safe": save_pidinet,
-    "lineart": save_lineart, "lineart_coarse": save_lineart,
+    "lineart": save_lineart, "lineart_coarse": save_lineart, "lineart_anime": save_lineart_anime,
 }  # fmt: skip
 
 

@@ -35,6 +35,7 @@ ANNOTATOR_FILES = [
     "facenet.pth",
     "hand_pose_model.pth",
     "mlsd_large_512_fp32.pth",
+    "netG.pth",
     "scannet.pt",
     "sk_model.pth",
     "sk_model2.pth",
@@ -140,7 +141,7 @@ def test_download_all_fetches_exactly_what_the_app_loads(mirror, tmp_path, astro
     assert files_under(out) == sorted(
         f"{repo_id}/{name}" for repo_id, names in EXPECTED.items() for name in names
     )
-    assert "lllyasviel/Annotators: fetched 9 file(s), 126 B; 0 present" in first.stdout
+    assert "lllyasviel/Annotators: fetched 10 file(s), 145 B; 0 present" in first.stdout
     assert "unet/diffusion_pytorch_model.safetensors" in first.stdout
     assert f"into {out}." in first.stdout.splitlines()[-1]
 
@@ -172,7 +173,7 @@ def test_selected_roles_the_v10_family_and_a_changed_file(mirror, tmp_path):
     lines.clear()
     download.download(["annotators"], tmp_path, source=mirror, echo=lines.append)
     assert lines[:2] == [
-        "lllyasviel/Annotators: fetched 1 file(s), 12 B; 8 present",
+        "lllyasviel/Annotators: fetched 1 file(s), 12 B; 9 present",
         "  facenet.pth (12 B)",
     ]
 
