@@ -30,6 +30,7 @@ ROLE_WORDS = {
     "lineart": "the line art ControlNet",
     "inpaint": "the inpaint ControlNet",
     "lineart_anime": "the anime line art ControlNet",
+    "dwpose": "the DWPose models",
 }
 
 

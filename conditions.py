@@ -112,9 +112,10 @@ CONDITIONS: dict[str, Condition] = {
             "openpose",
             "Pose",
             "openpose",
-            ("openpose", "mediapipe_pose", "none"),
-            description="A person's pose (OpenPose skeleton; hands and face optional). Without "
-            "the OpenPose weights, MediaPipe's bundled models draw the same skeleton.",
+            ("openpose", "dw_openpose", "dw_openpose_full", "mediapipe_pose", "none"),
+            description="A person's pose (OpenPose skeleton; hands and face optional). DWPose "
+            "finds whole bodies (body only, or with hands and face) and draws the same skeleton. "
+            "Without the OpenPose weights, MediaPipe's bundled models draw it.",
             examples=(("astronaut.png", "a chef in a kitchen, smiling"),),
         ),
         Condition(

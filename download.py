@@ -25,6 +25,8 @@ from pathlib import Path
 
 from huggingface_hub.utils import filter_repo_objects
 
+from annotators.dwpose import DETECTOR_FILE as DWPOSE_DETECTOR
+from annotators.dwpose import POSE_FILE as DWPOSE_POSE
 from annotators.hed import HED_WEIGHTS
 from annotators.lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS
 from annotators.lineart_anime import LINEART_ANIME_WEIGHTS
@@ -180,11 +182,17 @@ HALF_SAFETY_RULE = _half_rule(
     _HALF_SAFETY_PREFER,
     allow=(*SAFETY_RULE.allow, "safety_checker/model.fp16.safetensors"),
 )
+# yzd-v/DWPose: the people detector and the whole-body pose model, both ONNX (its other files, the
+# PyTorch checkpoints, are not read).
+DWPOSE_RULE = FileRule(
+    allow=(DWPOSE_DETECTOR, DWPOSE_POSE), requires=((DWPOSE_DETECTOR,), (DWPOSE_POSE,))
+)
 ROLE_RULES: dict[str, FileRule] = {
     "base": BASE_RULE,
     "annotators": ANNOTATORS_RULE,
     "depth_estimator": TRANSFORMERS_RULE,
     "segmenter": TRANSFORMERS_RULE,
+    "dwpose": DWPOSE_RULE,
     "safety_checker": SAFETY_RULE,
     "lcm_lora": FileRule(
         allow=("pytorch_lora_weights.safetensors",),

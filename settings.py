@@ -48,6 +48,8 @@ DEFAULT_MODEL_IDS: dict[str, str] = {
     "annotators": "lllyasviel/Annotators",
     "depth_estimator": "Intel/dpt-hybrid-midas",
     "segmenter": "openmmlab/upernet-convnext-small",
+    # DWPose's two ONNX models (people detector, whole-body points), run with onnxruntime.
+    "dwpose": "yzd-v/DWPose",
 }
 
 # Models loaded only when a setting asks for them (not fetched by `download --all`).
@@ -84,7 +86,8 @@ DEFAULT_BASE_NAME = "Stable Diffusion 1.5"
 # Single files that are pickles can run code when loaded: only .safetensors single files load.
 SINGLE_FILE_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
-OTHER_WEIGHT_SUFFIXES = (".gguf", ".onnx", ".h5", ".msgpack", ".npz")  # formats never loaded
+# Formats never loaded as a base model (.onnx: only DWPose's two files, by the annotator).
+OTHER_WEIGHT_SUFFIXES = (".gguf", ".onnx", ".h5", ".msgpack", ".npz")
 FAST_PATH_MODES = ("auto", "on", "off")
 # torch.compile modes for the fast path. reduce-overhead: Inductor kernels replayed as CUDA graphs
 # (the default: eager SD1.5 is launch-bound). max-autotune: CUDA graphs too, and Inductor times

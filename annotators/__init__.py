@@ -17,6 +17,7 @@ import numpy as np
 from annotators.base import Annotator, Detector, LoadContext, Param
 from annotators.canny import CannyAnnotator
 from annotators.depth import MidasDepthAnnotator
+from annotators.dwpose import DwposeAnnotator, DwposeFullAnnotator
 from annotators.hed import FakeScribbleAnnotator, HedAnnotator, HedSafeAnnotator
 from annotators.lineart import (
     LineartAnnotator,
@@ -57,6 +58,8 @@ ANNOTATORS: dict[str, Annotator] = {
         ScribbleAnnotator(),
         FakeScribbleAnnotator(),
         OpenposeAnnotator(),
+        DwposeAnnotator(),
+        DwposeFullAnnotator(),
         MediapipePoseAnnotator(),
         MidasDepthAnnotator(),
         NormalBaeAnnotator(),

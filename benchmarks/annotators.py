@@ -5,8 +5,9 @@
 
 Builds every network at its real size (HED, M-LSD large, NormalBAE, DPT-Hybrid MiDaS, UperNet
 ConvNeXt-small, OpenPose, the realistic, coarse and anime line-art generators, PiDiNet) with
-random weights, in the real file layouts, in a temporary MODELS_DIR (~1.8 GB, nothing
-downloaded): the FLOPs are the real checkpoints'. Then times, per annotator,
+random weights (DWPose: stand-ins, see STAND_INS), in the real file layouts, in a temporary
+MODELS_DIR (~1.8 GB, nothing downloaded): the FLOPs are the real checkpoints'. Then times, per
+annotator,
 `annotator.load(LoadContext(...))` and `make_control_map` on assets/astronaut.png with default
 parameters, as the engine calls them: one untimed warm-up call, then --repeats calls. One JSON
 line per annotator on stdout, notes (machine, skips) on stderr. Caveat: post-processing that
@@ -99,6 +100,12 @@ def save_pidinet(models_dir: Path) -> None:  # table5_pidinet.pth: {"state_dict"
     _save(models_dir, PIDINET_WEIGHTS, {"state_dict": prefixed})
 
 
+def save_dwpose_stand_ins(models_dir: Path) -> None:  # yolox_l.onnx, dw-ll_ucoco_384.onnx
+    from testkit.dwpose_models import save_dwpose
+
+    save_dwpose(models_dir)
+
+
 def save_openpose(models_dir: Path) -> None:
     from controlnet_aux.open_pose.face import FaceNet
     from controlnet_aux.open_pose.model import bodypose_model, handpose_model
@@ -163,7 +170,12 @@ WEIGHTS = {
     "openpose": save_openpose, "mediapipe_pose": None,  # its models ship in the mediapipe wheel
     "pidinet": save_pidinet, "pidinet_safe": save_pidinet,
     "lineart": save_lineart, "lineart_coarse": save_lineart, "lineart_anime": save_lineart_anime,
+    "dw_openpose": save_dwpose_stand_ins, "dw_openpose_full": save_dwpose_stand_ins,
 }  # fmt: skip
+# DWPose's networks exist only as the released ONNX files: their stand-ins (testkit.dwpose_models)
+# have the real inputs and outputs but no layers, so these rows time the letterbox, decoding,
+# NMS, crops, SimCC decoding and drawing around the networks, not the networks themselves.
+STAND_INS = frozenset({"dw_openpose", "dw_openpose_full"})
 
 
 def note(message: str) -> None:
@@ -248,7 +260,13 @@ def main() -> None:
                 "image_resolution": IMAGE_RESOLUTION,
                 **timings,
                 "repeats": args.repeats,
-                "weights": "full-size random" if WEIGHTS.get(name) else "none",
+                "weights": (
+                    "planted stand-ins (no network)"
+                    if name in STAND_INS
+                    else "full-size random"
+                    if WEIGHTS.get(name)
+                    else "none"
+                ),
             }
             print(json.dumps(record), flush=True)
     note(f"done; load average {os.getloadavg()[0]:.2f}")

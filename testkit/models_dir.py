@@ -39,8 +39,9 @@ def build_tiny_models(folder: Path) -> Path:
     Instruct Pix2Pix, line art, inpaint and anime line art too; seeded in `controlnet_roles`
     order), the v1.0 canny ControlNet, TAESD for previews, an LCM-LoRA, a second base as a
     single-file checkpoint (COMMUNITY_BASE), and annotator weights (HED, M-LSD, DPT-Hybrid,
-    UperNet, the two line-art generators, PiDiNet, a narrow anime line-art generator): the tests'
-    MODELS_DIR. NormalBAE and OpenPose weights stay missing (their own tests build them)."""
+    UperNet, the two line-art generators, PiDiNet, a narrow anime line-art generator) and DWPose's
+    two ONNX files with planted outputs (testkit.dwpose_models): the tests' MODELS_DIR. NormalBAE
+    and OpenPose weights stay missing (their own tests build them)."""
     from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS, V10_MODEL_IDS
     from testkit.annotator_weights import (
         save_hed_and_mlsd,
@@ -49,6 +50,7 @@ def build_tiny_models(folder: Path) -> Path:
         save_tiny_dpt_hybrid,
         save_tiny_upernet,
     )
+    from testkit.dwpose_models import save_dwpose
     from testkit.ldm_checkpoint import write_ldm_checkpoint
     from testkit.tiny_models import (
         build_models_dir,
@@ -71,7 +73,8 @@ def build_tiny_models(folder: Path) -> Path:
     save_tiny_dpt_hybrid(folder)
     save_tiny_upernet(folder)
     save_lineart_and_pidinet(folder)
-    save_lineart_anime(folder)  # last: every earlier file keeps its seeds
+    save_lineart_anime(folder)  # after the others: every earlier file keeps its seeds
+    save_dwpose(folder)  # planted outputs, no seeds
     return folder
 
 

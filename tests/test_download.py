@@ -69,6 +69,7 @@ EXPECTED = {
         "model.safetensors",
         "preprocessor_config.json",
     ],
+    "yzd-v/DWPose": ["dw-ll_ucoco_384.onnx", "yolox_l.onnx"],
 }
 
 
@@ -120,6 +121,8 @@ def mirror(tmp_path_factory) -> Path:
         for name in ("config.json", "preprocessor_config.json", "pytorch_model.bin", "README.md"):
             dummy(hub / repo_id / name)
     dummy(hub / "openmmlab/upernet-convnext-small/model.safetensors")  # preferred over the .bin
+    for name in ("yolox_l.onnx", "dw-ll_ucoco_384.onnx", "dw-ll_ucoco_384.pth", "README.md"):
+        dummy(hub / "yzd-v/DWPose" / name)  # the .pth: the PyTorch checkpoint, not read
     return hub
 
 
