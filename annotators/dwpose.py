@@ -7,8 +7,8 @@ of the Hub repo `yzd-v/DWPose` (`yolox_l.onnx`, `dw-ll_ucoco_384.onnx`) run with
 `DWposeDetector` makes one (`controlnet_aux/dwpose/__init__.py` and `wholebody.py`,
 Apache-2.0), so the maps equal its maps for the same points:
 
-- the photo is detected on in BGR by YOLOX and in RGB by the pose model (the channel orders
-  MMDetection and MMPose give them in controlnet_aux);
+- YOLOX sees the photo in BGR and the pose model in RGB (the channel orders MMDetection and
+  MMPose give them in controlnet_aux);
 - COCO-WholeBody -> OpenPose's 18 body points: the neck is the middle of the shoulders, drawn
   only when both shoulders score above 0.3; another body point is drawn when it scores above
   0.3; hand points (21 per hand) and the 68 face points when they score at least 0.3; the 6
