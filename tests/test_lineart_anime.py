@@ -223,6 +223,7 @@ def test_v10_on_the_anime_tab_runs_the_v11_model(engine, girl):
         "lineart_anime", girl, "1girl", annotator="none", controlnet_version="v1.0", **FAST
     )
     assert v10.parameters[0]["units"][0]["model_id"] == ANIME_ID
+    assert "Anime line art has no v1.0 ControlNet" in " ".join(v10.warnings), v10.warnings
 
 
 def test_anime_line_art_composes_with_another_condition(engine, astronaut):
