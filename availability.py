@@ -34,6 +34,8 @@ ROLE_WORDS = {
     "ip2p": "the Instruct Pix2Pix ControlNet",
     "lineart": "the line art ControlNet",
     "inpaint": "the inpaint ControlNet",
+    "lineart_anime": "the anime line art ControlNet",
+    "dwpose": "the DWPose models",
 }
 
 

@@ -112,9 +112,10 @@ CONDITIONS: dict[str, Condition] = {
             "openpose",
             "Pose",
             "openpose",
-            ("openpose", "mediapipe_pose", "none"),
-            description="A person's pose (OpenPose skeleton; hands and face optional). Without "
-            "the OpenPose weights, MediaPipe's bundled models draw the same skeleton.",
+            ("openpose", "dw_openpose", "dw_openpose_full", "mediapipe_pose", "none"),
+            description="A person's pose (OpenPose skeleton; hands and face optional). DWPose "
+            "finds whole bodies (body only, or with hands and face) and draws the same skeleton. "
+            "Without the OpenPose weights, MediaPipe's bundled models draw it.",
             examples=(("astronaut.png", "a chef in a kitchen, smiling"),),
         ),
         Condition(
@@ -181,6 +182,20 @@ CONDITIONS: dict[str, Condition] = {
             examples=(
                 ("lineart_teapot.png", "a porcelain teapot with a cup, watercolour illustration"),
                 ("chelsea.jpg", "a cat, clean anime line art coloured"),
+            ),
+        ),
+        Condition(
+            "lineart_anime",
+            "Anime line art",
+            "lineart_anime",
+            ("lineart_anime", "line_drawing", "none"),
+            description="Anime line art drawn from your picture (by a network trained on anime "
+            "drawings) steers the image. For a drawing of your own choose line drawing: black "
+            "lines on white become the white-on-black lines the model was trained on. It works "
+            "best with an anime base model. There is no v1.0 anime line art model: with v1.0 "
+            "chosen, this tab runs the v1.1 one.",
+            examples=(
+                ("lineart_anime_girl.png", "1girl, smiling, short hair, school uniform, anime"),
             ),
         ),
         Condition(

@@ -25,8 +25,11 @@ from pathlib import Path
 
 from huggingface_hub.utils import filter_repo_objects
 
+from annotators.dwpose import DETECTOR_FILE as DWPOSE_DETECTOR
+from annotators.dwpose import POSE_FILE as DWPOSE_POSE
 from annotators.hed import HED_WEIGHTS
 from annotators.lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS
+from annotators.lineart_anime import LINEART_ANIME_WEIGHTS
 from annotators.mlsd import MLSD_WEIGHTS
 from annotators.normal import BAE_WEIGHTS
 from annotators.pidinet import PIDINET_WEIGHTS
@@ -150,6 +153,7 @@ ANNOTATOR_FILES = (
     LINEART_WEIGHTS,
     LINEART_COARSE_WEIGHTS,
     PIDINET_WEIGHTS,
+    LINEART_ANIME_WEIGHTS,
 )
 ANNOTATORS_RULE = FileRule(
     allow=ANNOTATOR_FILES, requires=tuple((name,) for name in ANNOTATOR_FILES)
@@ -215,6 +219,11 @@ HALF_SAFETY_RULE = _half_rule(
     _HALF_SAFETY_PREFER,
     allow=(*SAFETY_RULE.allow, "safety_checker/model.fp16.safetensors"),
 )
+# yzd-v/DWPose: the people detector and the whole-body pose model, both ONNX (its other files, the
+# PyTorch checkpoints, are not read).
+DWPOSE_RULE = FileRule(
+    allow=(DWPOSE_DETECTOR, DWPOSE_POSE), requires=((DWPOSE_DETECTOR,), (DWPOSE_POSE,))
+)
 ROLE_RULES: dict[str, FileRule] = {
     "base": BASE_RULE,
     "annotators": ANNOTATORS_RULE,
@@ -225,6 +234,7 @@ ROLE_RULES: dict[str, FileRule] = {
     "segmenter_oneformer_ade20k": ONEFORMER_RULE,
     "segmenter_oneformer_coco": ONEFORMER_RULE,
     "oneformer_class_info": ONEFORMER_CLASS_INFO_RULE,
+    "dwpose": DWPOSE_RULE,
     "safety_checker": SAFETY_RULE,
     "lcm_lora": FileRule(
         allow=("pytorch_lora_weights.safetensors",),

@@ -42,6 +42,9 @@ DEFAULT_MODEL_IDS: dict[str, str] = {
     # Inpaint: the initial image with the pixels to repaint at -1 (pipelines.loop.img2img's
     # MASKED_IMAGE_ROLES); no v1.0 model either.
     "inpaint": "lllyasviel/control_v11p_sd15_inpaint",
+    # Anime line art: white lines on black from anime drawings (trained on an anime base model
+    # with CLIP skip 2); no v1.0 model.
+    "lineart_anime": "lllyasviel/control_v11p_sd15s2_lineart_anime",
     "annotators": "lllyasviel/Annotators",
     "depth_estimator": "Intel/dpt-hybrid-midas",
     "segmenter": "openmmlab/upernet-convnext-small",
@@ -53,6 +56,8 @@ DEFAULT_MODEL_IDS: dict[str, str] = {
     "segmenter_oneformer_ade20k": "shi-labs/oneformer_ade20k_swin_large",
     "segmenter_oneformer_coco": "shi-labs/oneformer_coco_swin_large",
     "oneformer_class_info": "shi-labs/oneformer_demo",
+    # DWPose's two ONNX models (people detector, whole-body points), run with onnxruntime.
+    "dwpose": "yzd-v/DWPose",
 }
 
 # Models loaded only when a setting asks for them (not fetched by `download --all`).
@@ -89,7 +94,8 @@ DEFAULT_BASE_NAME = "Stable Diffusion 1.5"
 # Single files that are pickles can run code when loaded: only .safetensors single files load.
 SINGLE_FILE_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
-OTHER_WEIGHT_SUFFIXES = (".gguf", ".onnx", ".h5", ".msgpack", ".npz")  # formats never loaded
+# Formats never loaded as a base model (.onnx: only DWPose's two files, by the annotator).
+OTHER_WEIGHT_SUFFIXES = (".gguf", ".onnx", ".h5", ".msgpack", ".npz")
 FAST_PATH_MODES = ("auto", "on", "off")
 # torch.compile modes for the fast path. reduce-overhead: Inductor kernels replayed as CUDA graphs
 # (the default: eager SD1.5 is launch-bound). max-autotune: CUDA graphs too, and Inductor times

@@ -18,6 +18,7 @@ from annotators.base import Annotator, Detector, LoadContext, Param
 from annotators.canny import CannyAnnotator
 from annotators.depth import MidasDepthAnnotator
 from annotators.depth_anything import DepthAnythingV2Annotator
+from annotators.dwpose import DwposeAnnotator, DwposeFullAnnotator
 from annotators.hed import FakeScribbleAnnotator, HedAnnotator, HedSafeAnnotator
 from annotators.lineart import (
     LineartAnnotator,
@@ -25,6 +26,7 @@ from annotators.lineart import (
     LineartStandardAnnotator,
     LineDrawingAnnotator,
 )
+from annotators.lineart_anime import LineartAnimeAnnotator
 from annotators.mlsd import MlsdAnnotator
 from annotators.normal import MidasNormalAnnotator, NormalBaeAnnotator
 from annotators.oneformer import OneFormerAde20kAnnotator, OneFormerCocoAnnotator
@@ -59,6 +61,8 @@ ANNOTATORS: dict[str, Annotator] = {
         ScribbleAnnotator(),
         FakeScribbleAnnotator(),
         OpenposeAnnotator(),
+        DwposeAnnotator(),
+        DwposeFullAnnotator(),
         MediapipePoseAnnotator(),
         MidasDepthAnnotator(),
         ZoeDepthAnnotator(),
@@ -73,6 +77,7 @@ ANNOTATORS: dict[str, Annotator] = {
         LineartCoarseAnnotator(),
         LineartStandardAnnotator(),
         LineDrawingAnnotator(),
+        LineartAnimeAnnotator(),
         PassthroughAnnotator(),
     )
 }

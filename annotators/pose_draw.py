@@ -1,7 +1,9 @@
 """Drawing pose maps in OpenPose's format: COCO-18 body, 21-point hands, 70-point face, on black.
 
-This is the picture the OpenPose ControlNets were trained on, drawn the same way for both pose
-backends (annotators/pose.py): OpenPose and MediaPipe fill in the same `PoseKeypoints`.
+This is the picture the OpenPose ControlNets were trained on, drawn the same way for every pose
+backend: OpenPose and MediaPipe (annotators/pose.py) and DWPose (annotators/dwpose.py) fill in the
+same `PoseKeypoints`. controlnet_aux's dwpose util draws with the same code, everyone's bodies in
+one pass (`draw_bodies`).
 
 Adapted from controlnet_aux 0.0.10 `open_pose/util.py` (`draw_bodypose`, `draw_handpose`,
 `draw_facepose`; Apache-2.0), itself lllyasviel/ControlNet's `annotator/openpose/util.py` after
@@ -120,30 +122,42 @@ def draw_poses(
 
 def draw_body(canvas: np.ndarray, keypoints: Points) -> np.ndarray:
     """Limbs as ellipses at 60% colour, then joints as discs at full colour (in place)."""
+    return draw_bodies(canvas, [keypoints])
+
+
+def draw_bodies(canvas: np.ndarray, bodies: Sequence[Points]) -> np.ndarray:
+    """Several people's bodies in one pass, limb by limb across them and then joint by joint (in
+    place): the order of controlnet_aux's dwpose `draw_bodypose`, which draws everyone at once.
+    Where people overlap, that order decides which colour stays; for one body it is `draw_body`."""
     height, width = canvas.shape[:2]
     for (first, second), colour in zip(BODY_LIMBS, LIMB_COLOURS, strict=True):
-        start, end = keypoints[first], keypoints[second]
-        if start is None or end is None:
-            continue
-        xs = np.array([start[0], end[0]]) * float(width)
-        ys = np.array([start[1], end[1]]) * float(height)
-        length = ((ys[0] - ys[1]) ** 2 + (xs[0] - xs[1]) ** 2) ** 0.5
-        angle = math.degrees(math.atan2(ys[0] - ys[1], xs[0] - xs[1]))
-        polygon = cv2.ellipse2Poly(
-            (int(np.mean(xs)), int(np.mean(ys))),
-            (int(length / 2), BODY_STICK_WIDTH),
-            int(angle),
-            0,
-            360,
-            1,
-        )
-        cv2.fillConvexPoly(canvas, polygon, colour)
-    for point, colour in zip(keypoints, BODY_COLOURS, strict=True):
-        if point is None:
-            continue
-        centre = (int(point[0] * width), int(point[1] * height))
-        cv2.circle(canvas, centre, BODY_JOINT_RADIUS, colour, thickness=-1)
+        for keypoints in bodies:
+            start, end = keypoints[first], keypoints[second]
+            if start is not None and end is not None:
+                _draw_limb(canvas, start, end, colour, width, height)
+    for index, colour in enumerate(BODY_COLOURS):
+        for keypoints in bodies:
+            point = keypoints[index]
+            if point is not None:
+                centre = (int(point[0] * width), int(point[1] * height))
+                cv2.circle(canvas, centre, BODY_JOINT_RADIUS, colour, thickness=-1)
     return canvas
+
+
+def _draw_limb(canvas, start: Point, end: Point, colour, width: int, height: int) -> None:
+    xs = np.array([start[0], end[0]]) * float(width)
+    ys = np.array([start[1], end[1]]) * float(height)
+    length = ((ys[0] - ys[1]) ** 2 + (xs[0] - xs[1]) ** 2) ** 0.5
+    angle = math.degrees(math.atan2(ys[0] - ys[1], xs[0] - xs[1]))
+    polygon = cv2.ellipse2Poly(
+        (int(np.mean(xs)), int(np.mean(ys))),
+        (int(length / 2), BODY_STICK_WIDTH),
+        int(angle),
+        0,
+        360,
+        1,
+    )
+    cv2.fillConvexPoly(canvas, polygon, colour)
 
 
 def draw_hand(canvas: np.ndarray, keypoints: Points) -> np.ndarray:

@@ -5,9 +5,9 @@
 
 Builds every network at its real size (HED, M-LSD large, NormalBAE, DPT-Hybrid MiDaS, ZoeDepth
 NK, Depth Anything V2 small, UperNet ConvNeXt-small, OneFormer Swin-L ADE20K and COCO, OpenPose,
-the realistic and coarse line-art generators, PiDiNet) with random weights, in the real file
-layouts, in a temporary MODELS_DIR (~4.8 GB, nothing downloaded): the FLOPs are the real
-checkpoints'. Then times, per annotator,
+the realistic, coarse and anime line-art generators, PiDiNet) with random weights (DWPose:
+stand-ins, see STAND_INS), in the real file layouts, in a temporary MODELS_DIR (~5 GB, nothing
+downloaded): the FLOPs are the real checkpoints'. Then times, per annotator,
 `annotator.load(LoadContext(...))` and `make_control_map` on assets/astronaut.png with default
 parameters, as the engine calls them: one untimed warm-up call, then --repeats calls. One JSON
 line per annotator on stdout, notes (machine, skips) on stderr. Caveat: post-processing that
@@ -86,12 +86,24 @@ def save_lineart(models_dir: Path) -> None:  # sk_model.pth, sk_model2.pth: Gene
         _save(models_dir, filename, build_generator().state_dict())
 
 
+def save_lineart_anime(models_dir: Path) -> None:  # netG.pth: UnetGenerator(3, 1, 8, 64), 218 MB
+    from annotators.lineart_anime import LINEART_ANIME_WEIGHTS, build_anime_generator
+
+    _save(models_dir, LINEART_ANIME_WEIGHTS, build_anime_generator().state_dict())
+
+
 def save_pidinet(models_dir: Path) -> None:  # table5_pidinet.pth: {"state_dict": {"module.*"}}
     from annotators.pidinet import DATA_PARALLEL_PREFIX, PIDINET_WEIGHTS, build_pidinet
 
     state = build_pidinet().state_dict()
     prefixed = {DATA_PARALLEL_PREFIX + key: value for key, value in state.items()}
     _save(models_dir, PIDINET_WEIGHTS, {"state_dict": prefixed})
+
+
+def save_dwpose_stand_ins(models_dir: Path) -> None:  # yolox_l.onnx, dw-ll_ucoco_384.onnx
+    from testkit.dwpose_models import save_dwpose
+
+    save_dwpose(models_dir)
 
 
 def save_openpose(models_dir: Path) -> None:
@@ -260,10 +272,15 @@ WEIGHTS = {
     "normal_bae": save_normal_bae, "seg_upernet": save_upernet_convnext_small,
     "openpose": save_openpose, "mediapipe_pose": None,  # its models ship in the mediapipe wheel
     "pidinet": save_pidinet, "pidinet_safe": save_pidinet,
-    "lineart": save_lineart, "lineart_coarse": save_lineart,
     "depth_zoe": save_zoedepth_nk, "depth_anything_v2": save_depth_anything_v2_small,
     "seg_oneformer_ade20k": save_oneformer_ade20k, "seg_oneformer_coco": save_oneformer_coco,
+    "lineart": save_lineart, "lineart_coarse": save_lineart, "lineart_anime": save_lineart_anime,
+    "dw_openpose": save_dwpose_stand_ins, "dw_openpose_full": save_dwpose_stand_ins,
 }  # fmt: skip
+# DWPose's networks exist only as the released ONNX files: their stand-ins (testkit.dwpose_models)
+# have the real inputs and outputs but no layers, so these rows time the letterbox, decoding,
+# NMS, crops, SimCC decoding and drawing around the networks, not the networks themselves.
+STAND_INS = frozenset({"dw_openpose", "dw_openpose_full"})
 
 
 def note(message: str) -> None:
@@ -348,7 +365,13 @@ def main() -> None:
                 "image_resolution": IMAGE_RESOLUTION,
                 **timings,
                 "repeats": args.repeats,
-                "weights": "full-size random" if WEIGHTS.get(name) else "none",
+                "weights": (
+                    "planted stand-ins (no network)"
+                    if name in STAND_INS
+                    else "full-size random"
+                    if WEIGHTS.get(name)
+                    else "none"
+                ),
             }
             print(json.dumps(record), flush=True)
     note(f"done; load average {os.getloadavg()[0]:.2f}")

@@ -1,9 +1,10 @@
 """Annotator weights for tests, in the real file layouts under a MODELS_DIR (no downloads).
 
 Full-size architectures with seeded random weights where the architecture is fixed by
-controlnet_aux (HED, M-LSD, NormalBAE, the line-art generators, PiDiNet); tiny but real
-transformers models (DPT-Hybrid, UperNet ConvNeXt) saved with `save_pretrained` exactly like their
-Hub repos.
+controlnet_aux (HED, M-LSD, NormalBAE, the line-art generators, PiDiNet); the anime line-art
+generator narrower than the real one (its layers, fewer filters: netG.pth is ~218 MB); tiny but
+real transformers models (DPT-Hybrid, UperNet ConvNeXt) saved with `save_pretrained` exactly like
+their Hub repos.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from annotators.ade20k import ADE20K_CLASSES, NUM_CLASSES
 from annotators.hed import HED_WEIGHTS
 from annotators.lineart import LINEART_COARSE_WEIGHTS, LINEART_WEIGHTS, build_generator
+from annotators.lineart_anime import LINEART_ANIME_WEIGHTS, build_anime_generator
 from annotators.mlsd import MLSD_WEIGHTS
 from annotators.normal import build_normal_bae
 from annotators.pidinet import DATA_PARALLEL_PREFIX, PIDINET_WEIGHTS, build_pidinet
@@ -73,6 +75,26 @@ def save_pidinet(folder: Path) -> None:
 def save_lineart_and_pidinet(folder: Path) -> None:
     save_lineart(folder)
     save_pidinet(folder)
+
+
+# The anime generator's width in the tests: its real 64 filters make netG.pth ~218 MB (54 M
+# parameters); 8 keep every layer and the 8 down-samplings at 0.85 M parameters (~3.4 MB).
+ANIME_TEST_WIDTH = 8
+LINEART_ANIME_SEED = 0
+
+
+def save_lineart_anime(folder: Path) -> None:
+    """Seeded random `netG.pth`: LineartAnimeDetector's `UnetGenerator(3, 1, 8)` at
+    ANIME_TEST_WIDTH, keyed with DataParallel's `module.` prefix (which LineartAnimeDetector
+    strips: the Anime2Sketch training checkpoint's layout)."""
+    target = folder / ANNOTATORS_ID
+    target.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(LINEART_ANIME_SEED)
+    state = build_anime_generator(width=ANIME_TEST_WIDTH).state_dict()
+    torch.save(
+        {DATA_PARALLEL_PREFIX + key: value for key, value in state.items()},
+        target / LINEART_ANIME_WEIGHTS,
+    )
 
 
 def save_tiny_dpt_hybrid(folder: Path) -> Path:

@@ -18,7 +18,7 @@ RECORDED_ROLES = (
 )  # fmt: skip
 # Roles added after tile, ip2p and line art, seeded after them in this order, so every earlier
 # role keeps its weights.
-ADDED_ROLES = ("inpaint",)
+ADDED_ROLES = ("inpaint", "lineart_anime")
 
 
 def controlnet_roles() -> list[str]:
@@ -36,18 +36,21 @@ def controlnet_roles() -> list[str]:
 
 def build_tiny_models(folder: Path) -> Path:
     """Tiny SD1.5, a tiny ControlNet for every role a condition uses (v1.0 MiDaS normals, tile,
-    Instruct Pix2Pix, line art and inpaint too; seeded in `controlnet_roles` order), the v1.0 canny
-    ControlNet, TAESD for previews, an LCM-LoRA, a second base as a single-file checkpoint
-    (COMMUNITY_BASE), and annotator weights (HED, M-LSD, DPT-Hybrid, UperNet, the two line-art
-    generators, PiDiNet): the tests' MODELS_DIR. NormalBAE and OpenPose weights stay missing
-    (their own tests build them)."""
+    Instruct Pix2Pix, line art, inpaint and anime line art too; seeded in `controlnet_roles`
+    order), the v1.0 canny ControlNet, TAESD for previews, an LCM-LoRA, a second base as a
+    single-file checkpoint (COMMUNITY_BASE), and annotator weights (HED, M-LSD, DPT-Hybrid,
+    UperNet, the two line-art generators, PiDiNet, a narrow anime line-art generator) and DWPose's
+    two ONNX files with planted outputs (testkit.dwpose_models): the tests' MODELS_DIR. NormalBAE
+    and OpenPose weights stay missing (their own tests build them)."""
     from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS, V10_MODEL_IDS
     from testkit.annotator_weights import (
         save_hed_and_mlsd,
         save_lineart_and_pidinet,
+        save_lineart_anime,
         save_tiny_dpt_hybrid,
         save_tiny_upernet,
     )
+    from testkit.dwpose_models import save_dwpose
     from testkit.ldm_checkpoint import write_ldm_checkpoint
     from testkit.tiny_models import (
         build_models_dir,
@@ -69,7 +72,9 @@ def build_tiny_models(folder: Path) -> Path:
     save_hed_and_mlsd(folder)
     save_tiny_dpt_hybrid(folder)
     save_tiny_upernet(folder)
-    save_lineart_and_pidinet(folder)  # last: every earlier file keeps its seeds
+    save_lineart_and_pidinet(folder)
+    save_lineart_anime(folder)  # after the others: every earlier file keeps its seeds
+    save_dwpose(folder)  # planted outputs, no seeds
     return folder
 
 

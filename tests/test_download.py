@@ -35,6 +35,7 @@ ANNOTATOR_FILES = [
     "facenet.pth",
     "hand_pose_model.pth",
     "mlsd_large_512_fp32.pth",
+    "netG.pth",
     "scannet.pt",
     "sk_model.pth",
     "sk_model2.pth",
@@ -88,6 +89,7 @@ EXPECTED = {
         ],
     ),
     DEFAULT_MODEL_IDS["oneformer_class_info"]: ["ade20k_panoptic.json", "coco_panoptic.json"],
+    "yzd-v/DWPose": ["dw-ll_ucoco_384.onnx", "yolox_l.onnx"],
 }
 # The Hub listings of the newer annotator repos (main), with what the download leaves behind:
 # README and .gitattributes everywhere, OneFormer's original detectron2 checkpoints and pickled
@@ -162,6 +164,8 @@ def mirror(tmp_path_factory) -> Path:
             dummy(hub / repo_id / name)
     for name in CLASS_INFO_LISTING:
         dummy(hub / DEFAULT_MODEL_IDS["oneformer_class_info"] / name)
+    for name in ("yolox_l.onnx", "dw-ll_ucoco_384.onnx", "dw-ll_ucoco_384.pth", "README.md"):
+        dummy(hub / "yzd-v/DWPose" / name)  # the .pth: the PyTorch checkpoint, not read
     return hub
 
 
@@ -183,7 +187,7 @@ def test_download_all_fetches_exactly_what_the_app_loads(mirror, tmp_path, astro
     assert files_under(out) == sorted(
         f"{repo_id}/{name}" for repo_id, names in EXPECTED.items() for name in names
     )
-    assert "lllyasviel/Annotators: fetched 9 file(s), 126 B; 0 present" in first.stdout
+    assert "lllyasviel/Annotators: fetched 10 file(s), 145 B; 0 present" in first.stdout
     assert "unet/diffusion_pytorch_model.safetensors" in first.stdout
     assert f"into {out}." in first.stdout.splitlines()[-1]
 
@@ -215,7 +219,7 @@ def test_selected_roles_the_v10_family_and_a_changed_file(mirror, tmp_path):
     lines.clear()
     download.download(["annotators"], tmp_path, source=mirror, echo=lines.append)
     assert lines[:2] == [
-        "lllyasviel/Annotators: fetched 1 file(s), 12 B; 8 present",
+        "lllyasviel/Annotators: fetched 1 file(s), 12 B; 9 present",
         "  facenet.pth (12 B)",
     ]
 

@@ -400,11 +400,11 @@ CONTROLNET_LISTING = {
     "diffusion_pytorch_model.bin": 9,
     "images/input.png": 3,
 }
-# A listing like lllyasviel/Annotators': many annotators' files, of which the app takes nine.
+# A listing like lllyasviel/Annotators': many annotators' files, of which the app takes some.
 ANNOTATORS_LISTING = {
     name: size
     for size, name in enumerate(
-        (*download.ANNOTATOR_FILES, "ZoeD_M12_N.pt", "netG.pth", "res101.pth", "sk_model.pth.bak"),
+        (*download.ANNOTATOR_FILES, "ZoeD_M12_N.pt", "res101.pth", "sk_model.pth.bak"),
         start=10,
     )
 }
