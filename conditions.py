@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from annotators import ANNOTATORS, Param
 from errors import look_up
@@ -32,6 +32,9 @@ class Condition:
     # What the prompt box suggests, where a prompt is not a description (ip2p: an instruction);
     # "" = the page's own suggestion.
     prompt_hint: str = ""
+    # Request options whose default differs here, as the condition's model was trained (the anime
+    # line-art ControlNet: CLIP skip 2). The tab, its endpoint and the CLI start from them.
+    option_defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def controlnet_role_for(self, annotator: str) -> str:
         return self.controlnet_role_by_annotator.get(annotator, self.controlnet_role)
@@ -192,8 +195,10 @@ CONDITIONS: dict[str, Condition] = {
             description="Anime line art drawn from your picture (by a network trained on anime "
             "drawings) steers the image. For a drawing of your own choose line drawing: black "
             "lines on white become the white-on-black lines the model was trained on. It works "
-            "best with an anime base model. There is no v1.0 anime line art model: with v1.0 "
-            "chosen, this tab runs the v1.1 one.",
+            "best with an anime base model, at CLIP skip 2 (the tab's default: the model was "
+            "trained so) and with long prompts if you like. There is no v1.0 anime line art "
+            "model: with v1.0 chosen, this tab runs the v1.1 one.",
+            option_defaults={"clip_skip": 2},
             examples=(
                 ("lineart_anime_girl.png", "1girl, smiling, short hair, school uniform, anime"),
             ),

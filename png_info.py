@@ -92,6 +92,7 @@ def a1111_infotext(parameters: dict) -> str:
         "Seed": get("seed"),
         "Size": f"{width}x{height}" if width and height else None,
         "Model": get("base_model_id") or get("base_model"),
+        "Clip skip": get("clip_skip"),  # recorded only when not 1, as A1111 writes it
         # Image to image and inpainting only (A1111's img2img keys).
         "Denoising strength": get("denoising_strength"),
         "Mask blur": get("mask_blur"),

@@ -73,7 +73,8 @@ class Option:
     or false; its widget is "checkbox"). Bounds are numbers or the names of `Limits` fields
     (operator limits). `resolve` turns a checked choice into the object the engine uses. `group`
     says where the page puts the control (and so where its API keyword goes): "output", "unit",
-    "sampling", "model", "speed" or "image_to_image". `recorded`: written into the PNG parameters
+    "sampling", "model", "speed", "image_to_image", "clip" (CLIP skip: its API keyword after all the
+    others) or "upscale" (the upscale's own). `recorded`: written into the PNG parameters
     and restored from them.
     """
 

@@ -236,7 +236,7 @@ class GenerationRequest:
         "Negative prompt",
     )
     clip_skip: int = whole(
-        1, "CLIP skip", minimum=1, maximum=4,
+        1, "CLIP skip", minimum=1, maximum=4, group="clip",
         info="Which of CLIP's last layers reads the prompt: 1 = the last (SD1.5's own); 2 suits "
         "anime base models and the anime line-art ControlNet, which were trained with it.",
     )
@@ -368,7 +368,10 @@ class GenerationRequest:
         shared = {name: given.pop(name) for name in list(given) if name in SHARED_OPTIONS}
         chosen = get_condition(condition)
         refuse_unknown_params(given, chosen.annotators)
-        values = cls._shared_values(settings, prompt=prompt, **shared)
+        given_shared = {name: value for name, value in shared.items() if value is not None}
+        values = cls._shared_values(
+            settings, prompt=prompt, **{**chosen.option_defaults, **given_shared}
+        )
         unit = UnitRequest.build(
             settings.limits, chosen.name, annotator, image, params=given, **unit_values
         )

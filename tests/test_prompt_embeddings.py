@@ -151,3 +151,17 @@ def test_clip_skip_steers_the_images_and_is_recorded_only_when_not_one(engine, a
     assert restore_values(one.parameters[0])["clip_skip"] == 1
     with pytest.raises(InvalidRequestError, match="`clip_skip` must be between 1 and 4"):
         engine.generate("canny", astronaut, "a robot", clip_skip=5, **REQUEST)
+
+
+def test_the_anime_line_art_condition_starts_at_clip_skip_2(engine, astronaut):
+    from pipelines.request import GenerationRequest
+    from png_info import a1111_infotext
+
+    anime = GenerationRequest.build(engine.settings, "lineart_anime", astronaut, "1girl")
+    assert anime.clip_skip == 2  # as its model was trained
+    one = GenerationRequest.build(engine.settings, "lineart_anime", astronaut, "x", clip_skip=1)
+    assert one.clip_skip == 1  # the person's choice wins
+    assert GenerationRequest.build(engine.settings, "canny", astronaut, "x").clip_skip == 1
+    result = engine.generate("lineart_anime", astronaut, "1girl", annotator="none", **REQUEST)
+    assert result.parameters[0]["clip_skip"] == 2
+    assert "Clip skip: 2" in a1111_infotext(result.parameters[0])

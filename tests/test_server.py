@@ -41,6 +41,7 @@ SPEED = ["cache_interval"]  # added after the others: positional callers are not
 # Image to image and inpainting, added after those in turn: the images, then their options.
 START = ["init_image", "mask", "denoising_strength", "mask_blur", "keep_unmasked"]
 START += [f"outpaint_{side}" for side in ("left", "right", "top", "bottom")] + ["outpaint_fill"]
+CLIP = ["clip_skip"]  # added after all of those
 SHARED_KEYWORDS = [*OPTIONS, *MODELS, "annotator"]
 UNIT_KEYWORDS = ["enabled", "condition", "annotator", "image", "strength", "control_start"]
 
@@ -76,7 +77,9 @@ def test_api_names_and_keywords_follow_the_contract(client):
         detect = ["detect_resolution"] if condition.default_detect_resolution else []
         own = [param.name for param in condition.params]
         auto = ["pixel_perfect"] if detect else []  # added last: positional callers not shifted
-        expected = ["image", "prompt", *SHARED_KEYWORDS, *detect, *own, *SPEED, *START, *auto]
+        expected = [
+            "image", "prompt", *SHARED_KEYWORDS, *detect, *own, *SPEED, *START, *auto, *CLIP
+        ]  # fmt: skip
         assert names == expected, name
         assert all(parameter["parameter_has_default"] for parameter in parameters[2:])
     annotate = [p["parameter_name"] for p in endpoints["/annotate"]["parameters"]]
@@ -100,6 +103,7 @@ def test_api_names_and_keywords_follow_the_contract(client):
         *(f"{name}_{number}" for number in (1, 2, 3) for name in UNIT_SETTINGS),
         *SPEED,
         *START,
+        *CLIP,
     ]
 
 

@@ -30,6 +30,7 @@ from ui.controls import (
     BRUSH_ON_OPEN,
     GPU_QUEUE,
     Page,
+    controls_for,
     detect_resolution_slider,
     generation_controls,
     name_input_errors,
@@ -280,6 +281,7 @@ def build_compose_tab(page: Page) -> None:
                     run, stop = run_buttons()
                 with gr.Accordion("Advanced options", open=False):
                     options = generation_controls(limits, defaults, per_unit=False)
+                    clip = controls_for("clip", limits, defaults)
                     speed = speed_controls(limits, defaults)
                 start = image_to_image_controls(limits, defaults, photo=None)  # unit 1's photo
             with gr.Column():
@@ -347,7 +349,9 @@ def build_compose_tab(page: Page) -> None:
         yield from stream_generation(call, progress, store, request)
 
     # The image-to-image keywords come last: positional callers are not shifted.
-    inputs_kwargs = {**unit_inputs, **options, **models, **settings_inputs, **speed, **start}
+    inputs_kwargs = {
+        **unit_inputs, **options, **models, **settings_inputs, **speed, **start, **clip
+    }  # fmt: skip
     name_input_errors(inputs_kwargs)
     run_with_stop(
         [run.click, prompt.submit],
@@ -375,6 +379,7 @@ def build_compose_tab(page: Page) -> None:
         **settings_inputs,
         **speed,
         **{name: c for name, c in start.items() if name not in ("init_image", "mask")},
+        **clip,
     }
     notes = [note for _, _, note in unit_columns]
     restore.upload(

@@ -23,6 +23,7 @@ from ui.controls import (
     MAP_DETECT_RESOLUTION,
     Page,
     annotator_choice,
+    controls_for,
     detect_resolution_slider,
     generation_controls,
     geometry_controls,
@@ -113,6 +114,8 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
                         )
                         auto["pixel_perfect"] = pixel_perfect_checkbox(limits, defaults)
                     options = generation_controls(limits, defaults)
+                    # Its own defaults where the condition's model was trained so (anime: 2).
+                    clip = controls_for("clip", limits, {**defaults, **condition.option_defaults})
                     speed = speed_controls(limits, defaults)
                 start = image_to_image_controls(
                     limits,
@@ -175,7 +178,7 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
             gr.Warning(warning)
         return [(control.image, "Control map")]
 
-    name_input_errors({**options, **models, **map_controls, **speed, **start, **auto})
+    name_input_errors({**options, **models, **map_controls, **speed, **start, **auto, **clip})
     run_with_stop(
         [run.click, prompt.submit],
         run,
@@ -185,7 +188,7 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
         fn=generate,
         inputs=[image, prompt],
         # The image-to-image keywords come last: positional callers are not shifted.
-        inputs_kwargs={**options, **models, **map_controls, **speed, **start, **auto},
+        inputs_kwargs={**options, **models, **map_controls, **speed, **start, **auto, **clip},
         outputs=[gallery, seed_used],
         api_name=condition.name,
         concurrency_id=GPU_QUEUE,
@@ -208,6 +211,7 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
         **speed,
         **settings_only,
         **auto,
+        **clip,
     }
     restored = restore.upload(
         fn=lambda file: restored_settings(file, condition.name, restorable),

@@ -60,6 +60,7 @@ def build_upscale_tab(page: Page) -> tuple[gr.Image, gr.Textbox]:
                 with gr.Accordion("Advanced options", open=False):
                     unit = controls_for("unit", limits, defaults)
                     sampling = sampling_controls(limits, defaults)
+                    clip = controls_for("clip", limits, defaults)
                     speed = speed_controls(limits, defaults)
             with gr.Column():
                 gallery, seed_used, _ = result_column(
@@ -73,7 +74,7 @@ def build_upscale_tab(page: Page) -> tuple[gr.Image, gr.Textbox]:
 
         yield from stream_generation(call, progress, store, request)
 
-    controls = {**own, **strength, **unit, **sampling, **models, **speed}
+    controls = {**own, **strength, **unit, **sampling, **models, **speed, **clip}
     name_input_errors(controls)
     run_with_stop(
         [run.click, prompt.submit],
