@@ -67,7 +67,7 @@ RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin app
 COPY . .
 
 # Weights baked into MODELS_DIR (default: none, fetched on first use into HF_HOME):
-#   --build-arg BAKE_MODELS=all               every role (roughly 22 GB in fp32)
+#   --build-arg BAKE_MODELS=all               every role (roughly 32 GB in fp32)
 #   --build-arg BAKE_MODELS="base canny"      those roles, space-separated (`python -m cli download -h`)
 #   --build-arg BAKE_PRECISION=fp32           full-precision files (default fp16: half the size;
 #                                             a GPU runs fp16 anyway, a CPU upcasts them)

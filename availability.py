@@ -35,6 +35,7 @@ ROLE_WORDS = {
     "lineart": "the line art ControlNet",
     "inpaint": "the inpaint ControlNet",
     "lineart_anime": "the anime line art ControlNet",
+    "shuffle": "the shuffle ControlNet",
     "dwpose": "the DWPose models",
 }
 

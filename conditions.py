@@ -204,6 +204,17 @@ CONDITIONS: dict[str, Condition] = {
             ),
         ),
         Condition(
+            "shuffle",
+            "Shuffle (style)",
+            "shuffle",
+            ("shuffle", "none"),
+            description="Your photo's content, shuffled by a smooth random flow (the request's "
+            "seed draws it), gives the image its colours and textures but not its layout: a "
+            "style reference. The model steers the prompt's branch only, every depth alike. "
+            "There is no v1.0 shuffle model: with v1.0 chosen, this tab runs the v1.1 one.",
+            examples=(("chelsea.jpg", "a cosy living room"),),
+        ),
+        Condition(
             "inpaint",
             "Inpaint",
             "inpaint",

@@ -45,6 +45,9 @@ DEFAULT_MODEL_IDS: dict[str, str] = {
     # Anime line art: white lines on black from anime drawings (trained on an anime base model
     # with CLIP skip 2); no v1.0 model.
     "lineart_anime": "lllyasviel/control_v11p_sd15s2_lineart_anime",
+    # Shuffle: the photo's content moved about (content shuffle); the model takes its colours and
+    # textures, not its layout. Its config sets global_pool_conditions (pipelines/loop/denoise.py).
+    "shuffle": "lllyasviel/control_v11e_sd15_shuffle",
     "annotators": "lllyasviel/Annotators",
     "depth_estimator": "Intel/dpt-hybrid-midas",
     "segmenter": "openmmlab/upernet-convnext-small",

@@ -35,6 +35,7 @@ from annotators.pidinet import PidinetAnnotator, PidinetSafeAnnotator
 from annotators.pose import MediapipePoseAnnotator, OpenposeAnnotator
 from annotators.scribble import ScribbleAnnotator
 from annotators.seg import UpernetSegAnnotator
+from annotators.shuffle import ShuffleAnnotator
 from annotators.tile import TileResampleAnnotator
 from annotators.util import (
     HWC3,
@@ -78,6 +79,7 @@ ANNOTATORS: dict[str, Annotator] = {
         LineartStandardAnnotator(),
         LineDrawingAnnotator(),
         LineartAnimeAnnotator(),
+        ShuffleAnnotator(),
         PassthroughAnnotator(),
     )
 }

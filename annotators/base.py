@@ -96,6 +96,9 @@ class Annotator(ABC):
     # The weights `load` cannot do without: (role, file of the role's repo), or (role, None) for
     # the role's whole model. An annotator with a fallback (OpenPose -> MediaPipe) needs none.
     needs: tuple[tuple[str, str | None], ...] = ()
+    # True: the map is drawn at random (content shuffle); the detector takes `seed`, which the
+    # engine sets to the request's seed, so a seed gives the same map again.
+    seeded: bool = False
 
     def load(self, context: LoadContext) -> Detector:
         """The detector, with its weights loaded from `context`. Classical annotators: `detect`."""

@@ -295,20 +295,22 @@ class Engine:
     ) -> GenerationResult:
         started = time.perf_counter()
         notices = Notices()
-        # 1. The control maps, all at the output size set by the first unit's image.
+        # 1. Seeds: image i uses seed + i (a seeded annotator draws its map from the first).
+        first_seed = request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
+        seeds = [(first_seed + index) % (MAX_SEED + 1) for index in range(request.num_images)]
+        # 2. The control maps, all at the output size set by the first unit's image.
         size = request.size
         maps = [
-            self._control_map(unit, size, request.image_resolution, request.resize_mode, notices)
+            self._control_map(
+                unit, size, request.image_resolution, request.resize_mode, notices, first_seed
+            )
             for unit in request.units
         ]
-        # 2. Advice on settings the models are not made for.
+        # 3. Advice on settings the models are not made for.
         notices.extend_texts(_family_advice(request, self.settings.v10_model_ids))
         notices.extend_texts(
             lcm_lora.advice(request.scheduler, request.steps, request.guidance_scale)
         )
-        # 3. Seeds: image i uses seed + i.
-        first_seed = request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
-        seeds = [(first_seed + index) % (MAX_SEED + 1) for index in range(request.num_images)]
         with self.models.lock:
             # 4. Models: the base with the sampler's weights, each running unit's ControlNet.
             pipe = self.models.base_pipeline(request.base_model)
@@ -365,17 +367,21 @@ class Engine:
         image_resolution: int,
         resize_mode: str,
         notices: Notices,
+        seed: int = 0,
     ) -> np.ndarray:
         """The unit's map at the output `size`. Classical annotators run at the output size;
-        networks at their detect resolution."""
+        networks at their detect resolution; a seeded annotator draws from `seed`."""
         detector = self.models.detector(unit.annotator)
+        params = dict(unit.params)
+        if unit.annotator.seeded:
+            params["seed"] = seed
         control_map = make_control_map(
             unit.annotator,
             detector,
             unit.image,
             image_resolution,
             unit.detect_at(size, resize_mode),
-            dict(unit.params),
+            params,
             size=size,
             resize_mode=resize_mode,
         )
@@ -391,12 +397,14 @@ class Engine:
             window = (unit.strength, unit.control_start, unit.control_end)
             if not any(runs_at(*window, step, steps) for step in range(steps)):
                 continue
+            model = self.controlnet(unit.controlnet_role, request.controlnet_version)
             control_units.append(
                 ControlUnit(
-                    self.controlnet(unit.controlnet_role, request.controlnet_version),
+                    model,
                     self._control_image(request, unit, control_map),
                     *window,
                     label=f"{unit.condition.label} ControlNet",
+                    pooled=bool(getattr(model.config, "global_pool_conditions", False)),
                 )
             )
         return control_units

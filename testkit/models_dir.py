@@ -5,6 +5,7 @@ smoke runs use.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -18,7 +19,19 @@ RECORDED_ROLES = (
 )  # fmt: skip
 # Roles added after tile, ip2p and line art, seeded after them in this order, so every earlier
 # role keeps its weights.
-ADDED_ROLES = ("inpaint", "lineart_anime")
+ADDED_ROLES = ("inpaint", "lineart_anime", "shuffle")
+
+
+# ControlNets whose Hub config has `global_pool_conditions: true` (v1.1's shuffle).
+POOLED_ROLES = ("shuffle",)
+
+
+def pool_conditions(controlnet_dir: Path) -> None:
+    """Set `global_pool_conditions` in a saved ControlNet's config.json, as the real one has."""
+    config_path = controlnet_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["global_pool_conditions"] = True
+    config_path.write_text(json.dumps(config, indent=2))
 
 
 def controlnet_roles() -> list[str]:
@@ -36,12 +49,12 @@ def controlnet_roles() -> list[str]:
 
 def build_tiny_models(folder: Path) -> Path:
     """Tiny SD1.5, a tiny ControlNet for every role a condition uses (v1.0 MiDaS normals, tile,
-    Instruct Pix2Pix, line art, inpaint and anime line art too; seeded in `controlnet_roles`
-    order), the v1.0 canny ControlNet, TAESD for previews, an LCM-LoRA, a second base as a
-    single-file checkpoint (COMMUNITY_BASE), and annotator weights (HED, M-LSD, DPT-Hybrid,
-    UperNet, the two line-art generators, PiDiNet, a narrow anime line-art generator) and DWPose's
-    two ONNX files with planted outputs (testkit.dwpose_models): the tests' MODELS_DIR. NormalBAE
-    and OpenPose weights stay missing (their own tests build them)."""
+    Instruct Pix2Pix, line art, inpaint, anime line art and shuffle too, shuffle's config pooled;
+    seeded in `controlnet_roles` order), the v1.0 canny ControlNet, TAESD for previews, an
+    LCM-LoRA, a second base as a single-file checkpoint (COMMUNITY_BASE), annotator weights (HED,
+    M-LSD, DPT-Hybrid, UperNet, the two line-art generators, PiDiNet, a narrow anime line-art
+    generator) and DWPose's two ONNX files with planted outputs (testkit.dwpose_models): the
+    tests' MODELS_DIR. NormalBAE and OpenPose weights stay missing (their own tests build them)."""
     from settings import DEFAULT_MODEL_IDS, OPTIONAL_MODEL_IDS, V10_MODEL_IDS
     from testkit.annotator_weights import (
         save_hed_and_mlsd,
@@ -61,6 +74,8 @@ def build_tiny_models(folder: Path) -> Path:
     )
 
     build_models_dir(folder, [DEFAULT_MODEL_IDS[role] for role in controlnet_roles()])
+    for role in POOLED_ROLES:  # their real configs set it: the loop pools their residuals
+        pool_conditions(folder / DEFAULT_MODEL_IDS[role])
     build_tiny_controlnet(folder / V10_MODEL_IDS["canny"], seed=99)
     build_tiny_taesd(folder / OPTIONAL_MODEL_IDS["preview_decoder"])
     build_random_lcm_lora(

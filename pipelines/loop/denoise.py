@@ -33,6 +33,10 @@ class ControlUnit:
     start: float = 0.0  # control applies from this fraction of the steps ...
     end: float = 1.0  # ... to this one
     label: str = "ControlNet"  # named on the page (e.g. when it compiles)
+    # A ControlNet with `global_pool_conditions` in its config (v1.1's shuffle): its residuals
+    # are pooled to one value per channel (the model does it), it steers the conditional CFG
+    # branch only and every depth alike, whatever the control mode (diffusers' guess mode for it).
+    pooled: bool = False
 
     def active(self, index: int, total: int) -> bool:
         return runs_at(self.strength, self.start, self.end, index, total)
@@ -93,7 +97,12 @@ def control_residuals(
             outputs = model(latents, timestep, text_embeddings, image, shallow)
             down_shapes, middle_shape = residual_shapes(unit.model.config, latents.shape)
             heights = [shape[1] for shape in (*down_shapes, middle_shape)]
-        factors = [unit.strength * weight for weight in mode_weights(mode, heights, gamma)]
+        if unit.pooled:
+            if shallow is not None:  # the shallow branch's outputs: pooled as the model pools
+                outputs = [output.mean(dim=(2, 3), keepdim=True) for output in outputs]
+            factors = [unit.strength] * len(outputs)
+        else:
+            factors = [unit.strength * weight for weight in mode_weights(mode, heights, gamma)]
         weighted = [
             output if factor == 1.0 and skip_unit_factors else output * factor
             for output, factor in zip(outputs, factors, strict=False)  # shallow: first ones
@@ -215,17 +224,20 @@ def denoise(
         active = [unit for unit in units if unit.active(index, len(timesteps))]
         shallow = None if feature_cache.is_full_step(index, cache_interval) else shallow_count
 
-        if use_cfg and mode.conditional_only:
-            # The paper's CFG-RW: control enters eps_c only; eps_uc gets zero residuals.
-            residuals = control_residuals(
-                active, model_input.chunk(2)[1], timestep, prompt_embeds, mode, gamma, shallow
-            )
-            if residuals is not None:
-                down, middle = residuals
-                down = [torch.cat([torch.zeros_like(r), r]) for r in down]
-                if middle is not None:
-                    middle = torch.cat([torch.zeros_like(middle), middle])
-                residuals = down, middle
+        if use_cfg:
+            # The paper's CFG-RW (and a pooled unit in any mode): control enters eps_c only, and
+            # eps_uc gets zero residuals. The other units steer both branches.
+            conditional = [u for u in active if mode.conditional_only or u.pooled]
+            both = [u for u in active if u not in conditional]
+            residuals = _summed(
+                control_residuals(both, model_input, timestep, embeds, mode, gamma, shallow),
+                _on_conditional_half(
+                    control_residuals(
+                        conditional, model_input.chunk(2)[1], timestep, prompt_embeds, mode,
+                        gamma, shallow,
+                    )
+                ),
+            )  # fmt: skip
         else:
             residuals = control_residuals(
                 active, model_input, timestep, embeds, mode, gamma, shallow
@@ -276,6 +288,31 @@ def denoise(
         if on_step is not None:
             on_step(index + 1, len(timesteps), latents)
     return latents
+
+
+Residuals = tuple[list[torch.Tensor], torch.Tensor | None]
+
+
+def _on_conditional_half(residuals: Residuals | None) -> Residuals | None:
+    """Residuals of the conditional half of the CFG batch, with zeros for the unconditional
+    half before them."""
+    if residuals is None:
+        return None
+    down, middle = residuals
+    down = [torch.cat([torch.zeros_like(r), r]) for r in down]
+    if middle is not None:
+        middle = torch.cat([torch.zeros_like(middle), middle])
+    return down, middle
+
+
+def _summed(first: Residuals | None, second: Residuals | None) -> Residuals | None:
+    """Two sets of residuals added (a pooled set broadcasts over the other's pixels); either
+    alone is returned as it is."""
+    if first is None or second is None:
+        return first if second is None else second
+    down = [a + b for a, b in zip(first[0], second[0], strict=True)]
+    middle = None if first[1] is None else first[1] + second[1]
+    return down, middle
 
 
 def _modules_run(unet, units: Sequence[ControlUnit], caching: bool) -> list[torch.nn.Module]:
