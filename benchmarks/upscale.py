@@ -9,7 +9,9 @@ MODELS_DIR, then upscales a photo of --size / --factor pixels by --factor throug
 public `upscale` in a fresh process, so the peak it reports is the upscale's own (the model build
 is not in it): the process's peak resident memory (`ru_maxrss`) after loading the models and
 after the upscale, and on a GPU `torch.cuda.max_memory_allocated`. Memory is set by the tile, not
-the steps: --steps 2 at strength 0.5 (one step per tile) measures the same peak as a long run.
+the steps: --steps 2 at strength 0.5 (one step per tile) measures the same peak as a long run, and
+--tiles N runs only the first N tiles into the whole result's blend buffers (the peak is reached
+in the first tile; the others repeat its work at its size).
 Prints one JSON line.
 """
 
@@ -38,6 +40,7 @@ def run_upscale(args) -> dict:
     from PIL import Image
 
     from pipelines.engine import Engine
+    from pipelines.upscale import TileBlender, UpscaleRequest
     from settings import Settings
     from testkit.paths import ASSETS
 
@@ -58,9 +61,18 @@ def run_upscale(args) -> dict:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    result = engine.upscale(np.asarray(photo), "a photo", **options)
+    request = UpscaleRequest.build(engine.settings, np.asarray(photo), "a photo", **options)
+    if args.tiles:  # the first tiles only, blended into the whole result's buffers
+        blender = TileBlender(request.size, request.tile_overlap)
+        for box, tile in list(zip(request.boxes, request.tiles, strict=True))[: args.tiles]:
+            blender.add(box, engine.run(tile).images[0])
+        tiles_run = min(args.tiles, len(request.tiles))
+        steps_run = sum(tile.steps_run for tile in request.tiles[:tiles_run])
+    else:
+        result = engine.run_upscale(request)
+        tiles_run, steps_run = len(request.tiles), result.parameters[0]["steps_run"]
     seconds = time.perf_counter() - started
-    height, width = result.images[0].shape[:2]
+    height, width = request.size
     record = {
         "summary": "upscale",
         "models": "tiny" if args.tiny else "SD1.5-size, random weights",
@@ -68,9 +80,10 @@ def run_upscale(args) -> dict:
         "torch_threads": torch.get_num_threads(),
         "source": f"{source_side}x{source_side}",
         "result": f"{width}x{height}",
-        "tiles": result.parameters[0]["upscale"]["tiles"],
+        "tiles": len(request.tiles),
+        "tiles_run": tiles_run,
         "tile_size": args.tile,
-        "steps_run": result.parameters[0]["steps_run"],
+        "steps_run": steps_run,
         "seconds": round(seconds, 2),
         "peak_rss_after_loading_mib": loaded,
         "peak_rss_mib": peak_rss_mib(),
@@ -90,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--strength", type=float, default=0.5)
+    parser.add_argument(
+        "--tiles",
+        type=int,
+        default=0,
+        help="run only the first N tiles (0: all): every tile "
+        "is the same work at the same size, so the peak is reached in the first",
+    )
     parser.add_argument("--models-dir", help=argparse.SUPPRESS)  # the measuring process's
     args = parser.parse_args(argv)
     if args.tiny:
