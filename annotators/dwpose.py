@@ -39,6 +39,7 @@ from annotators.pose_draw import (
     draw_face,
     draw_hand,
 )
+from annotators.pose_json import poses_to_json
 from annotators.shared import shared
 from annotators.weights import weights_file
 
@@ -146,9 +147,18 @@ class DwposeDetector:
         return boxes, points, scores
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.with_keypoints(image)[0]
+
+    def with_keypoints(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """The map and the people drawn on it as OpenPose JSON (pixels of `image`; bodies only
+        unless `full`, as drawn)."""
         height, width = image.shape[:2]
         _, points, scores = self.people(image)
-        return draw_dwpose(openpose_people(points, scores, height, width), height, width, self.full)
+        people = openpose_people(points, scores, height, width)
+        drawn = draw_dwpose(people, height, width, self.full)
+        if not self.full:
+            people = [PoseKeypoints(person.body) for person in people]
+        return drawn, poses_to_json(people, height, width)
 
 
 class DwposeAnnotator(Annotator):
