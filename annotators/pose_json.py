@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from annotators.base import Annotator
 from annotators.pose_draw import (
     BODY_PARTS,
     FACE_POINTS,
@@ -49,7 +50,6 @@ from annotators.pose_draw import (
     PoseKeypoints,
     draw_poses,
 )
-from annotators.base import Annotator
 from errors import InvalidRequestError
 
 BODY_KEY = "pose_keypoints_2d"
@@ -134,8 +134,8 @@ def poses_from_json(data: Any, max_people: int, max_aspect_ratio: float = 3.0) -
         except json.JSONDecodeError as error:
             raise InvalidRequestError(
                 f"`pose_json` is not JSON ({error.msg} at line {error.lineno}, column "
-                f"{error.colno}): give OpenPose JSON, {{\"people\": [...], \"canvas_width\": W, "
-                "\"canvas_height\": H}."
+                f'{error.colno}): give OpenPose JSON, {{"people": [...], "canvas_width": W, '
+                '"canvas_height": H}.'
             ) from None
     if not isinstance(data, Mapping):
         raise InvalidRequestError(
