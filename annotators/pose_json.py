@@ -26,7 +26,7 @@ as null; keys in the writers' order. Read:
 Hands: `PoseKeypoints.hands[0]` is written as the left hand, `[1]` as the right one (OpenPose's
 order; MediaPipe's hands in the order it found them); a hand whose points are all missing is null.
 
-Drawing from JSON (`draw_pose_json`) multiplies nothing: points stay in the pixels written, so the
+Drawing from JSON (`PoseCanvas.draw`) multiplies nothing: points stay in the pixels written, so the
 map equals the annotator's own drawing of the same keypoints at the canvas size pixel for pixel.
 """
 
@@ -119,13 +119,11 @@ def _document(poses, height: int, width: int, scale) -> dict[str, Any]:
     }
 
 
-def pose_json_text(data: Mapping[str, Any]) -> str:
-    return json.dumps(data, indent=2)
-
-
-def poses_from_json(data: Any, max_people: int, max_aspect_ratio: float = 3.0) -> PoseCanvas:
+def poses_from_json(
+    data: Any, max_people: int, max_aspect_ratio: float = 3.0, name: str = "pose_json"
+) -> PoseCanvas:
     """Checked people from pose JSON: a dict, or its text (str or bytes). Raises
-    `InvalidRequestError` with the offending key."""
+    `InvalidRequestError` with the offending key (`name`: the keyword it came in)."""
     if isinstance(data, bytes | bytearray):
         data = data.decode("utf-8", errors="replace")
     if isinstance(data, str):
@@ -133,33 +131,33 @@ def poses_from_json(data: Any, max_people: int, max_aspect_ratio: float = 3.0) -
             data = json.loads(data)
         except json.JSONDecodeError as error:
             raise InvalidRequestError(
-                f"`pose_json` is not JSON ({error.msg} at line {error.lineno}, column "
+                f"`{name}` is not JSON ({error.msg} at line {error.lineno}, column "
                 f'{error.colno}): give OpenPose JSON, {{"people": [...], "canvas_width": W, '
                 '"canvas_height": H}.'
             ) from None
     if not isinstance(data, Mapping):
         raise InvalidRequestError(
-            "`pose_json` must be an object with `people`, `canvas_width` and `canvas_height`."
+            f"`{name}` must be an object with `people`, `canvas_width` and `canvas_height`."
         )
-    height, width = _side(data, "canvas_height"), _side(data, "canvas_width")
+    height, width = _side(data, "canvas_height", name), _side(data, "canvas_width", name)
     if max(height, width) / min(height, width) > max_aspect_ratio:
         raise InvalidRequestError(
-            f"`pose_json`'s canvas is {width}x{height}: its aspect ratio is over "
+            f"`{name}`'s canvas is {width}x{height}: its aspect ratio is over "
             f"{max_aspect_ratio:g}:1."
         )
     if data.get("animals"):
         raise InvalidRequestError(
-            "`pose_json.animals`: animal poses are not drawn here (the OpenPose ControlNet "
+            f"`{name}.animals`: animal poses are not drawn here (the OpenPose ControlNet "
             "knows people only); remove them."
         )
     people = data.get("people")
     if not isinstance(people, list):
-        raise InvalidRequestError("`pose_json.people` must be a list of people.")
+        raise InvalidRequestError(f"`{name}.people` must be a list of people.")
     if len(people) > max_people:
         raise InvalidRequestError(
-            f"`pose_json.people` holds {len(people)} people; at most {max_people} are drawn."
+            f"`{name}.people` holds {len(people)} people; at most {max_people} are drawn."
         )
-    raw = [_person(person, number) for number, person in enumerate(people)]
+    raw = [_person(person, f"{name}.people[{number}]") for number, person in enumerate(people)]
     normalised = all(
         0.0 <= value <= 1.0
         for person in raw
@@ -174,15 +172,15 @@ def poses_from_json(data: Any, max_people: int, max_aspect_ratio: float = 3.0) -
     return PoseCanvas(poses, height, width)
 
 
-def _side(data: Mapping[str, Any], key: str) -> int:
+def _side(data: Mapping[str, Any], key: str, name: str) -> int:
     value = data.get(key)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidRequestError(f"`pose_json.{key}` must be a whole number of pixels.")
+        raise InvalidRequestError(f"`{name}.{key}` must be a whole number of pixels.")
     if not MIN_CANVAS_SIDE <= value <= MAX_CANVAS_SIDE:
         raise InvalidRequestError(
-            f"`pose_json.{key}` is {value}; it must be between {MIN_CANVAS_SIDE} and "
+            f"`{name}.{key}` is {value}; it must be between {MIN_CANVAS_SIDE} and "
             f"{MAX_CANVAS_SIDE} pixels."
         )
     return value
@@ -191,9 +189,8 @@ def _side(data: Mapping[str, Any], key: str) -> int:
 Raw = tuple[Point | None, ...]
 
 
-def _person(person: Any, number: int) -> tuple[Raw | None, ...]:
+def _person(person: Any, where: str) -> tuple[Raw | None, ...]:
     """(body, left hand, right hand, face), points (x, y) as given, None where c is 0."""
-    where = f"pose_json.people[{number}]"
     if not isinstance(person, Mapping):
         raise InvalidRequestError(f"`{where}` must be an object of keypoint lists.")
     body = _points(person.get(BODY_KEY), f"{where}.{BODY_KEY}", (len(BODY_PARTS),))

@@ -164,7 +164,9 @@ class UnitRequest:
                     f"`pose_json{suffix}` is for the pose annotators "
                     f"({', '.join(POSE_ANNOTATORS)}), not {annotator!r}."
                 )
-            pose = poses_from_json(pose_json, limits.max_pose_people, limits.max_aspect_ratio)
+            pose = poses_from_json(
+                pose_json, limits.max_pose_people, limits.max_aspect_ratio, f"pose_json{suffix}"
+            )
             source = pose.draw()
         else:
             source = checked_image(limits, image, what)
