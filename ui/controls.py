@@ -382,7 +382,9 @@ def pose_json_input(label: str = "Pose JSON (OpenPose format)") -> gr.Code:
     with gr.Accordion(label, open=False):
         upload = gr.File(label="Upload a pose JSON", file_types=[".json"], type="filepath")
         text = gr.Code(
-            label="…or paste it (used instead of the image; empty: the image)", language="json"
+            value="",
+            label="…or paste it (used instead of the image; empty: the image)",
+            language="json",
         )
     upload.upload(_read_text, inputs=upload, outputs=text, api_visibility="private")
     return text
