@@ -32,13 +32,7 @@ from typing import Any
 import numpy as np
 
 from annotators.base import Annotator, LoadContext
-from annotators.pose_draw import (
-    Points,
-    PoseKeypoints,
-    draw_bodies,
-    draw_face,
-    draw_hand,
-)
+from annotators.pose_draw import Points, PoseKeypoints, draw_poses_at_once
 from annotators.pose_json import poses_to_json
 from annotators.shared import shared
 from annotators.weights import weights_file
@@ -106,16 +100,7 @@ def openpose_people(
 
 def draw_dwpose(people: Sequence[PoseKeypoints], height: int, width: int, full: bool) -> np.ndarray:
     """The pose map, RGB uint8 (height, width, 3), in DWPose's drawing order (module doc)."""
-    canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    draw_bodies(canvas, [person.body for person in people])
-    if full:
-        for side in range(2):  # every left hand, then every right hand
-            for person in people:
-                draw_hand(canvas, person.hands[side])
-        for person in people:
-            if person.face is not None:
-                draw_face(canvas, person.face)
-    return canvas
+    return draw_poses_at_once(people, height, width, include_hands=full, include_face=full)
 
 
 @dataclass(eq=False)  # eq=False: hashable by identity, and weak-referenceable for `shared`

@@ -126,6 +126,31 @@ def draw_poses(
     return canvas
 
 
+def draw_poses_at_once(
+    poses: Sequence[PoseKeypoints],
+    height: int,
+    width: int,
+    include_hands: bool = False,
+    include_face: bool = False,
+    scale: Scale | None = None,
+) -> np.ndarray:
+    """The pose map in controlnet_aux's dwpose order: every body limb by limb across the people,
+    then joint by joint (`draw_bodies`), then every left hand, every right hand, and the faces.
+    For one person it is `draw_poses`'s map; they differ only where people overlap."""
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    draw_bodies(canvas, [pose.body for pose in poses], scale)
+    if include_hands:
+        for side in range(2):  # every left hand, then every right hand
+            for pose in poses:
+                if len(pose.hands) > side:
+                    draw_hand(canvas, pose.hands[side], scale)
+    if include_face:
+        for pose in poses:
+            if pose.face is not None:
+                draw_face(canvas, pose.face, scale)
+    return canvas
+
+
 def draw_body(canvas: np.ndarray, keypoints: Points, scale: Scale | None = None) -> np.ndarray:
     """Limbs as ellipses at 60% colour, then joints as discs at full colour (in place)."""
     return draw_bodies(canvas, [keypoints], scale)

@@ -27,7 +27,9 @@ Hands: `PoseKeypoints.hands[0]` is written as the left hand, `[1]` as the right 
 order; MediaPipe's hands in the order it found them); a hand whose points are all missing is null.
 
 Drawing from JSON (`PoseCanvas.draw`) multiplies nothing: points stay in the pixels written, so the
-map equals the annotator's own drawing of the same keypoints at the canvas size pixel for pixel.
+map equals the annotator's own drawing of the same keypoints at the canvas size pixel for pixel,
+in the unit's annotator's order (DWPose draws every body before the hands, OpenPose and MediaPipe
+person by person).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from annotators.pose_draw import (
     Points,
     PoseKeypoints,
     draw_poses,
+    draw_poses_at_once,
 )
 from errors import InvalidRequestError
 
@@ -61,6 +64,7 @@ MIN_CANVAS_SIDE = 8
 PIXELS = (1.0, 1.0)  # draw_poses' scale for points in pixels
 # The annotators whose maps are poses: they give JSON, and a unit on them may take JSON instead.
 POSE_ANNOTATORS = ("openpose", "dw_openpose", "dw_openpose_full", "mediapipe_pose")
+DRAWN_AT_ONCE = ("dw_openpose", "dw_openpose_full")  # DWPose's order: every body first
 
 
 @dataclass(frozen=True)
@@ -71,9 +75,11 @@ class PoseCanvas:
     height: int
     width: int
 
-    def draw(self) -> np.ndarray:
-        """The pose map at the canvas size, RGB uint8, bodies, hands and faces as given."""
-        return draw_poses(self.poses, self.height, self.width, True, True, scale=PIXELS)
+    def draw(self, at_once: bool = False) -> np.ndarray:
+        """The pose map at the canvas size, RGB uint8, bodies, hands and faces as given; person
+        by person (OpenPose's order), or `at_once` (DWPose's: every body first)."""
+        draw = draw_poses_at_once if at_once else draw_poses
+        return draw(self.poses, self.height, self.width, True, True, scale=PIXELS)
 
     def normalised(self) -> list[PoseKeypoints]:
         """The poses with coordinates 0..1, as the detectors give them."""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from annotators import ANNOTATORS, Annotator, get_annotator
-from annotators.pose_json import POSE_ANNOTATORS, PoseCanvas, poses_from_json
+from annotators.pose_json import DRAWN_AT_ONCE, POSE_ANNOTATORS, PoseCanvas, poses_from_json
 from annotators.util import (
     ASPECT_RATIOS,
     RESIZE_MODES,
@@ -167,7 +167,7 @@ class UnitRequest:
             pose = poses_from_json(
                 pose_json, limits.max_pose_people, limits.max_aspect_ratio, f"pose_json{suffix}"
             )
-            source = pose.draw()
+            source = pose.draw(at_once=annotator in DRAWN_AT_ONCE)
         else:
             source = checked_image(limits, image, what)
         return cls(

@@ -340,3 +340,27 @@ def test_cli_writes_pose_json_and_generates_from_it(models_dir, tmp_path):
     result = run_cli(models_dir, *args)
     assert result.returncode == 2 and "`pose_json.people` must be a list" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_json_for_dwpose_units_is_drawn_in_dwposes_order(engine):
+    import cv2
+
+    from annotators.pose_draw import draw_poses_at_once
+    from annotators.util import resize_to
+
+    # Two people one over the other: which colour stays where they overlap depends on the order.
+    poses = [person(0.0, hands=2), person(0.02, hands=2)]
+    data = poses_to_json(poses, 512, 512)
+    at_once = draw_poses_at_once(poses, 512, 512, include_hands=True, include_face=True)
+    by_person = draw_poses(poses, 512, 512, include_hands=True, include_face=True)
+    assert (at_once != by_person).any()
+    np.testing.assert_array_equal(poses_from_json(data, MAX_PEOPLE).draw(at_once=True), at_once)
+    maps = {
+        annotator: engine.generate(
+            "openpose", None, "x", annotator=annotator, pose_json=data, seed=1, **FAST
+        ).control_map
+        for annotator in ("dw_openpose_full", "openpose")
+    }
+    linear = cv2.INTER_LINEAR  # how pose maps reach the output size
+    np.testing.assert_array_equal(maps["dw_openpose_full"], resize_to(at_once, 256, 256, linear))
+    np.testing.assert_array_equal(maps["openpose"], resize_to(by_person, 256, 256, linear))
