@@ -364,3 +364,12 @@ def test_json_for_dwpose_units_is_drawn_in_dwposes_order(engine):
     linear = cv2.INTER_LINEAR  # how pose maps reach the output size
     np.testing.assert_array_equal(maps["dw_openpose_full"], resize_to(at_once, 256, 256, linear))
     np.testing.assert_array_equal(maps["openpose"], resize_to(by_person, 256, 256, linear))
+
+
+def test_the_pages_upload_and_download_of_pose_json(tmp_path):
+    from ui.controls import _read_text, pose_json_file
+
+    data = poses_to_json([person(0.0)], 512, 512)
+    path = pose_json_file(data)
+    assert path.endswith("pose.json") and json.loads(_read_text(path)) == data
+    assert pose_json_file(None) is None and _read_text(None) == ""
