@@ -3,6 +3,7 @@
     python -m cli generate --condition canny --image in.png --prompt "a house" --out results/
     python -m cli generate --condition depth --image in.png --mask mask.png --out results/
     python -m cli annotate --annotator hed --image photos/ --out maps/
+    python -m cli generate --condition openpose --pose-json pose.json --prompt "a dancer" --out out/
     python -m cli upscale --image small.png --factor 2 --prompt "a house" --out results/
     python -m cli download --all
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -73,6 +75,19 @@ def parse_param(text: str) -> tuple[str, Any]:
     raise argparse.ArgumentTypeError(
         f"{name.strip()}: expected a number or true/false, got {raw!r}"
     )
+
+
+def required_image(args: argparse.Namespace) -> Path:
+    if args.image is None:
+        raise UserFacingError("Give --image: an image or a folder of images.")
+    return args.image
+
+
+def read_pose_json(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        raise UserFacingError(f"Cannot read the pose JSON {path}: {error}") from None
 
 
 def find_images(source: Path) -> list[Path]:
@@ -152,7 +167,14 @@ def run_generate(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     options = given_options(args, (*MAP_OPTIONS, *GENERATE_OPTIONS))
     params = dict(args.param)
-    images = find_images(args.image)
+    pose_json = None
+    if args.pose_json is not None:
+        if args.image is not None:
+            raise UserFacingError("Give --image or --pose-json, not both.")
+        pose_json = read_pose_json(args.pose_json)
+        images = [args.pose_json]  # the one input: names the outputs
+    else:
+        images = find_images(required_image(args))
     # Read once, with the upload checks: one that cannot be read stops everything (it would fail
     # every input alike).
     starts = {
@@ -165,9 +187,11 @@ def run_generate(args: argparse.Namespace) -> int:
     }
 
     def build(image: Path) -> GenerationRequest:
+        if pose_json is not None:
+            image = None
         return GenerationRequest.build(
             settings, args.condition, image, args.prompt, annotator=args.annotator, **starts,
-            **options, **params,
+            pose_json=pose_json, **options, **params,
         )  # fmt: skip
 
     check_first(build, images)
@@ -192,7 +216,7 @@ def run_annotate(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     options = given_options(args, MAP_OPTIONS)
     params = dict(args.param)
-    images = find_images(args.image)
+    images = find_images(required_image(args))
 
     def build(image: Path) -> MapRequest:
         return MapRequest.build(settings, image, args.annotator, **options, **params)
@@ -202,7 +226,12 @@ def run_annotate(args: argparse.Namespace) -> int:
     def run(engine, image: Path, stem: str, progress) -> list[str]:
         result = engine.run_map(build(image))
         path = save_png(result.image, args.out / f"{stem}_map.png")
-        return [f"{image.name} -> {path.name}", *result.warnings]
+        names = path.name
+        if result.pose is not None:  # pose annotators: the people found, as OpenPose JSON
+            pose_path = args.out / f"{stem}_pose.json"
+            pose_path.write_text(json.dumps(result.pose, indent=2))
+            names += f", {pose_path.name}"
+        return [f"{image.name} -> {names}", *result.warnings]
 
     return run_each(args, settings, images, run)
 
@@ -323,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--models-dir", type=Path, help="default: $MODELS_DIR or ./models")
     engine_common = argparse.ArgumentParser(add_help=False, parents=[common])
-    engine_common.add_argument("--image", type=Path, required=True, help="an image or a folder")
+    engine_common.add_argument(
+        "--image", type=Path, help="an image or a folder (generate: or give --pose-json)"
+    )
     engine_common.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
     add_option_flags(engine_common, MAP_OPTIONS)
     engine_common.add_argument(
@@ -352,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask",
         type=Path,
         help="inpainting: white = repaint, black = keep; the initial image's size",
+    )
+    generate.add_argument(
+        "--pose-json",
+        type=Path,
+        help="pose conditions: the pose from this OpenPose JSON file instead of --image",
     )
     add_option_flags(generate, GENERATE_OPTIONS)
     generate.set_defaults(func=run_generate)

@@ -218,6 +218,7 @@ class Limits:
     # Upscaling: the most pixels an upscaled image may have (it is repainted in tiles, so this
     # bounds the time and the blend's memory, 16 bytes per pixel, not the GPU's).
     max_upscale_pixels: int = 4096 * 4096
+    max_pose_people: int = 20  # people one pose JSON may hold
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,8 @@ from typing import Any
 import numpy as np
 
 from annotators.base import Annotator, LoadContext
-from annotators.pose_draw import (
-    Points,
-    PoseKeypoints,
-    draw_bodies,
-    draw_face,
-    draw_hand,
-)
+from annotators.pose_draw import Points, PoseKeypoints, draw_poses_at_once
+from annotators.pose_json import poses_to_json
 from annotators.shared import shared
 from annotators.weights import weights_file
 
@@ -105,16 +100,7 @@ def openpose_people(
 
 def draw_dwpose(people: Sequence[PoseKeypoints], height: int, width: int, full: bool) -> np.ndarray:
     """The pose map, RGB uint8 (height, width, 3), in DWPose's drawing order (module doc)."""
-    canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    draw_bodies(canvas, [person.body for person in people])
-    if full:
-        for side in range(2):  # every left hand, then every right hand
-            for person in people:
-                draw_hand(canvas, person.hands[side])
-        for person in people:
-            if person.face is not None:
-                draw_face(canvas, person.face)
-    return canvas
+    return draw_poses_at_once(people, height, width, include_hands=full, include_face=full)
 
 
 @dataclass(eq=False)  # eq=False: hashable by identity, and weak-referenceable for `shared`
@@ -146,9 +132,18 @@ class DwposeDetector:
         return boxes, points, scores
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.with_keypoints(image)[0]
+
+    def with_keypoints(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """The map and the people drawn on it as OpenPose JSON (pixels of `image`; bodies only
+        unless `full`, as drawn)."""
         height, width = image.shape[:2]
         _, points, scores = self.people(image)
-        return draw_dwpose(openpose_people(points, scores, height, width), height, width, self.full)
+        people = openpose_people(points, scores, height, width)
+        drawn = draw_dwpose(people, height, width, self.full)
+        if not self.full:
+            people = [PoseKeypoints(person.body) for person in people]
+        return drawn, poses_to_json(people, height, width)
 
 
 class DwposeAnnotator(Annotator):

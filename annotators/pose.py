@@ -32,6 +32,7 @@ from annotators.pose_draw import (
     PoseKeypoints,
     draw_poses,
 )
+from annotators.pose_json import poses_to_json
 from annotators.weights import load_state_dict, weights_file
 from errors import ModelUnavailableError
 
@@ -143,6 +144,15 @@ class PoseDetector:
         height, width = image.shape[:2]
         return draw_poses(poses, height, width, include_hands, include_face)
 
+    def with_keypoints(
+        self, image: np.ndarray, include_hands: bool = False, include_face: bool = False
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The map and the people drawn on it as OpenPose JSON (pixels of `image`)."""
+        poses = self.poses(image, include_hands=include_hands, include_face=include_face)
+        height, width = image.shape[:2]
+        drawn = draw_poses(poses, height, width, include_hands, include_face)
+        return drawn, poses_to_json(poses, height, width)
+
     def poses(
         self, image: np.ndarray, include_hands: bool = False, include_face: bool = False
     ) -> list[PoseKeypoints]:
@@ -226,11 +236,19 @@ class OpenposeDetector(PoseDetector):
         return [
             PoseKeypoints(
                 body=_points(result.body.keypoints),
-                hands=tuple(_points(h) for h in (result.left_hand, result.right_hand) if h),
+                hands=_hands(result.left_hand, result.right_hand),
                 face=_points(result.face) if result.face else None,
             )
             for result in results
         ]
+
+
+def _hands(left: Sequence[Any] | None, right: Sequence[Any] | None) -> tuple[Points, ...]:
+    """(left, right) as found; a missing left hand before a right one is 21 missing points
+    (drawn as nothing), so the JSON keeps each hand's side."""
+    if not right:
+        return (_points(left),) if left else ()
+    return (_points(left) if left else (None,) * HAND_POINTS, _points(right))
 
 
 def _points(keypoints: Sequence[Any]) -> Points:

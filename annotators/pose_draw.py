@@ -27,6 +27,7 @@ import numpy as np
 
 Point = tuple[float, float]  # (x, y), normalised: 0..1 across the width and the height
 Points = tuple[Point | None, ...]  # None: not found
+Scale = tuple[float, float]  # (x, y) factors from a point's coordinates to pixels
 
 # OpenPose's COCO-18 body layout ("right" is the person's right).
 BODY_PARTS = (
@@ -107,29 +108,65 @@ def draw_poses(
     width: int,
     include_hands: bool = False,
     include_face: bool = False,
+    scale: Scale | None = None,
 ) -> np.ndarray:
-    """The pose map, RGB uint8 (height, width, 3): each person's body, then hands, then face."""
+    """The pose map, RGB uint8 (height, width, 3): each person's body, then hands, then face.
+
+    `scale`: what a point's x and y are multiplied by to give pixels; by default (width, height),
+    for normalised points. (1.0, 1.0) draws points given in pixels (pose JSON): x * width is
+    computed once, where the JSON was written, so both ways draw the same pixels."""
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     for pose in poses:
-        draw_body(canvas, pose.body)
+        draw_body(canvas, pose.body, scale)
         if include_hands:
             for hand in pose.hands:
-                draw_hand(canvas, hand)
+                draw_hand(canvas, hand, scale)
         if include_face and pose.face is not None:
-            draw_face(canvas, pose.face)
+            draw_face(canvas, pose.face, scale)
     return canvas
 
 
-def draw_body(canvas: np.ndarray, keypoints: Points) -> np.ndarray:
+def draw_poses_at_once(
+    poses: Sequence[PoseKeypoints],
+    height: int,
+    width: int,
+    include_hands: bool = False,
+    include_face: bool = False,
+    scale: Scale | None = None,
+) -> np.ndarray:
+    """The pose map in controlnet_aux's dwpose order: every body limb by limb across the people,
+    then joint by joint (`draw_bodies`), then every left hand, every right hand, and the faces.
+    For one person it is `draw_poses`'s map; they differ only where people overlap."""
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    draw_bodies(canvas, [pose.body for pose in poses], scale)
+    if include_hands:
+        for side in range(2):  # every left hand, then every right hand
+            for pose in poses:
+                if len(pose.hands) > side:
+                    draw_hand(canvas, pose.hands[side], scale)
+    if include_face:
+        for pose in poses:
+            if pose.face is not None:
+                draw_face(canvas, pose.face, scale)
+    return canvas
+
+
+def draw_body(canvas: np.ndarray, keypoints: Points, scale: Scale | None = None) -> np.ndarray:
     """Limbs as ellipses at 60% colour, then joints as discs at full colour (in place)."""
-    return draw_bodies(canvas, [keypoints])
+    return draw_bodies(canvas, [keypoints], scale)
 
 
-def draw_bodies(canvas: np.ndarray, bodies: Sequence[Points]) -> np.ndarray:
+def _scale(canvas: np.ndarray, scale: Scale | None) -> Scale:
+    return scale or (canvas.shape[1], canvas.shape[0])
+
+
+def draw_bodies(
+    canvas: np.ndarray, bodies: Sequence[Points], scale: Scale | None = None
+) -> np.ndarray:
     """Several people's bodies in one pass, limb by limb across them and then joint by joint (in
     place): the order of controlnet_aux's dwpose `draw_bodypose`, which draws everyone at once.
     Where people overlap, that order decides which colour stays; for one body it is `draw_body`."""
-    height, width = canvas.shape[:2]
+    width, height = _scale(canvas, scale)
     for (first, second), colour in zip(BODY_LIMBS, LIMB_COLOURS, strict=True):
         for keypoints in bodies:
             start, end = keypoints[first], keypoints[second]
@@ -144,7 +181,7 @@ def draw_bodies(canvas: np.ndarray, bodies: Sequence[Points]) -> np.ndarray:
     return canvas
 
 
-def _draw_limb(canvas, start: Point, end: Point, colour, width: int, height: int) -> None:
+def _draw_limb(canvas, start: Point, end: Point, colour, width: float, height: float) -> None:
     xs = np.array([start[0], end[0]]) * float(width)
     ys = np.array([start[1], end[1]]) * float(height)
     length = ((ys[0] - ys[1]) ** 2 + (xs[0] - xs[1]) ** 2) ** 0.5
@@ -160,9 +197,9 @@ def _draw_limb(canvas, start: Point, end: Point, colour, width: int, height: int
     cv2.fillConvexPoly(canvas, polygon, colour)
 
 
-def draw_hand(canvas: np.ndarray, keypoints: Points) -> np.ndarray:
+def draw_hand(canvas: np.ndarray, keypoints: Points, scale: Scale | None = None) -> np.ndarray:
     """Bones as lines in 20 hues, then joints as blue discs (in place)."""
-    height, width = canvas.shape[:2]
+    width, height = _scale(canvas, scale)
     pixels = [_pixel(point, width, height) for point in keypoints]
     for (first, second), colour in zip(HAND_EDGES, HAND_EDGE_COLOURS, strict=True):
         start, end = pixels[first], pixels[second]
@@ -174,9 +211,9 @@ def draw_hand(canvas: np.ndarray, keypoints: Points) -> np.ndarray:
     return canvas
 
 
-def draw_face(canvas: np.ndarray, keypoints: Points) -> np.ndarray:
+def draw_face(canvas: np.ndarray, keypoints: Points, scale: Scale | None = None) -> np.ndarray:
     """Face points as small white discs (in place)."""
-    height, width = canvas.shape[:2]
+    width, height = _scale(canvas, scale)
     for point in keypoints:
         pixel = _pixel(point, width, height)
         if pixel is not None:
@@ -184,7 +221,7 @@ def draw_face(canvas: np.ndarray, keypoints: Points) -> np.ndarray:
     return canvas
 
 
-def _pixel(point: Point | None, width: int, height: int) -> tuple[int, int] | None:
+def _pixel(point: Point | None, width: float, height: float) -> tuple[int, int] | None:
     if point is None:
         return None
     x, y = int(point[0] * width), int(point[1] * height)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from annotators import Detector, get_annotator, make_control_map
+from annotators.pose_json import POSE_JSON_MAP
 from errors import GpuOutOfMemoryError
 from pipelines.loop import img2img
 from pipelines.loop.decode import decode_checked
@@ -264,11 +265,16 @@ class Engine:
             return self._annotate_on_gpu(request)
 
     def _annotate_checked(self, request: MapRequest) -> ControlMap:
-        notices = Notices()
+        notices, poses = Notices(), []
         image = self._control_map(
-            request.unit, request.size, request.image_resolution, request.resize_mode, notices
+            request.unit,
+            request.size,
+            request.image_resolution,
+            request.resize_mode,
+            notices,
+            poses=poses,
         )
-        return ControlMap(image, notices)
+        return ControlMap(image, notices, pose=poses[-1] if poses else None)
 
     def _generate_seconds(self, request: GenerationRequest, *callbacks) -> int:
         height, width = request.size
@@ -368,16 +374,36 @@ class Engine:
         resize_mode: str,
         notices: Notices,
         seed: int = 0,
+        poses: list | None = None,
     ) -> np.ndarray:
         """The unit's map at the output `size`. Classical annotators run at the output size;
-        networks at their detect resolution; a seeded annotator draws from `seed`."""
+        networks at their detect resolution; a seeded annotator draws from `seed`. A unit with
+        pose JSON draws it (no annotator runs). `poses`, when given, gets a pose annotator's
+        people as OpenPose JSON."""
+        if unit.pose is not None:
+            return make_control_map(
+                POSE_JSON_MAP,
+                POSE_JSON_MAP.detect,
+                unit.image,
+                image_resolution,
+                size=size,
+                resize_mode=resize_mode,
+            )
         detector = self.models.detector(unit.annotator)
         params = dict(unit.params)
         if unit.annotator.seeded:
             params["seed"] = seed
+        drawing = detector
+        if poses is not None and hasattr(detector, "with_keypoints"):
+
+            def drawing(image, **params):
+                control_map, pose = detector.with_keypoints(image, **params)
+                poses.append(pose)
+                return control_map
+
         control_map = make_control_map(
             unit.annotator,
-            detector,
+            drawing,
             unit.image,
             image_resolution,
             unit.detect_at(size, resize_mode),

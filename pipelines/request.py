@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from annotators import ANNOTATORS, Annotator, get_annotator
+from annotators.pose_json import DRAWN_AT_ONCE, POSE_ANNOTATORS, PoseCanvas, poses_from_json
 from annotators.util import (
     ASPECT_RATIOS,
     RESIZE_MODES,
@@ -48,6 +49,7 @@ from pipelines.options import (
 from settings import CONTROLNET_VERSIONS, MAX_SEED, Limits, Settings
 
 APP = "controlnet-demo"  # marks the PNG parameters as this app's
+POSE_FROM_JSON = "pose_json"  # a unit's `pose_source` in the PNG: drawn from OpenPose JSON
 _VERSION_LABELS = {"v1.0": "v1.0 (the paper's models)"}
 # The mask: white (above this, after its blur) is repainted, black is kept.
 MASK_THRESHOLD = 127
@@ -103,6 +105,9 @@ class UnitRequest:
     # annotator's defaults filled in (what it runs with).
     given_params: Mapping[str, Any] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
+    # The pose from OpenPose JSON (`pose_json`) instead of a photo: `image` is then its map at
+    # the JSON's canvas size, and no annotator runs.
+    pose: PoseCanvas | None = field(default=None, repr=False)
 
     def detect_at(self, size: tuple[int, int], resize_mode: str) -> int | None:
         """The short side the annotator's network runs at for an output of `size` (H, W)
@@ -128,9 +133,12 @@ class UnitRequest:
         suffix: str = "",
         what: str = "an image",
         params: Mapping[str, Any] | None = None,
+        pose_json: Any = None,
         **given: Any,
     ) -> UnitRequest:
-        """One unit from raw values; `suffix` ("_2") names a composition's unit in messages."""
+        """One unit from raw values; `suffix` ("_2") names a composition's unit in messages.
+        `pose_json` (OpenPose JSON, for a pose annotator): the map is drawn from it and `image`
+        is not used."""
         chosen = get_condition(condition)
         annotator = annotator or chosen.annotators[0]
         if not isinstance(annotator, str) or annotator not in chosen.annotators:
@@ -149,13 +157,26 @@ class UnitRequest:
             )
         params = dict(params or {})
         refuse_unknown_params(params, chosen.annotators)
-        source = checked_image(limits, image, what)
+        pose = None
+        if pose_json is not None and pose_json != "":
+            if annotator not in POSE_ANNOTATORS:
+                raise InvalidRequestError(
+                    f"`pose_json{suffix}` is for the pose annotators "
+                    f"({', '.join(POSE_ANNOTATORS)}), not {annotator!r}."
+                )
+            pose = poses_from_json(
+                pose_json, limits.max_pose_people, limits.max_aspect_ratio, f"pose_json{suffix}"
+            )
+            source = pose.draw(at_once=annotator in DRAWN_AT_ONCE)
+        else:
+            source = checked_image(limits, image, what)
         return cls(
             chosen,
             ANNOTATORS[annotator],
             source,
             given_params=params,
             params=ANNOTATORS[annotator].check_params(params),
+            pose=pose,
             **values,
         )
 
@@ -169,6 +190,8 @@ class UnitRequest:
                 if name != "pixel_perfect" or self.pixel_perfect  # only when on
             },
             "params": dict(self.given_params),
+            # Like the images, the JSON itself is not in the PNG: only where the pose came from.
+            **({"pose_source": POSE_FROM_JSON} if self.pose is not None else {}),
             "model_id": model_id,
         }
 
@@ -357,6 +380,7 @@ class GenerationRequest:
         annotator: Any = None,
         init_image: Any = None,
         mask: Any = None,
+        pose_json: Any = None,
         **given: Any,
     ) -> GenerationRequest:
         """One condition: its annotator's map steers one ControlNet. Unit options (strength,
@@ -373,7 +397,13 @@ class GenerationRequest:
             settings, prompt=prompt, **{**chosen.option_defaults, **given_shared}
         )
         unit = UnitRequest.build(
-            settings.limits, chosen.name, annotator, image, params=given, **unit_values
+            settings.limits,
+            chosen.name,
+            annotator,
+            image,
+            params=given,
+            pose_json=pose_json,
+            **unit_values,
         )
         units, init_image, mask, painted = _outpaint(
             settings.limits, values, (unit,), init_image, mask
@@ -855,6 +885,7 @@ def _composed_unit(limits: Limits, number: int, raw: Any, shared_image: Any) -> 
         suffix=f"_{number}",
         what=f"an image for control unit {number} (or one for unit 1, which it then shares)",
         params=params,
+        pose_json=raw.get("pose_json"),
         **{name: raw.get(name) for name in UNIT_OPTIONS},
     )
 
@@ -864,7 +895,7 @@ SHARED_OPTIONS: dict[str, Option] = options_of(GenerationRequest)
 # Options the PNG records only where they are not their default (A1111's "Clip skip" too).
 RECORDED_WHEN_NOT_DEFAULT = ("clip_skip",)
 # What a composition's unit mapping may hold.
-UNIT_KEYS = ("image", "enabled", "condition", "annotator", *UNIT_OPTIONS, "params")
+UNIT_KEYS = ("image", "enabled", "condition", "annotator", *UNIT_OPTIONS, "params", "pose_json")
 # A control map alone belongs to no condition.
 _ANY_CONDITION = Condition("annotate", "Control map", "", tuple(ANNOTATORS))
 

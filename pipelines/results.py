@@ -15,6 +15,8 @@ from pipelines.notices import Notices
 class ControlMap:
     image: np.ndarray  # RGB uint8 (H, W, 3), at the output size
     notices: Notices = field(default_factory=Notices)  # e.g. an annotator's fallback
+    # A pose annotator's people as OpenPose JSON (annotators/pose_json.py); None for the others.
+    pose: dict[str, Any] | None = None
 
     @property
     def warnings(self) -> list[str]:

@@ -174,7 +174,7 @@ def test_detect_equals_the_annotate_endpoint_and_the_lists(server, api, coffee_i
         images=[coffee_image], module="canny", processor_res=256, threshold_a=100, threshold_b=200
     )
     client = Client(server.url, verbose=False)
-    path = client.predict(
+    path, _ = client.predict(  # the map, and no pose JSON (not a pose annotator)
         image=handle_file(ASSETS / "coffee.jpg"),
         annotator="canny",
         image_resolution=256,

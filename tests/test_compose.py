@@ -329,6 +329,8 @@ def test_unit_settings_come_last_with_the_reference_defaults(client):
     added += ["init_image", "mask", "denoising_strength", "mask_blur", "keep_unmasked"]
     added += [f"outpaint_{side}" for side in ("left", "right", "top", "bottom")]
     added.append("outpaint_fill")
+    added.append("clip_skip")  # then CLIP skip
+    added += [f"pose_json_{number}" for number in (1, 2, 3)]  # then each unit's pose JSON
     assert names[-len(added) :] == added  # appended: positional callers are not shifted
     assert names.index("controlnet_version") == len(names) - len(added) - 1
     defaults = {p["parameter_name"]: p["parameter_default"] for p in parameters}

@@ -469,12 +469,13 @@ def test_download_fetches_exactly_the_two_onnx_files(tmp_path, scene_dir):
 # ---- through a real server ---------------------------------------------------------------------
 def test_annotate_runs_dwpose_on_the_server(server, engine, astronaut):
     client = Client(server.url, verbose=False)
-    path = client.predict(
+    path, pose = client.predict(
         image=handle_file(ASSETS / "astronaut.png"),
         annotator="dw_openpose_full",
         image_resolution=256,
         api_name="/annotate",
     )
     served = np.asarray(Image.open(path).convert("RGB"))
-    expected = engine.annotate(astronaut, "dw_openpose_full", image_resolution=256).image
-    np.testing.assert_array_equal(served, expected)
+    expected = engine.annotate(astronaut, "dw_openpose_full", image_resolution=256)
+    np.testing.assert_array_equal(served, expected.image)
+    assert pose == expected.pose  # the people drawn, as OpenPose JSON

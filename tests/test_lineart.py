@@ -492,7 +492,7 @@ def test_the_lineart_endpoint_and_annotate_run_on_the_server(client, engine, tea
         served, engine.annotate(teapot, "line_drawing", image_resolution=256).image
     )
     for annotator in ("lineart", "lineart_coarse", "lineart_standard"):
-        path = client.predict(
+        path, _ = client.predict(  # the map, and no pose JSON
             image=drawing,
             annotator=annotator,
             image_resolution=256,

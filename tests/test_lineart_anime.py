@@ -288,7 +288,7 @@ def test_the_anime_endpoint_and_annotate_run_on_the_server(server, engine, girl)
     served = np.asarray(Image.open(gallery[0]["image"]).convert("RGB"))
     expected = engine.annotate(girl, "lineart_anime", image_resolution=256).image
     np.testing.assert_array_equal(served, expected)
-    path = client.predict(
+    path, _ = client.predict(  # the map, and no pose JSON
         image=drawing, annotator="lineart_anime", image_resolution=256, api_name="/annotate"
     )
     np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")), expected)

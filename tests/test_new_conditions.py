@@ -395,7 +395,7 @@ def test_the_new_endpoints_run_on_the_server(client):
     assert len(gallery) == 2
     with Image.open(gallery[1]["image"]) as image:
         assert image.format == "PNG" and min(image.size) == 256
-    control_map = client.predict(
+    control_map, _ = client.predict(  # the map, and no pose JSON
         image=photo,
         annotator="tile_resample",
         image_resolution=256,

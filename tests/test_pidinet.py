@@ -303,7 +303,7 @@ def test_pidinet_runs_on_the_server(client, engine, coffee):
     expected = engine.annotate(coffee, "pidinet", image_resolution=256).image  # the server's
     np.testing.assert_array_equal(served, expected)
     sizes = {"image_resolution": 256, "detect_resolution": 256}  # no resize after the network
-    path = client.predict(image=photo, annotator="pidinet_safe", **sizes, api_name="/annotate")
+    path, _ = client.predict(image=photo, annotator="pidinet_safe", **sizes, api_name="/annotate")
     annotated = np.asarray(Image.open(path).convert("RGB"))
     np.testing.assert_array_equal(annotated, engine.annotate(coffee, "pidinet_safe", **sizes).image)
     assert set(np.unique(annotated)) == {0, 127, 255}

@@ -76,6 +76,7 @@ def for_server(code: str, url: str) -> str:
 API = section(README, "## API")
 PYTHON_BLOCKS = code_blocks(section(API, "### Python"), "python")
 CURL_BLOCKS = code_blocks(section(API, "### curl"), "bash")
+POSE_JSON_BLOCKS = code_blocks(section(API, "### OpenPose JSON"), "python")
 
 
 def pinned_version(requirements: str, package: str) -> str:
@@ -133,6 +134,16 @@ def test_python_example_runs_against_the_server(server, monkeypatch):
             assert image.format == "PNG" and image.size == (384, 256)  # coffee.jpg is 600 x 400
 
 
+def test_pose_json_example_runs_against_the_server(server, monkeypatch):
+    (block,) = POSE_JSON_BLOCKS
+    monkeypatch.chdir(PROJECT_ROOT)
+    namespace: dict = {}
+    code = for_server(block, server.url).replace("steps=10", "steps=1")
+    exec(compile(code, "README.md (### OpenPose JSON)", "exec"), namespace)
+    assert namespace["gallery"][0]["caption"] == "Control map"
+    assert namespace["pose"]["canvas_width"] == 512 and len(namespace["gallery"]) == 2
+
+
 def documented_calls() -> list[tuple[str, set[str]]]:
     """(api_name, keyword names) of every `client.predict(...)` in the API section."""
     calls = []
@@ -180,7 +191,8 @@ def test_python_examples_for_every_endpoint_run(server, tmp_path, monkeypatch):
     assert sorted({api_name for api_name, _ in results}) == sorted(ENDPOINTS)
     for api_name, result in results:
         if api_name == "/annotate":
-            assert Image.open(result).size[0] > 0
+            path, pose = result
+            assert Image.open(path).size[0] > 0 and pose["people"]  # OpenPose: MediaPipe here
         elif api_name == "/upscale":  # the upscaled image alone
             gallery, seed = result
             assert [item["caption"] for item in gallery] == [f"Image 1 · seed {seed}"]
@@ -212,7 +224,7 @@ def test_keyword_table_matches_the_api(endpoints):
         elif endpoint == "/compose":
             units = {f"{name}_k" for name in ("enabled", "condition", "annotator", "strength")}
             units |= {"control_start_k", "control_end_k", "image_2", "image_3"}
-            units |= {f"{name}_k" for name in UNIT_SETTINGS}
+            units |= {f"{name}_k" for name in UNIT_SETTINGS} | {"pose_json_k"}
             assert listed - {"image"} == units
             expanded = {name.replace("_k", f"_{k}") for name in units for k in (1, 2, 3)}
             assert names - shared - {"image", "prompt"} == expanded - {"image_1"}

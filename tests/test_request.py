@@ -175,7 +175,7 @@ def test_every_option_has_a_cli_flag_and_a_page_control(settings):
 
     with gr.Blocks():
         page = {}
-        for group in ("output", "unit", "sampling", "model", "speed", "image_to_image"):
+        for group in ("output", "unit", "sampling", "model", "speed", "image_to_image", "clip"):
             base = {"choices": list(settings.base_models)}
             page.update(controls_for(group, settings.limits, defaults(settings), base_model=base))
     missing = {name for name, spec in SHARED_OPTIONS.items() if spec.group != "prompt"} - set(page)

@@ -42,6 +42,7 @@ SPEED = ["cache_interval"]  # added after the others: positional callers are not
 START = ["init_image", "mask", "denoising_strength", "mask_blur", "keep_unmasked"]
 START += [f"outpaint_{side}" for side in ("left", "right", "top", "bottom")] + ["outpaint_fill"]
 CLIP = ["clip_skip"]  # added after all of those
+POSE_JSON = ["pose_json"]  # pose conditions: OpenPose JSON instead of the image, after all
 SHARED_KEYWORDS = [*OPTIONS, *MODELS, "annotator"]
 UNIT_KEYWORDS = ["enabled", "condition", "annotator", "image", "strength", "control_start"]
 
@@ -77,8 +78,10 @@ def test_api_names_and_keywords_follow_the_contract(client):
         detect = ["detect_resolution"] if condition.default_detect_resolution else []
         own = [param.name for param in condition.params]
         auto = ["pixel_perfect"] if detect else []  # added last: positional callers not shifted
+        pose = POSE_JSON if "mediapipe_pose" in condition.annotators else []
         expected = [
-            "image", "prompt", *SHARED_KEYWORDS, *detect, *own, *SPEED, *START, *auto, *CLIP
+            "image", "prompt", *SHARED_KEYWORDS, *detect, *own, *SPEED, *START, *auto, *CLIP,
+            *pose,
         ]  # fmt: skip
         assert names == expected, name
         assert all(parameter["parameter_has_default"] for parameter in parameters[2:])
@@ -104,6 +107,7 @@ def test_api_names_and_keywords_follow_the_contract(client):
         *SPEED,
         *START,
         *CLIP,
+        *(f"pose_json_{number}" for number in (1, 2, 3)),
     ]
 
 
@@ -151,8 +155,8 @@ def test_scribble_endpoint_converts_a_drawing(client, tmp_path):
     assert len(gallery) == 2 and 0 <= seed < 2**31
 
 
-def test_annotate_endpoint_returns_the_map_only(client):
-    path = client.predict(
+def test_annotate_endpoint_returns_the_map_and_no_pose_for_other_annotators(client):
+    path, pose = client.predict(
         image=handle_file(ASSETS / "astronaut.png"),
         annotator="canny",
         image_resolution=256,
@@ -160,6 +164,7 @@ def test_annotate_endpoint_returns_the_map_only(client):
     )
     control_map = np.asarray(Image.open(path))
     assert control_map.shape[:2] == (256, 256) and control_map.max() == 255
+    assert pose is None  # pose annotators only (tests/test_pose_json.py)
 
 
 def test_bad_requests_get_clear_messages_and_the_server_keeps_serving(client, tmp_path):
@@ -228,7 +233,7 @@ def test_drawn_scribble_endpoint_takes_the_canvas_composite(client, tmp_path):
 
 @pytest.mark.parametrize("annotator", ["hed", "depth_midas", "seg_upernet", "mediapipe_pose"])
 def test_annotate_endpoint_serves_annotators_with_weights(client, annotator):
-    path = client.predict(
+    path, _ = client.predict(
         image=handle_file(ASSETS / "astronaut.png"),
         annotator=annotator,
         image_resolution=256,

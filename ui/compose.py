@@ -35,6 +35,7 @@ from ui.controls import (
     generation_controls,
     name_input_errors,
     param_control,
+    pose_json_input,
     result_column,
     shown_settings,
     speed_controls,
@@ -162,6 +163,8 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
                 height=220,
             ),
         }
+        # A pose unit may take OpenPose JSON instead of its image (`pose_json_k`, after all).
+        pose_json = pose_json_input("Pose JSON instead of the image (pose conditions)")
         with gr.Accordion("Draw a scribble instead", open=False) as drawing:
             sketch = drawing_paper(show_label=False)
             use_sketch = gr.Button("Use this drawing", size="sm")
@@ -209,7 +212,7 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
         outputs=[controls["image"], condition, controls["enabled"], annotator, *followers],
         api_visibility="private",
     )
-    return controls, settings, note
+    return controls, settings, note, pose_json
 
 
 def _restorable_units(parameters: dict, slots: int) -> list[dict]:
@@ -230,7 +233,7 @@ def _restorable_units(parameters: dict, slots: int) -> list[dict]:
 def _restored_composition(
     file: Any,
     controls: dict[str, gr.components.Component],
-    unit_columns: list[tuple[dict, dict, gr.Markdown]],
+    unit_columns: list[tuple[dict, dict, gr.Markdown, gr.Code]],
 ) -> dict[gr.components.Component, Any]:
     """Values for `controls` (by API keyword name) from a PNG made by this app: its shared
     settings, and unit k in slot k (the other slots switched off). Images are not restored."""
@@ -247,7 +250,7 @@ def _restored_composition(
     )
     # The condition's `.input` handler does not run on a restore: send what it would, with the
     # restored annotator and settings in place of its defaults.
-    for number, (unit, settings, note) in enumerate(unit_columns, start=1):
+    for number, (unit, settings, note, _) in enumerate(unit_columns, start=1):
         condition = values.get(f"condition_{number}")
         if condition is None:
             continue
@@ -303,14 +306,18 @@ def build_compose_tab(page: Page) -> None:
     first_image = unit_columns[0][0].pop("image")
     unit_inputs = {
         f"{name}_{number}": component
-        for number, (controls, _, _) in enumerate(unit_columns, start=1)
+        for number, (controls, _, _, _) in enumerate(unit_columns, start=1)
         for name, component in controls.items()
     }
     # The annotator settings come last: existing positional callers are not shifted.
     settings_inputs = {
         f"{name}_{number}": component
-        for number, (_, settings, _) in enumerate(unit_columns, start=1)
+        for number, (_, settings, _, _) in enumerate(unit_columns, start=1)
         for name, component in settings.items()
+    }
+    # Pose JSON per unit, after everything else in turn.
+    pose_inputs = {
+        f"pose_json_{number}": pose for number, (*_, pose) in enumerate(unit_columns, start=1)
     }
 
     # image_2 / image_3 default to None so API callers may leave them out (unit 1's is used).
@@ -333,6 +340,7 @@ def build_compose_tab(page: Page) -> None:
             values = {name: kwargs.pop(f"{name}_{number}") for name in UNIT_SETTINGS}
             unit.update(_unit_settings(unit["condition"], unit["annotator"], values))
             unit["image"] = images[number - 1]
+            unit["pose_json"] = kwargs.pop(f"pose_json_{number}", None) or None
             raw_units.append(unit)
 
         def call(on_progress, on_preview):
@@ -350,7 +358,8 @@ def build_compose_tab(page: Page) -> None:
 
     # The image-to-image keywords come last: positional callers are not shifted.
     inputs_kwargs = {
-        **unit_inputs, **options, **models, **settings_inputs, **speed, **start, **clip
+        **unit_inputs, **options, **models, **settings_inputs, **speed, **start, **clip,
+        **pose_inputs,
     }  # fmt: skip
     name_input_errors(inputs_kwargs)
     run_with_stop(
@@ -381,7 +390,7 @@ def build_compose_tab(page: Page) -> None:
         **{name: c for name, c in start.items() if name not in ("init_image", "mask")},
         **clip,
     }
-    notes = [note for _, _, note in unit_columns]
+    notes = [note for _, _, note, _ in unit_columns]
     restore.upload(
         fn=lambda file: _restored_composition(file, restorable, unit_columns),
         inputs=restore,

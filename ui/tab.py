@@ -14,6 +14,7 @@ import gradio as gr
 import numpy as np
 
 from annotators import ANNOTATORS
+from annotators.pose_json import POSE_ANNOTATORS, poses_from_json
 from conditions import Condition
 from errors import InvalidRequestError
 from settings import PROJECT_ROOT
@@ -30,6 +31,9 @@ from ui.controls import (
     name_input_errors,
     param_control,
     pixel_perfect_checkbox,
+    pose_json_download,
+    pose_json_file,
+    pose_json_input,
     resolution_slider,
     result_column,
     shown_settings,
@@ -87,6 +91,10 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
         with gr.Row():
             with gr.Column():
                 image = input_component(condition, limits)
+                # Pose conditions: OpenPose JSON instead of the photo (its keyword after all).
+                last: dict[str, gr.components.Component] = {}
+                if any(name in POSE_ANNOTATORS for name in condition.annotators):
+                    last["pose_json"] = pose_json_input()
                 prompt = gr.Textbox(
                     label="Prompt",
                     placeholder=condition.prompt_hint or "e.g. a cosy house by a lake",
@@ -142,6 +150,7 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
                 gallery, seed_used, restore = result_column(
                     "Control map, then images", elem_id=f"result-{condition.name}"
                 )
+                pose_file = pose_json_download() if last else None
                 page.to_upscale.append((gallery, prompt, upscale_button()))
 
     if condition.input_kind == "canvas":
@@ -172,13 +181,19 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
         yield from stream_generation(call, progress, store, request)
 
     @user_errors
-    def preview_map(image, **kwargs):
+    def preview_map(image, pose_json=None, **kwargs):
+        if pose_json:  # the map drawn from the JSON, at its canvas size
+            pose = poses_from_json(pose_json, limits.max_pose_people, limits.max_aspect_ratio)
+            return [(pose.draw(), "Control map (pose JSON)")], pose_json_file(pose.to_json())
         control = engine.annotate(canvas_image(image), **kwargs)
         for warning in control.warnings:
             gr.Warning(warning)
-        return [(control.image, "Control map")]
+        gallery_value = [(control.image, "Control map")]
+        return (gallery_value, pose_json_file(control.pose)) if last else gallery_value
 
-    name_input_errors({**options, **models, **map_controls, **speed, **start, **auto, **clip})
+    name_input_errors(
+        {**options, **models, **map_controls, **speed, **start, **auto, **clip, **last}
+    )
     run_with_stop(
         [run.click, prompt.submit],
         run,
@@ -188,7 +203,16 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
         fn=generate,
         inputs=[image, prompt],
         # The image-to-image keywords come last: positional callers are not shifted.
-        inputs_kwargs={**options, **models, **map_controls, **speed, **start, **auto, **clip},
+        inputs_kwargs={
+            **options,
+            **models,
+            **map_controls,
+            **speed,
+            **start,
+            **auto,
+            **clip,
+            **last,
+        },  # fmt: skip
         outputs=[gallery, seed_used],
         api_name=condition.name,
         concurrency_id=GPU_QUEUE,
@@ -197,8 +221,8 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
     preview.click(
         fn=preview_map,
         inputs=[image],
-        inputs_kwargs={**geometry, **map_controls, **auto},
-        outputs=[gallery],
+        inputs_kwargs={**geometry, **map_controls, **auto, **last},
+        outputs=[gallery, pose_file] if last else [gallery],
         api_visibility="private",
         concurrency_id=GPU_QUEUE,  # annotator networks run on the GPU too
     )
@@ -291,21 +315,24 @@ def build_annotate_tab(page: Page) -> None:
                 make = gr.Button("Make map", variant="primary")
             with gr.Column():
                 output = gr.Image(label="Control map", format="png")
+                # Pose annotators: the people found, as OpenPose JSON (None for the others).
+                pose = gr.JSON(label="Pose JSON (pose annotators)")
+                pose_file = pose_json_download()
 
     @user_errors
-    def annotate(image, **kwargs) -> np.ndarray:
+    def annotate(image, **kwargs) -> tuple[np.ndarray, dict | None]:
         control = engine.annotate(image, **kwargs)
         for warning in control.warnings:
             gr.Warning(warning)
-        return control.image
+        return control.image, control.pose
 
     name_input_errors(controls)
     make.click(
         fn=annotate,
         inputs=[image],
         inputs_kwargs=controls,
-        outputs=output,
+        outputs=[output, pose],
         api_name="annotate",
         concurrency_id=GPU_QUEUE,
-    )
+    ).success(pose_json_file, inputs=pose, outputs=pose_file, api_visibility="private")
     _show_params_of_chosen_annotator(controls)
