@@ -93,7 +93,9 @@ def test_the_condition_is_an_entry_with_its_own_role_annotators_and_example():
     assert f"`{EXAMPLE}`" in licences and "draw_lineart_anime_girl.py" in licences
     # Seeded after every earlier ControlNet role, so their tiny weights (and the golden images)
     # stay what they were.
-    assert ADDED_ROLES[-1] == "lineart_anime" and controlnet_roles()[-1] == "lineart_anime"
+    later = ADDED_ROLES[ADDED_ROLES.index("lineart_anime") + 1 :]  # roles added after it
+    assert controlnet_roles()[-1 - len(later)] == "lineart_anime"
+    assert ADDED_ROLES.index("lineart_anime") > ADDED_ROLES.index("inpaint")
 
 
 def test_the_example_is_a_black_line_drawing_on_white_paper(girl):
