@@ -62,6 +62,13 @@ MODULES: dict[str, Module] = {
     "lineart_standard": Module(("lineart_standard",)),
     # "invert (from white bg & black line)": a drawing of one's own.
     "invert": Module(("line_drawing", "scribble")),
+    "lineart_anime": Module(("lineart_anime",)),
+    "shuffle": Module(("shuffle",)),
+    "depth_zoe": Module(("depth_zoe",)),
+    "depth_anything_v2": Module(("depth_anything_v2",)),
+    "seg_ofade20k": Module(("seg_oneformer_ade20k",)),
+    "seg_ofcoco": Module(("seg_oneformer_coco",)),
+    "dw_openpose_full": Module(("dw_openpose_full",)),
     "inpaint": Module(("none",), roles=("inpaint",)),
     "inpaint_only": Module(("none",), roles=("inpaint",)),
     # The older names A1111 still takes.
@@ -75,6 +82,7 @@ MODULES: dict[str, Module] = {
     "scribble": Module(("scribble",)),
     # This app's own, which A1111 lacks.
     "mediapipe_pose": Module(("mediapipe_pose",)),
+    "dw_openpose": Module(("dw_openpose",)),
 }
 
 # The ControlNet roles a unit can run (a condition's own, or one it sends an annotator to).

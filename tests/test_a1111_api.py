@@ -225,10 +225,10 @@ def test_bad_payloads_get_a1111_errors_and_the_server_keeps_serving(server, coff
     status, answer = txt2img(unit={"weight": 5})
     assert status == 422
     assert "controlnet.args[0].weight` must be between 0 and 2" in answer["detail"]
-    status, answer = txt2img(unit={"module": "shuffle"})
-    assert status == 422 and "unknown ControlNet module 'shuffle'" in answer["detail"]
+    status, answer = txt2img(unit={"module": "reference_only"})  # A1111's, not offered here
+    assert status == 422 and "unknown ControlNet module 'reference_only'" in answer["detail"]
     assert "depth_midas" in answer["detail"]  # the names that are available
-    status, answer = txt2img(unit={"model": "control_v11e_sd15_shuffle [deadbeef]"})
+    status, answer = txt2img(unit={"model": "control_v11p_sd15_sketch [deadbeef]"})
     assert status == 422 and "control_v11p_sd15_canny" in answer["detail"]
     status, answer = txt2img(unit={"model": "control_v11f1p_sd15_depth"})  # canny on depth
     assert status == 422 and "modules for it: none, depth_midas" in answer["detail"]

@@ -18,7 +18,7 @@ from errors import InvalidRequestError
 from pipelines.loop import img2img
 from pipelines.request import GenerationRequest
 from settings import DEFAULT_MODEL_IDS, V10_MODEL_IDS, Settings
-from testkit.models_dir import RECORDED_ROLES, controlnet_roles
+from testkit.models_dir import ADDED_ROLES, RECORDED_ROLES, controlnet_roles
 
 INPAINT_ID = "lllyasviel/control_v11p_sd15_inpaint"
 
@@ -69,7 +69,9 @@ def test_inpaint_is_a_condition_with_its_own_role():
     assert "inpaint" in img2img.MASKED_IMAGE_ROLES
     # The tests' MODELS_DIR seeds it after every earlier role: theirs keep their weights.
     roles = controlnet_roles()
-    assert roles[: len(RECORDED_ROLES)] == list(RECORDED_ROLES) and roles[-1] == "inpaint"
+    later = ADDED_ROLES[ADDED_ROLES.index("inpaint") + 1 :]  # roles added after it
+    assert roles[: len(RECORDED_ROLES)] == list(RECORDED_ROLES)
+    assert roles[-1 - len(later)] == "inpaint" and ADDED_ROLES[0] == "inpaint"
 
 
 def test_inpaint_downloads_as_a_diffusers_controlnet():

@@ -35,7 +35,7 @@ SHARED_CONFIGS = (ROOT / "shared" / "real_configs", ROOT.parent / "shared" / "re
 BASE_ID = DEFAULT_MODEL_IDS["base"]
 CONTROLNET_ROLES = (
     "canny", "mlsd", "scribble", "softedge", "openpose", "seg", "depth", "normal", "normal_midas",
-    "tile", "ip2p", "lineart", "lineart_anime", "inpaint",
+    "tile", "ip2p", "lineart", "lineart_anime", "inpaint", "shuffle",
 )  # fmt: skip
 # Every ControlNet the app loads: the v1.1 family's and the paper's v1.0 ones.
 CONTROLNET_IDS = sorted(
