@@ -23,7 +23,7 @@ import numpy as np
 
 from annotators.base import Annotator, Detector, LoadContext
 from annotators.depth import DepthEstimator, depth_to_map
-from annotators.weights import load_pretrained
+from annotators.weights import load_pretrained, processor_pixels
 
 ROLE = "depth_anything"
 
@@ -40,10 +40,7 @@ def load_depth_anything(context: LoadContext) -> DepthEstimator:
 
     def estimate(image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
-        if not image.flags.writeable:  # the processor wraps it in a tensor, which warns
-            image = image.copy()
-        inputs = processor(images=image, return_tensors="pt")
-        pixel_values = inputs["pixel_values"].to(context.device, model.dtype)  # (1, 3, h, w)
+        pixel_values = processor_pixels(processor, image, context.device, model.dtype)
         with torch.inference_mode():
             depth = model(pixel_values=pixel_values).predicted_depth[:, None]  # (1, 1, h, w)
             depth = torch.nn.functional.interpolate(

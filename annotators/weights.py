@@ -92,3 +92,12 @@ def pretrained_source(context: LoadContext, role: str) -> tuple[str, dict[str, A
     """
     source, is_local = resolve_source(context.model_ids[role], context.models_dir)
     return source, {"local_files_only": is_local or hub_offline()}
+
+
+def processor_pixels(processor: Any, image: Any, device: str, dtype: Any) -> Any:
+    """A transformers image processor's `pixel_values` (1, 3, h, w) for RGB uint8 `image`, on
+    `device` in `dtype` (a read-only array is copied first: the processor's tensor would warn)."""
+    if not image.flags.writeable:
+        image = image.copy()
+    inputs = processor(images=image, return_tensors="pt")
+    return inputs["pixel_values"].to(device, dtype)

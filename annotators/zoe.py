@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from annotators.base import Annotator, Detector, LoadContext
-from annotators.weights import load_pretrained
+from annotators.weights import load_pretrained, processor_pixels
 
 ROLE = "depth_zoe"
 # ControlNet v1.1's Zoe normalisation: the 2nd and 85th percentiles of the metric depth.
@@ -62,10 +62,7 @@ def load_zoe_estimator(context: LoadContext) -> MetricDepthEstimator:
 
     def estimate(image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
-        if not image.flags.writeable:  # the processor wraps it in a tensor, which warns
-            image = image.copy()
-        inputs = processor(images=image, return_tensors="pt")
-        pixel_values = inputs["pixel_values"].to(context.device, model.dtype)  # (1, 3, h, w)
+        pixel_values = processor_pixels(processor, image, context.device, model.dtype)
         with torch.inference_mode():
             outputs = model(pixel_values=pixel_values)
             # The reference's flip augmentation: the mirrored image's prediction, mirrored back
