@@ -367,7 +367,8 @@ def test_json_for_dwpose_units_is_drawn_in_dwposes_order(engine):
 
 
 def test_the_pages_upload_and_download_of_pose_json(tmp_path):
-    from ui.controls import _read_text, pose_json_file
+    from ui.controls import pose_json_file
+    from ui.pose_editor import _read_text
 
     data = poses_to_json([person(0.0)], 512, 512)
     path = pose_json_file(data)

@@ -23,7 +23,9 @@ from typing import Any
 import gradio as gr
 
 from annotators import ANNOTATORS, Annotator, Param
+from annotators.pose_json import POSE_ANNOTATORS
 from conditions import CONDITIONS
+from errors import InvalidRequestError
 from png_info import compose_restore_values
 from settings import PROJECT_ROOT
 from ui.controls import (
@@ -35,7 +37,6 @@ from ui.controls import (
     generation_controls,
     name_input_errors,
     param_control,
-    pose_json_input,
     result_column,
     shown_settings,
     speed_controls,
@@ -44,6 +45,7 @@ from ui.controls import (
     user_errors,
 )
 from ui.img2img import image_to_image_controls
+from ui.pose_editor import editor_value, follow_annotator, pose_input
 from ui.results import (
     png_settings,
     restored_values,
@@ -141,7 +143,7 @@ def _condition_updates(condition_name: str, annotator: str) -> list[dict]:
     ]
 
 
-def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defaults):
+def _unit_controls(number: int, condition_name: str, enabled: bool, engine, limits, defaults):
     """One unit's column; returns its controls and its annotator settings by API keyword (without
     the `_k` suffix)."""
     uploads = [(c.label, c.name) for c in UNIT_CONDITIONS]
@@ -164,7 +166,14 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
             ),
         }
         # A pose unit may take OpenPose JSON instead of its image (`pose_json_k`, after all).
-        pose_json = pose_json_input("Pose JSON instead of the image (pose conditions)")
+        pose = pose_input(
+            limits,
+            f"pose-editor-unit-{number}",
+            controls["image"],
+            label="Edit a pose instead of the image (pose conditions)",
+            find_button=True,
+        )
+        follow_annotator(f"pose-editor-unit-{number}", controls["annotator"])
         with gr.Accordion("Draw a scribble instead", open=False) as drawing:
             sketch = drawing_paper(show_label=False)
             use_sketch = gr.Button("Use this drawing", size="sm")
@@ -212,7 +221,31 @@ def _unit_controls(number: int, condition_name: str, enabled: bool, limits, defa
         outputs=[controls["image"], condition, controls["enabled"], annotator, *followers],
         api_visibility="private",
     )
-    return controls, settings, note, pose_json
+    pose.find.click(
+        user_errors(lambda *values: _found_pose(engine, number, *values)),
+        inputs=[controls["image"], condition, annotator, *settings.values()],
+        outputs=[pose.editor],
+        api_visibility="private",
+        concurrency_id=GPU_QUEUE,  # annotator networks run on the GPU too
+    )
+    return controls, settings, note, pose.text
+
+
+def _found_pose(engine, number: int, image, condition, annotator, *values) -> dict[str, Any]:
+    """The editor's value for the pose unit `number`'s annotator finds in its image."""
+    chosen = _chosen_annotator(condition, annotator)
+    if chosen is None or chosen.name not in POSE_ANNOTATORS:
+        raise InvalidRequestError(
+            f"Unit {number} does not find poses: choose the Pose condition (OpenPose, DWPose or "
+            "MediaPipe) first."
+        )
+    if image is None:
+        raise InvalidRequestError(f"Unit {number} has no image to find a pose in: upload one.")
+    settings = _unit_settings(condition, annotator, dict(zip(UNIT_SETTINGS, values, strict=True)))
+    control = engine.annotate(
+        image, chosen.name, detect_resolution=settings["detect_resolution"], **settings["params"]
+    )
+    return editor_value(control.pose, "detect")
 
 
 def _restorable_units(parameters: dict, slots: int) -> list[dict]:
@@ -294,7 +327,7 @@ def build_compose_tab(page: Page) -> None:
                 page.to_upscale.append((gallery, prompt, upscale_button()))
         with gr.Row(equal_height=False):
             unit_columns = [
-                _unit_controls(number, name, enabled, limits, defaults)
+                _unit_controls(number, name, enabled, engine, limits, defaults)
                 for number, (name, enabled) in enumerate(units, start=1)
             ]
         gr.Examples(

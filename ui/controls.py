@@ -376,33 +376,6 @@ def _as_messages(name: str):
 
 
 # ---- pose JSON -----------------------------------------------------------------------------------
-def pose_json_input(label: str = "Pose JSON (OpenPose format)") -> gr.Code:
-    """A pose as OpenPose JSON instead of a photo: a file to upload or text to paste, one API
-    keyword (`pose_json`, the text). Empty: the image is used."""
-    with gr.Accordion(label, open=False):
-        upload = gr.File(label="Upload a pose JSON", file_types=[".json"], type="filepath")
-        text = gr.Code(
-            value="",
-            label="…or paste it (used instead of the image; empty: the image)",
-            language="json",
-        )
-    upload.upload(_read_text, inputs=upload, outputs=text, api_visibility="private")
-    return text
-
-
-def _read_text(path: str | None) -> str:
-    if not path:
-        return ""
-    with open(path, "rb") as file:
-        data = file.read(MAX_POSE_JSON_BYTES + 1)
-    if len(data) > MAX_POSE_JSON_BYTES:
-        raise gr.Error(f"The pose JSON is over {MAX_POSE_JSON_BYTES // 1024} KiB.")
-    return data.decode("utf-8", errors="replace")
-
-
-MAX_POSE_JSON_BYTES = 4 * 1024 * 1024  # 20 people of 137 points are about 100 KiB
-
-
 def pose_json_download(label: str = "Download pose JSON") -> gr.File:
     return gr.File(label=label, interactive=False, visible=True)
 

@@ -33,7 +33,6 @@ from ui.controls import (
     pixel_perfect_checkbox,
     pose_json_download,
     pose_json_file,
-    pose_json_input,
     resolution_slider,
     result_column,
     shown_settings,
@@ -42,6 +41,7 @@ from ui.controls import (
     user_errors,
 )
 from ui.img2img import image_to_image_controls
+from ui.pose_editor import editor_value, follow_annotator, pose_input
 from ui.results import restored_settings, stream_generation
 from ui.running import run_buttons, run_with_stop
 from ui.status import StatusNotes
@@ -93,8 +93,10 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
                 image = input_component(condition, limits)
                 # Pose conditions: OpenPose JSON instead of the photo (its keyword after all).
                 last: dict[str, gr.components.Component] = {}
+                editor_id = f"pose-editor-{condition.name}"
                 if any(name in POSE_ANNOTATORS for name in condition.annotators):
-                    last["pose_json"] = pose_json_input()
+                    pose = pose_input(limits, editor_id, image)
+                    last["pose_json"] = pose.text
                 prompt = gr.Textbox(
                     label="Prompt",
                     placeholder=condition.prompt_hint or "e.g. a cosy house by a lake",
@@ -106,6 +108,8 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
                 map_controls: dict[str, gr.components.Component] = {
                     "annotator": annotator_choice(condition.annotators),
                 }
+                if last:
+                    follow_annotator(editor_id, map_controls["annotator"])
                 # Each parameter once (OpenPose's and MediaPipe's hands are one control), shown
                 # from the first paint only when the default annotator has it.
                 first = ANNOTATORS[condition.annotators[0]]
@@ -182,14 +186,18 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
 
     @user_errors
     def preview_map(image, pose_json=None, **kwargs):
-        if pose_json:  # the map drawn from the JSON, at its canvas size
+        if pose_json:  # the map drawn from the JSON, at its canvas size (the editor has it)
             pose = poses_from_json(pose_json, limits.max_pose_people, limits.max_aspect_ratio)
-            return [(pose.draw(), "Control map (pose JSON)")], pose_json_file(pose.to_json())
+            drawn = [(pose.draw(), "Control map (pose JSON)")]
+            return drawn, pose_json_file(pose.to_json()), gr.skip(), gr.skip()
         control = engine.annotate(canvas_image(image), **kwargs)
         for warning in control.warnings:
             gr.Warning(warning)
         gallery_value = [(control.image, "Control map")]
-        return (gallery_value, pose_json_file(control.pose)) if last else gallery_value
+        if not last:
+            return gallery_value
+        found = editor_value(control.pose, "detect")  # into the editor, opened to show it
+        return gallery_value, pose_json_file(control.pose), found, gr.Accordion(open=True)
 
     name_input_errors(
         {**options, **models, **map_controls, **speed, **start, **auto, **clip, **last}
@@ -222,7 +230,7 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
         fn=preview_map,
         inputs=[image],
         inputs_kwargs={**geometry, **map_controls, **auto, **last},
-        outputs=[gallery, pose_file] if last else [gallery],
+        outputs=[gallery, pose_file, pose.editor, pose.accordion] if last else [gallery],
         api_visibility="private",
         concurrency_id=GPU_QUEUE,  # annotator networks run on the GPU too
     )
