@@ -367,3 +367,35 @@ def test_touch_at_a_phones_width(phone_page: Page, server):
     assert abs(moved[0] - (x + 30 * scale)) <= 2 * scale
     assert abs(moved[1] - (y + 24 * scale)) <= 2 * scale
     assert_same_pixels(live_map(page), server_drawing(editor_json(page)))
+
+
+def test_a_compose_unit_finds_and_edits_its_pose(page: Page, server):
+    """Unit 1 (Pose) finds the astronaut's pose into its editor; unit 2 (Depth) says it finds
+    none; an edit in unit 1 becomes its `pose_json_1`."""
+    page.goto(server.url)
+    panel = open_tab(page, "Compose")
+    panel.get_by_test_id("image").first.locator("input[type=file]").set_input_files(ASTRONAUT)
+    combobox = panel.get_by_role("combobox", name="Annotator").first
+    combobox.click()
+    page.get_by_role("option", name="Pose (MediaPipe, no download)", exact=True).click()
+    combobox.blur()
+    openers = panel.get_by_role("button", name="Edit a pose instead of the image")
+    openers.nth(0).click()
+    openers.nth(1).click()
+    finders = panel.get_by_role("button", name="Find the pose in the image")
+    finders.nth(1).click()
+    toast = page.get_by_test_id("toast-body").filter(has_text="Unit 2 does not find poses")
+    expect(toast.first).to_be_visible(timeout=GENERATE_TIMEOUT_MS)
+    finders.nth(0).click()
+    editor = page.locator("#pose-editor-unit-1 .pose-editor")
+    expect(editor).to_have_attribute("data-people", "1", timeout=GENERATE_TIMEOUT_MS)
+    view = editor.locator(".pose-editor-view")
+    view.focus()
+    view.press("n")
+    view.press("Shift+ArrowDown")
+    script = "() => document.querySelector('#pose-editor-unit-1 .pose-editor').poseEditor.toJson()"
+    edited = page.evaluate(script)
+    text = panel.locator(".cm-content")
+    panel.get_by_role("button", name="Pose JSON (OpenPose format)").first.click()
+    expect(text.first).not_to_have_text("")
+    assert json.loads(text.first.text_content()) == edited
