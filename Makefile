@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 7860
 
-.PHONY: run test lint system-deps clean
+.PHONY: run serve test lint system-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(VENV)/.requirements: requirements.txt | $(PY)
 
 $(VENV)/.requirements-test: requirements-test.txt $(VENV)/.requirements
 	$(PY) -m pip install -r requirements-test.txt
+	touch $@
+
+$(VENV)/.requirements-serve: requirements-serve.txt $(VENV)/.requirements
+	$(PY) -m pip install -r requirements-serve.txt
 	touch $@
 
 # Debian's chromium for the browser test (as root: apt-get; otherwise say what to install).
@@ -31,11 +35,15 @@ system-deps:
 run: $(VENV)/.requirements
 	$(PY) app.py --port $(PORT)
 
+# The engine as Ray Serve replicas, one per GPU (SERVE_REPLICAS=N on a machine without GPUs).
+serve: $(VENV)/.requirements-serve
+	SERVE=ray $(PY) app.py --port $(PORT)
+
 lint: $(VENV)/.requirements-test
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: system-deps $(VENV)/.requirements-test lint
+test: system-deps $(VENV)/.requirements-test $(VENV)/.requirements-serve lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 clean:

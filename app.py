@@ -53,10 +53,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     from a1111.routes import add_routes
     from pipelines.engine import Engine  # torch is imported here, not for --help
+    from serving import ServeSettings
     from ui import PAGE_CSS, build_demo
 
     settings = Settings.from_env()
-    engine = Engine(settings)
+    serving = ServeSettings.from_env()
+    if serving.mode:  # Ray Serve replicas run the engine (serving/); Ray is imported only then
+        from serving import remote_engine
+
+        engine = remote_engine(settings, serving)
+    else:
+        engine = Engine(settings)
     if settings.warm_up and engine.fast_path:
         threading.Thread(target=warm_up, args=(engine,), daemon=True).start()
     demo = build_demo(engine, settings)

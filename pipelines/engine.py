@@ -73,6 +73,8 @@ class RunTiming:
 
 
 class Engine:
+    concurrent_runs = 1  # requests it runs at once (one lock): the page's queue lets this many
+
     def __init__(self, settings: Settings, device: str | None = None):
         self.settings = settings
         self.models = ModelStore(settings, device)

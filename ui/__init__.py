@@ -53,5 +53,10 @@ def build_demo(engine, settings: Settings) -> gr.Blocks:
         send_results_to_upscale(page.to_upscale, upscale_inputs, tabs)
         system_panel(engine)
         notes.refresh_on_load(demo)
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
+    # Every GPU event shares one concurrency id (ui.controls.GPU_QUEUE) and takes this default:
+    # one run at a time for one engine, one per replica when Ray Serve runs the engine.
+    demo.queue(
+        max_size=settings.queue_size,
+        default_concurrency_limit=getattr(engine, "concurrent_runs", 1),
+    )
     return demo
