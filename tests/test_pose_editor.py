@@ -255,14 +255,24 @@ def test_people_are_added_moved_scaled_and_removed(page: Page, server):
     shift = moved[:, :2] - values[:, :2]
     assert np.all(shift == shift[0]) and np.any(shift[0] != 0)
 
-    # The corner handle scales the person about its middle; Bigger and Smaller too.
+    # The corner handle (6 CSS pixels past the box) scales the person up; Smaller shrinks it.
     def height(document, person=1):
         ys = np.array(document["people"][person]["pose_keypoints_2d"][1::3])
         return ys.max() - ys.min()
 
-    before = height(editor_json(page))
+    document = editor_json(page)
+    before = height(document)
+    points = np.array(document["people"][1]["pose_keypoints_2d"]).reshape(-1, 3)
+    right, bottom = screen_point(page, points[:, 0].max(), points[:, 1].max())
+    corner = (right + 6 - 0.5, bottom + 6 - 0.5)  # screen_point gives the pixel's middle
+    page.mouse.move(*corner)
+    page.mouse.down()
+    page.mouse.move(corner[0] + 20, corner[1] + 30, steps=6)
+    page.mouse.up()
+    bigger = height(editor_json(page))
+    assert bigger > before
     tools.get_by_role("button", name="Smaller").click()
-    assert height(editor_json(page)) < before
+    assert height(editor_json(page)) < bigger
 
     tools.get_by_role("button", name="Remove person").click()
     assert len(editor_json(page)["people"]) == 1
@@ -290,6 +300,15 @@ def test_the_keyboard_picks_moves_and_hides_joints(page: Page, server):
     expect(status).to_contain_text("Hid the left wrist")
     view.press("h")
     assert body_point(editor_json(page), LEFT_WRIST) == (x + 10, y + 1, 1)
+    # - shrinks the person, Delete removes it, Ctrl+Z brings it back.
+    ys = np.array(editor_json(page)["people"][0]["pose_keypoints_2d"][1::3])
+    view.press("-")
+    smaller = np.array(editor_json(page)["people"][0]["pose_keypoints_2d"][1::3])
+    assert smaller.max() - smaller.min() < ys.max() - ys.min()
+    view.press("Delete")
+    assert editor_json(page)["people"] == []
+    view.press("Control+z")
+    assert len(editor_json(page)["people"]) == 1
 
 
 def test_a_hand_and_the_face_follow_their_wrist_and_nose(page: Page, server, tmp_path):

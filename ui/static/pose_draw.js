@@ -317,8 +317,7 @@
   function ellipse2Poly(center, axes, angle, delta) {
     while (angle < 0) angle += 360;
     while (angle > 360) angle -= 360;
-    const a = angle < 0 ? angle + 360 : angle;
-    const alpha = SIN_TABLE[450 - a], beta = SIN_TABLE[a];
+    const alpha = SIN_TABLE[450 - angle], beta = SIN_TABLE[angle];
     const points = [];
     let previous = null;
     for (let i = 0; i < 360 + delta; i += delta) {
@@ -472,5 +471,5 @@
     return { people, width, height };
   }
 
-  window.PoseDraw = { drawPoses, drawToCanvas, peopleFromJson, ellipse2Poly, cvRound };
+  window.PoseDraw = { drawPoses, drawToCanvas, peopleFromJson };
 })();

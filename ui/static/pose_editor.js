@@ -369,9 +369,12 @@
       const { width, height } = this;
       const people = this.drawn();
       const options = { hands: true, face: true, atOnce: this.atOnce };
-      window.PoseDraw.drawToCanvas(this.map, people, width, height, options);
-      // The map over the photo: the map's black is left out so the photo shows through.
+      // Drawn once per move: the map as it is, then a copy over the photo with the map's black
+      // left out so the photo shows through.
       const pixels = window.PoseDraw.drawPoses(people, width, height, options);
+      this.map.width = width;
+      this.map.height = height;
+      this.map.getContext("2d").putImageData(new ImageData(pixels.slice(), width, height), 0, 0);
       for (let i = 0; i < pixels.length; i += 4) {
         if (!pixels[i] && !pixels[i + 1] && !pixels[i + 2]) pixels[i + 3] = 0;
       }
@@ -475,9 +478,8 @@
       if (best) return { kind: "joint", target: best };
       for (let p = this.people.length - 1; p >= 0; p--) {
         const box = this.box(this.people[p]);
-        const pad = reach;
-        if (box && x >= box.left - pad && x <= box.right + pad && y >= box.top - pad
-          && y <= box.bottom + pad) return { kind: "move", person: p };
+        if (box && x >= box.left - reach && x <= box.right + reach && y >= box.top - reach
+          && y <= box.bottom + reach) return { kind: "move", person: p };
       }
       return null;
     }
