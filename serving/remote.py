@@ -17,6 +17,7 @@ a retry would not even be the same request. Other requests run on the other repl
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
@@ -139,14 +140,22 @@ def deployment_options(serving: ServeSettings, gpus: int) -> dict[str, Any]:
     return options
 
 
+def local_cpus(serving: ServeSettings) -> int:
+    """The CPUs a local Ray instance offers: the machine's, or as many as the replicas ask for
+    (Ray's CPUs are a count it schedules by, not cores it pins), so that SERVE_REPLICAS=4 on two
+    cores starts four replicas instead of waiting for cores that never come."""
+    replicas = serving.max_replicas or serving.replicas or 0
+    return max(os.cpu_count() or 1, math.ceil(replicas * serving.replica_cpus))
+
+
 def connect(settings: Settings, serving: ServeSettings) -> RemoteEngine:
     """Join the Ray cluster at RAY_ADDRESS (or start one here), deploy the replicas (replacing a
     deployment of the same name) and return the engine that sends them requests."""
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init()
-        else:
-            ray.init(include_dashboard=False)
+        else:  # a local instance with room for every replica asked for, even on a small machine
+            ray.init(include_dashboard=False, num_cpus=local_cpus(serving))
     gpus = int(ray.cluster_resources().get("GPU", 0))
     options = deployment_options(serving, gpus)
     serve.start(proxy_location="Disabled")  # requests come through the handle, not HTTP

@@ -1,0 +1,199 @@
+"""The real app with SERVE=ray: a local Ray instance, two CPU replicas, driven by gradio_client.
+
+Both apps here run their engines with one thread (`OMP_NUM_THREADS=1`, what Ray gives a replica of
+one CPU anyway), so the single-engine server and the replicas do the same arithmetic and the same
+requests must give the same pixels. Ray's log lines name the replica's process (`pid=...`); its
+log deduplication is off so that every request's line is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import psutil
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from gradio_client.utils import Status
+from PIL import Image
+
+from serving import WORKER_RESTARTED
+from testkit.app_process import start_app, stop_app
+from testkit.paths import ASSETS
+
+ONE_THREAD = {"DEFAULT_IMAGE_RESOLUTION": "256", "OMP_NUM_THREADS": "1"}
+TWO_REPLICAS = {"SERVE": "ray", "SERVE_REPLICAS": "2", "RAY_DEDUP_LOGS": "0", **ONE_THREAD}
+FAST = {"prompt": "a photo", "steps": 2, "image_resolution": 256}
+# (api_name, image, keywords): what several clients send at once, each with its own seed.
+REQUESTS = [
+    ("/canny", "coffee.jpg", {**FAST, "seed": 1, "num_images": 2}),
+    ("/scribble", "scribble_house.png", {**FAST, "seed": 2}),
+    ("/depth", "chelsea.jpg", {**FAST, "seed": 3, "control_mode": "prompt"}),
+    ("/openpose", "astronaut.png", {**FAST, "seed": 4, "annotator": "mediapipe_pose"}),
+    ("/canny", "astronaut.png", {**FAST, "seed": 5, "scheduler": "Euler a"}),
+    ("/annotate", "rocket.jpg", {"annotator": "canny", "image_resolution": 256}),
+]
+SLOW = {**FAST, "steps": 40}  # long enough to be caught mid-run on any machine
+REPLICA_LINE = re.compile(r"\(ServeReplica:controlnet:controlnet pid=(\d+)\).* CALL stream OK")
+
+
+class App:
+    def __init__(self, url: str, process, log):
+        self.url, self.process, self.log = url, process, log
+
+    def replica_pids(self) -> list[int]:
+        """The replicas' worker processes (Ray names them `ray::ServeReplica:...`)."""
+        pids = []
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            try:
+                if child.name().startswith("ray::ServeReplica"):
+                    pids.append(child.pid)
+            except psutil.NoSuchProcess:
+                continue
+        return sorted(pids)
+
+    def pids_that_served(self) -> set[int]:
+        return {int(pid) for pid in REPLICA_LINE.findall(self.log.read_text(errors="replace"))}
+
+
+def _start(models_dir, tmp_path_factory, name: str, env: dict[str, str]):
+    log = tmp_path_factory.mktemp(name) / "app.log"
+    try:
+        url, process = start_app(models_dir, log, timeout=300, extra_env=env)
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    return App(url, process, log)
+
+
+@pytest.fixture(scope="module")
+def one_engine(models_dir, tmp_path_factory):
+    app = _start(models_dir, tmp_path_factory, "one_engine", ONE_THREAD)
+    yield app
+    stop_app(app.process)
+
+
+@pytest.fixture(scope="module")
+def replicas(models_dir, tmp_path_factory):
+    app = _start(models_dir, tmp_path_factory, "ray", TWO_REPLICAS)
+    yield app
+    stop_app(app.process)
+    # The local Ray instance ends with the app: no replica is left running.
+    deadline = time.monotonic() + 30
+    while any(p.name().startswith("ray::") for p in _processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(p.name().startswith("ray::Serve") for p in _processes())
+
+
+def _processes():
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"]:
+            yield process
+
+
+def _send(url: str, request) -> list[np.ndarray]:
+    """One request from a client of its own; the images it returned, map first."""
+    api_name, image, keywords = request
+    result = Client(url, verbose=False).predict(
+        image=handle_file(ASSETS / image), api_name=api_name, **keywords
+    )
+    if api_name == "/annotate":
+        return [np.asarray(Image.open(result[0]))]
+    gallery, _seed = result
+    return [np.asarray(Image.open(item["image"])) for item in gallery]
+
+
+def test_two_replicas_give_the_single_engines_pixels_to_clients_at_once(replicas, one_engine):
+    assert len(replicas.replica_pids()) == 2
+    with ThreadPoolExecutor(len(REQUESTS)) as pool:  # every request at once, one client each
+        served = list(pool.map(lambda request: _send(replicas.url, request), REQUESTS))
+    for request, images in zip(REQUESTS, served, strict=True):
+        expected = _send(one_engine.url, request)
+        assert len(images) == len(expected), request
+        for got, want in zip(images, expected, strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=str(request))
+    # Both replicas ran requests: the load was spread, not queued behind one.
+    pids = replicas.replica_pids()
+    assert _served_by(replicas, pids) == set(pids)
+
+
+RUNNING = (Status.PROCESSING, Status.PROGRESS, Status.ITERATING)
+
+
+def _running(jobs) -> int:
+    return sum(job.status().code in RUNNING for job in jobs)
+
+
+def _submit_slow(url: str, seeds) -> list:
+    return [
+        Client(url, verbose=False).submit(
+            image=handle_file(ASSETS / "coffee.jpg"), api_name="/canny", **{**SLOW, "seed": seed}
+        )
+        for seed in seeds
+    ]
+
+
+def _served_by(app: App, pids, timeout: float = 20) -> set[int]:
+    """The replicas among `pids` that ran a request, once their log lines reached the app's log
+    (Ray forwards a worker's output a moment later)."""
+    deadline = time.monotonic() + timeout
+    while not set(pids) <= (served := app.pids_that_served()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return served & set(pids)
+
+
+def test_the_page_queue_runs_as_many_generations_at_once_as_there_are_replicas(replicas):
+    jobs = _submit_slow(replicas.url, range(3))
+    deadline = time.monotonic() + 120
+    while True:  # two run while the third waits in the page's queue
+        codes = [job.status().code for job in jobs]
+        if sum(code in RUNNING for code in codes) == 2 and Status.IN_QUEUE in codes:
+            break
+        assert not any(job.done() for job in jobs), f"never two running, one waiting: {codes}"
+        assert time.monotonic() < deadline, codes
+        time.sleep(0.05)
+    assert all(len(job.result(timeout=180)[0]) == 2 for job in jobs)
+
+
+def test_a_killed_replica_loses_no_request_and_the_server_keeps_serving(replicas):
+    before = replicas.replica_pids()
+    jobs = _submit_slow(replicas.url, range(10, 14))
+    deadline = time.monotonic() + 120
+    while _running(jobs) < 2:  # both replicas hold a request
+        assert time.monotonic() < deadline, [job.status() for job in jobs]
+        time.sleep(0.05)
+    victim = before[0]
+    os.kill(victim, signal.SIGKILL)
+    completed, restarted = 0, 0
+    for job in jobs:  # each ends, one way or the other, and none hangs
+        try:
+            gallery, _seed = job.result(timeout=180)
+        except AppError as error:
+            assert str(error) == WORKER_RESTARTED
+            restarted += 1
+        else:
+            assert len(gallery) == 2
+            completed += 1
+    assert restarted >= 1  # the request the killed replica held
+    assert completed + restarted == len(jobs) and completed >= 1
+    # Serve starts a replica in the killed one's place; the page keeps serving meanwhile.
+    assert len(_send(replicas.url, REQUESTS[1])) == 2
+    deadline = time.monotonic() + 120
+    while len(now := replicas.replica_pids()) != 2 or victim in now:
+        assert time.monotonic() < deadline, now
+        time.sleep(0.5)
+    barrier = threading.Barrier(2)
+
+    def send_together(request):
+        barrier.wait()
+        return _send(replicas.url, request)
+
+    with ThreadPoolExecutor(2) as pool:  # one for each replica, the new one too
+        results = list(pool.map(send_together, [REQUESTS[0], REQUESTS[0]]))
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert _served_by(replicas, now) == set(now)
