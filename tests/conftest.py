@@ -16,6 +16,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
 from settings import Settings, parse_base_models  # noqa: E402
 from testkit.app_process import start_app, stop_app  # noqa: E402
@@ -24,6 +25,11 @@ from testkit.paths import ASSETS  # noqa: E402
 
 # The image-to-image tests' shared fixtures (small_engine, photo, mask).
 pytest_plugins = ["start_image"]
+
+# How long a browser check waits for the page: Playwright's 5 s default is less than a first
+# render or one Gradio round trip can take on a busy 2-core machine (seen: a page still "Loading"
+# after 5 s). A check that holds passes as soon as it holds; only a failure waits this long.
+expect.set_options(timeout=30_000)
 
 
 @pytest.fixture(scope="session")
