@@ -1,16 +1,24 @@
 """Load test of the web app: concurrent gradio_client clients across the tabs, nothing lost.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.load [--clients 4] [--requests 3]
-        [--url http://127.0.0.1:7860/] [--queue-size 20]
+        [--steps 2] [--url http://127.0.0.1:7860/] [--queue-size 20]
+        [--serve ray --replicas 1 2]
 
 Without --url it builds tiny random-weight models for every condition in a temporary MODELS_DIR
 (no downloads: testkit/models_dir.py, the tests' own MODELS_DIR) and starts `python app.py` on
 them on CPU.
-Each client (one thread, one `Client`) sends --requests small requests (2 steps, 256 px), cycling
-through /canny, /scribble, /hed, /depth, /seg, /openpose (mediapipe pose) and /annotate. Every
-request ends as exactly one of: completed (a well-formed result), rejected (Gradio's
+Each client (one thread, one `Client`) sends --requests small requests (--steps steps, 256 px),
+cycling through /canny, /scribble, /hed, /depth, /seg, /openpose (mediapipe pose) and /annotate.
+Every request ends as exactly one of: completed (a well-formed result), rejected (Gradio's
 "Queue is full" answer, when more are waiting than QUEUE_SIZE allows) or failed (anything else).
 Prints one JSON line; `lost` counts requests with no outcome and must be 0.
+
+`--serve ray --replicas 1 2` starts the app once per replica count with `SERVE=ray` (a local Ray
+instance, CPU replicas of one thread each: Ray gives a one-CPU actor `OMP_NUM_THREADS=1`) and
+prints a line for each: completed requests per minute and p50/p95 latency. Before timing, every
+client sends one request of each kind, so that each replica has loaded its models (replicas load
+lazily, as the single engine does); those requests are not counted. On a machine with fewer cores
+than replicas the replicas share the cores: the ratio is bounded by the cores, not by the app.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from testkit.paths import ASSETS  # noqa: E402
 # What gradio_client raises (QueueError) when the server answers that its queue is full.
 QUEUE_FULL = "Queue is full"
 FAST = {"steps": 2, "image_resolution": 256}
+SERVE_MODES = ("ray",)
 # (api_name, image, extra keywords); generate endpoints also get a prompt and FAST.
 TABS: list[tuple[str, str, dict]] = [
     ("/canny", "coffee.jpg", {}),
@@ -67,9 +76,11 @@ class Tally:
 
 def check_result(api_name: str, result) -> None:
     """Raise ValueError unless `result` is what the endpoint promises."""
-    if api_name == "/annotate":
-        if not (isinstance(result, str) and Path(result).is_file()):
-            raise ValueError(f"{api_name}: expected an image path, got {result!r:.200}")
+    if api_name == "/annotate":  # (the map, the pose JSON of a pose annotator or None)
+        if not (isinstance(result, (list, tuple)) and len(result) == 2):
+            raise ValueError(f"{api_name}: expected (map, pose), got {result!r:.200}")
+        if not (isinstance(result[0], str) and Path(result[0]).is_file()):
+            raise ValueError(f"{api_name}: expected an image path, got {result[0]!r:.200}")
         return
     if not (isinstance(result, (list, tuple)) and len(result) == 2):
         raise ValueError(f"{api_name}: expected (gallery, seed), got {result!r:.200}")
@@ -84,14 +95,15 @@ def check_result(api_name: str, result) -> None:
         raise ValueError(f"{api_name}: a gallery image is missing: {gallery!r:.200}")
 
 
-def _request(client: Client, api_name: str, image: str, extra: dict):
+def _request(client: Client, api_name: str, image: str, extra: dict, steps: int):
     """One call of `api_name`, small and fast."""
-    keywords = dict(extra) if api_name == "/annotate" else {"prompt": "a photo", **FAST, **extra}
+    fast = {**FAST, "steps": steps}
+    keywords = dict(extra) if api_name == "/annotate" else {"prompt": "a photo", **fast, **extra}
     return client.predict(image=handle_file(ASSETS / image), api_name=api_name, **keywords)
 
 
 def _client_thread(
-    url: str, index: int, requests: int, tally: Tally, barrier: threading.Barrier
+    url: str, index: int, requests: int, tally: Tally, barrier: threading.Barrier, steps: int
 ) -> None:
     """One client: connect, wait for the others, then send `requests` requests in turn."""
     try:
@@ -100,7 +112,8 @@ def _client_thread(
         client, connect_error = None, f"connect: {type(error).__name__}: {error}"
     barrier.wait()  # all clients start firing together
     for number in range(requests):
-        api_name, image, extra = TABS[(index + number) % len(TABS)]
+        # Client k takes the k-th run of `requests` tabs in turn: together they cover every tab.
+        api_name, image, extra = TABS[(index * requests + number) % len(TABS)]
         with tally.lock:
             tally.submitted += 1
         started = time.perf_counter()
@@ -108,7 +121,7 @@ def _client_thread(
         try:
             if client is None:
                 raise RuntimeError(connect_error)
-            check_result(api_name, _request(client, api_name, image, extra))
+            check_result(api_name, _request(client, api_name, image, extra, steps))
         except Exception as error:  # noqa: BLE001 - each is classified below
             message = f"{api_name}: {type(error).__name__}: {error}"
             outcome = "rejected" if QUEUE_FULL in str(error) else "failed"
@@ -127,13 +140,15 @@ def _client_thread(
                     tally.failures.append(message)
 
 
-def run_load(url: str, clients: int = 4, requests_per_client: int = 3) -> dict:
+def run_load(
+    url: str, clients: int = 4, requests_per_client: int = 3, steps: int = FAST["steps"]
+) -> dict:
     """Drive `clients` concurrent clients x `requests_per_client` requests at `url`; the record."""
     tally = Tally()
     barrier = threading.Barrier(clients)
     threads = [
         threading.Thread(
-            target=_client_thread, args=(url, index, requests_per_client, tally, barrier)
+            target=_client_thread, args=(url, index, requests_per_client, tally, barrier, steps)
         )
         for index in range(clients)
     ]
@@ -166,7 +181,37 @@ def run_load(url: str, clients: int = 4, requests_per_client: int = 3) -> dict:
         "latency_max_s": round(latencies[-1], 3) if latencies else 0.0,
         "wall_s": round(wall, 3),
         "throughput_per_s": round(tally.completed / wall, 3) if wall else 0.0,
+        "requests_per_min": round(60 * tally.completed / wall, 2) if wall else 0.0,
     }
+
+
+def serve_load(
+    models_dir: Path,
+    folder: Path,
+    replica_counts: list[int],
+    clients: int,
+    requests_per_client: int,
+    steps: int = FAST["steps"],
+    queue_size: int | None = None,
+) -> list[dict]:
+    """The same load on the app with SERVE=ray and each of `replica_counts` replicas, one app
+    (and one local Ray instance) at a time; a record per count."""
+    records = []
+    for replicas in replica_counts:
+        log_path = folder / f"app-ray-{replicas}.log"
+        env = {"SERVE": "ray", "SERVE_REPLICAS": str(replicas)}
+        url, process = start_app(models_dir, log_path, queue_size, timeout=300, extra_env=env)
+        try:
+            warm = run_load(url, clients, len(TABS), steps)  # each replica loads its models
+            record = run_load(url, clients, requests_per_client, steps)
+        finally:
+            stop_app(process)
+        record.update(serve="ray", replicas=replicas, steps=steps)
+        record.update(warm_up_failed=warm["failed"], warm_up_failures=warm["failure_examples"])
+        records.append(record)
+        if record["failed"] or record["lost"] or warm["failed"]:
+            print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
+    return records
 
 
 def main() -> None:
@@ -175,17 +220,34 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3, help="requests per client (default 3)")
     parser.add_argument("--url", help="a running app; default: start one on tiny models")
     parser.add_argument("--queue-size", type=int, help="QUEUE_SIZE of the app this starts")
+    parser.add_argument("--steps", type=int, default=FAST["steps"], help="denoising steps")
+    parser.add_argument("--serve", choices=SERVE_MODES, help="start the app with SERVE=...")
+    parser.add_argument(
+        "--replicas", type=int, nargs="+", default=[1, 2], help="with --serve: replica counts"
+    )
     args = parser.parse_args()
 
     if args.url:
-        print(json.dumps(run_load(args.url, args.clients, args.requests)))
+        print(json.dumps(run_load(args.url, args.clients, args.requests, args.steps)))
         return
     with tempfile.TemporaryDirectory() as folder:
         models_dir = build_tiny_models(Path(folder) / "models")
+        if args.serve:
+            for record in serve_load(
+                models_dir,
+                Path(folder),
+                args.replicas,
+                args.clients,
+                args.requests,
+                args.steps,
+                args.queue_size,
+            ):
+                print(json.dumps(record), flush=True)
+            return
         log_path = Path(folder) / "app.log"
         url, process = start_app(models_dir, log_path, args.queue_size)
         try:
-            record = run_load(url, args.clients, args.requests)
+            record = run_load(url, args.clients, args.requests, args.steps)
         finally:
             stop_app(process)
         record["queue_size"] = args.queue_size
