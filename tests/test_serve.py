@@ -1,15 +1,23 @@
-"""The Ray Serve mode's settings, deployment options and queue width (no Ray cluster started)."""
+"""The Ray Serve mode's settings, deployment options, queue width and a replica's own engine (no
+Ray cluster started: tests/test_serve_ray.py starts one)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
+from errors import GpuOutOfMemoryError
 from serving import ServeSettings
 from settings import Settings
 from testkit.paths import PROJECT_ROOT
+
+FAST = {"steps": 2, "image_resolution": 256, "seed": 11}
 
 
 def test_without_serve_nothing_imports_ray():
@@ -64,3 +72,59 @@ def test_the_page_queue_runs_as_many_generations_as_replicas():
     demo = build_demo(ThreeReplicas(), Settings(queue_size=7))
     assert demo._queue.default_concurrency_limit == 3
     assert demo._queue.max_size == 7  # the queue-full bound is unchanged
+
+
+class _LocalHandle:
+    """A DeploymentHandle's streaming call, run here on one `EngineReplica` (no Ray): what
+    `RemoteEngine` sends and reads is the same."""
+
+    def __init__(self, replica):
+        self.replica = replica
+        self.stream = self
+
+    def options(self, stream: bool):
+        assert stream
+        return self
+
+    def remote(self, *args):
+        async def collect():
+            return [event async for event in self.replica.stream(*args)]
+
+        events = asyncio.run(collect())
+        return _Responses(events)
+
+
+class _Responses(list):
+    def cancel(self) -> None:
+        pass
+
+
+def test_a_replica_out_of_memory_says_so_and_its_next_request_runs(
+    settings, astronaut, monkeypatch
+):
+    from serving.remote import RemoteEngine
+    from serving.replica import EngineReplica
+
+    replica = EngineReplica(settings)
+    info = replica.info()
+    assert info["pid"] == os.getpid() and info["device"] == "cpu"
+    remote = RemoteEngine(settings, _LocalHandle(replica), replicas=1, info=info)
+    freed = []
+    monkeypatch.setattr(replica.engine, "_free_memory", lambda: freed.append(True))
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    real_run = replica.engine._run
+    monkeypatch.setattr(replica.engine, "_run", out_of_memory)
+    with pytest.raises(GpuOutOfMemoryError, match="Lower the image resolution or the number"):
+        remote.generate("canny", astronaut, "a", **FAST)
+    assert freed  # the replica gave its memory back, as the single engine does
+    monkeypatch.setattr(replica.engine, "_run", real_run)
+    steps = []
+    result = remote.generate(
+        "canny", astronaut, "a", on_progress=lambda *s: steps.append(s), **FAST
+    )
+    alone = replica.engine.generate("canny", astronaut, "a", **FAST)
+    np.testing.assert_array_equal(result.images[0], alone.images[0])
+    assert steps[-1] == (2, 2) and remote.last_timing is not None
