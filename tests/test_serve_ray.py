@@ -13,11 +13,13 @@ import re
 import signal
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import psutil
 import pytest
+import webuiapi
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
@@ -122,6 +124,27 @@ def test_two_replicas_give_the_single_engines_pixels_to_clients_at_once(replicas
     assert _served_by(replicas, pids) == set(pids)
 
 
+def _a1111_txt2img(app: App) -> list[np.ndarray]:
+    """AUTOMATIC1111's txt2img with one Canny unit, through the real `webuiapi` client."""
+    parts = urllib.parse.urlsplit(app.url)
+    unit = webuiapi.ControlNetUnit(
+        image=Image.open(ASSETS / "coffee.jpg").convert("RGB"),
+        module="canny",
+        model="control_v11p_sd15_canny",
+    )
+    result = webuiapi.WebUIApi(host=parts.hostname, port=parts.port).txt2img(
+        prompt="a cup", width=384, height=256, steps=2, seed=7, controlnet_units=[unit]
+    )
+    return [np.asarray(image.convert("RGB")) for image in result.images]
+
+
+def test_the_a1111_api_runs_on_the_replicas_with_the_same_pixels(replicas, one_engine):
+    served, expected = _a1111_txt2img(replicas), _a1111_txt2img(one_engine)
+    assert len(served) == len(expected) == 2  # the image and the unit's map
+    for got, want in zip(served, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 RUNNING = (Status.PROCESSING, Status.PROGRESS, Status.ITERATING)
 MARGIN = 0.3  # s: how late a client may hear of a status change, and then some
 
@@ -193,6 +216,10 @@ def test_the_page_queue_runs_as_many_generations_at_once_as_there_are_replicas(r
     during = [statuses for moment, statuses in samples if together[0] <= moment <= together[1]]
     meanwhile = [statuses[third].code for statuses in during]
     assert meanwhile and not any(code in RUNNING for code in meanwhile), meanwhile
+    # The replicas' TAESD previews streamed back to the page, as with one engine.
+    for job in jobs:
+        captions = [output[0][0]["caption"] for output in job.outputs()[:-1]]
+        assert captions and all(caption.startswith("Preview 1, step") for caption in captions)
 
 
 def test_a_killed_replica_loses_no_request_and_the_server_keeps_serving(replicas):
