@@ -308,9 +308,16 @@ class Engine:
         seeds = [(first_seed + index) % (MAX_SEED + 1) for index in range(request.num_images)]
         # 2. The control maps, all at the output size set by the first unit's image.
         size = request.size
+        poses: list = []  # what pose units drew, as OpenPose JSON (offered after the run)
         maps = [
             self._control_map(
-                unit, size, request.image_resolution, request.resize_mode, notices, first_seed
+                unit,
+                size,
+                request.image_resolution,
+                request.resize_mode,
+                notices,
+                first_seed,
+                poses=poses,
             )
             for unit in request.units
         ]
@@ -362,6 +369,7 @@ class Engine:
             parameters=[{**shared, "seed": seed} for seed in seeds],
             notices=notices,
             map_labels=[unit.condition.label for unit in request.units],
+            pose=poses[0] if poses else None,
         )
 
     def _free_memory(self) -> None:
@@ -380,9 +388,11 @@ class Engine:
     ) -> np.ndarray:
         """The unit's map at the output `size`. Classical annotators run at the output size;
         networks at their detect resolution; a seeded annotator draws from `seed`. A unit with
-        pose JSON draws it (no annotator runs). `poses`, when given, gets a pose annotator's
-        people as OpenPose JSON."""
+        pose JSON draws it (no annotator runs). `poses`, when given, gets the people a pose
+        unit drew, as OpenPose JSON: a pose annotator's, or the unit's own JSON."""
         if unit.pose is not None:
+            if poses is not None:
+                poses.append(unit.pose.to_json())
             return make_control_map(
                 POSE_JSON_MAP,
                 POSE_JSON_MAP.detect,

@@ -31,6 +31,8 @@ class GenerationResult:
     parameters: list[dict[str, Any]]  # each image's full parameters (for its PNG text chunk)
     notices: Notices = field(default_factory=Notices)
     map_labels: list[str] = field(default_factory=list)  # what each control map is
+    # The first pose unit's people as OpenPose JSON (found by its annotator, or its own JSON).
+    pose: dict[str, Any] | None = None
 
     @property
     def warnings(self) -> list[str]:

@@ -159,6 +159,18 @@ def generated(panel: Locator, page: Page) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+def downloaded_pose(panel: Locator, page: Page, before: str | None = None) -> tuple[dict, str]:
+    """The "Download pose JSON" file's pose, once it is another file than `before` (an href),
+    and its href."""
+    link = panel.locator(".pose-download a[href]").first
+    if before is None:
+        expect(link).to_have_attribute("href", re.compile(r"pose\.json"))
+    else:
+        expect(link).not_to_have_attribute("href", before)
+    href = link.get_attribute("href")
+    return json.loads(page.request.get(href).body()), href
+
+
 def choose_mediapipe(panel: Locator) -> None:
     panel.get_by_role("radio", name="Pose (MediaPipe, no download)", exact=True).check()
 
@@ -192,6 +204,8 @@ def test_a_detected_pose_is_edited_by_dragging_and_run_uses_it(page: Page, serve
     if os.environ.get("RECORD_SCREENSHOTS"):
         SCREENSHOT.write_bytes(shot.read_bytes())
 
+    previewed, previewed_href = downloaded_pose(panel, page)
+    assert previewed == poses_from_json(found, MAX_PEOPLE).to_json()
     map_before, image_before = generated(panel, page)
     # An arm joint MediaPipe found (wrists and elbows, whichever it saw).
     joint = next(i for i in (LEFT_WRIST, 4, 6, 3) if body_point(found, i)[2] == 1)
@@ -208,6 +222,9 @@ def test_a_detected_pose_is_edited_by_dragging_and_run_uses_it(page: Page, serve
     map_after, image_after = generated(panel, page)
     assert not np.array_equal(map_after, map_before)
     assert not np.array_equal(image_after, image_before)
+    # Run offers the pose it drew for download: the edited one now (only Run wrote it).
+    drawn, _ = downloaded_pose(panel, page, previewed_href)
+    assert drawn == poses_from_json(edited, MAX_PEOPLE).to_json() != previewed
 
 
 def test_a_json_comes_in_and_goes_out_unchanged(page: Page, server, tmp_path, engine, astronaut):

@@ -239,6 +239,22 @@ def test_the_map_from_the_annotators_json_equals_the_annotators_map(engine, astr
     assert unit["pose_source"] == "pose_json" and "people" not in json.dumps(unit)
 
 
+def test_a_generation_gives_the_pose_it_drew(engine, astronaut, astronaut_pose):
+    options = {"annotator": "mediapipe_pose", "include_hands": True, "include_face": True}
+    found = engine.generate("openpose", astronaut, "an astronaut", seed=1, **options, **FAST)
+    assert found.pose == astronaut_pose.pose  # the annotator's people, as /annotate gives them
+    np.testing.assert_array_equal(found.control_map, astronaut_pose.image)
+    moved = json.loads(json.dumps(astronaut_pose.pose))
+    moved["people"][0]["pose_keypoints_2d"][0] += 10  # an edited pose: the nose 10 px right
+    edited = engine.generate("openpose", None, "x", pose_json=json.dumps(moved), **options, **FAST)
+    assert edited.pose == poses_from_json(moved, MAX_PEOPLE).to_json()
+    assert (
+        edited.pose["people"][0]["pose_keypoints_2d"][0]
+        == moved["people"][0]["pose_keypoints_2d"][0]
+    )
+    assert engine.generate("canny", astronaut, "x", **FAST).pose is None
+
+
 def test_engine_refuses_bad_pose_json_and_pose_json_on_other_annotators(engine, astronaut):
     with pytest.raises(InvalidRequestError, match="`pose_json` is not JSON"):
         engine.generate("openpose", None, "x", pose_json="{oops", **FAST)

@@ -377,7 +377,7 @@ def _as_messages(name: str):
 
 # ---- pose JSON -----------------------------------------------------------------------------------
 def pose_json_download(label: str = "Download pose JSON") -> gr.File:
-    return gr.File(label=label, interactive=False, visible=True)
+    return gr.File(label=label, interactive=False, visible=True, elem_classes=["pose-download"])
 
 
 def pose_json_file(pose: dict[str, Any] | None) -> str | None:

@@ -115,23 +115,26 @@ def stream_generation(
     progress,
     store: PngStore,
     request: gr.Request | None = None,
-) -> Generator[tuple[Any, Any], None, None]:
+    with_pose: bool = False,
+) -> Generator[tuple[Any, ...], None, None]:
     """A generate handler's outputs, (gallery, seed used): TAESD previews while denoising, then
     the result. `call(on_progress, on_preview)` runs the engine; Stop in `request`'s session
-    ends it at the next step."""
+    ends it at the next step. `with_pose` adds a third output, the pose the run drew (OpenPose
+    JSON, or None), given with the result only."""
     switch = STOPS.arm(session_of(request))
+    waiting = (gr.skip(),) if with_pose else ()
 
     @functools.partial(checked_progress, switch=switch)
     def report(step: int, total: int) -> None:
         progress((step, total), desc="Denoising", unit="steps")
 
     def show(images, step, total):
-        return preview_items(images, step, total), gr.update()
+        return preview_items(images, step, total), gr.update(), *waiting
 
     result = yield from with_previews(lambda on_preview: call(report, on_preview), show)
     for warning in result.warnings:
         gr.Warning(warning)
-    yield gallery_items(result, store), result.seed
+    yield gallery_items(result, store), result.seed, *((result.pose,) if with_pose else ())
 
 
 def preview_items(images: list, step: int, total: int) -> list[tuple[Any, str]]:

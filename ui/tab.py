@@ -155,6 +155,7 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
                     "Control map, then images", elem_id=f"result-{condition.name}"
                 )
                 pose_file = pose_json_download() if last else None
+                drawn_pose = gr.State(None) if last else None  # the pose Run drew (not in the API)
                 page.to_upscale.append((gallery, prompt, upscale_button()))
 
     if condition.input_kind == "canvas":
@@ -182,7 +183,7 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
                 **kwargs,
             )
 
-        yield from stream_generation(call, progress, store, request)
+        yield from stream_generation(call, progress, store, request, with_pose=bool(last))
 
     @user_errors
     def preview_map(image, pose_json=None, **kwargs):
@@ -202,7 +203,7 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
     name_input_errors(
         {**options, **models, **map_controls, **speed, **start, **auto, **clip, **last}
     )
-    run_with_stop(
+    generation = run_with_stop(
         [run.click, prompt.submit],
         run,
         stop,
@@ -221,10 +222,14 @@ def build_condition_tab(condition: Condition, page: Page, notes: StatusNotes | N
             **clip,
             **last,
         },  # fmt: skip
-        outputs=[gallery, seed_used],
+        outputs=[gallery, seed_used, *([drawn_pose] if last else [])],
         api_name=condition.name,
         concurrency_id=GPU_QUEUE,
     )
+    if last:  # the pose the run drew, found or edited, offered for download as after Preview map
+        generation.success(
+            pose_json_file, inputs=drawn_pose, outputs=pose_file, api_visibility="private"
+        )
     geometry = {name: options[name] for name in ("image_resolution", "aspect_ratio", "resize_mode")}
     preview.click(
         fn=preview_map,
