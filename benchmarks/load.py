@@ -16,9 +16,11 @@ Prints one JSON line; `lost` counts requests with no outcome and must be 0.
 `--serve ray --replicas 1 2` starts the app once per replica count with `SERVE=ray` (a local Ray
 instance, CPU replicas of one thread each: Ray gives a one-CPU actor `OMP_NUM_THREADS=1`) and
 prints a line for each: completed requests per minute and p50/p95 latency. Before timing, every
-client sends one request of each kind, so that each replica has loaded its models (replicas load
-lazily, as the single engine does); those requests are not counted. On a machine with fewer cores
-than replicas the replicas share the cores: the ratio is bounded by the cores, not by the app.
+client sends one request of each kind, not counted, so that the replicas have loaded their models
+(they load lazily, as the single engine does; Serve spreads these requests over the replicas, so a
+replica that got no request of some kind still loads its model in the timed part). On a machine
+with fewer cores than replicas the replicas share the cores: the ratio is bounded by the cores,
+not by the app.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from gradio_client import Client, handle_file  # noqa: E402
 
+from serving import SERVE_MODES  # noqa: E402 (no Ray imported: serving/remote.py does that)
 from testkit.app_process import start_app, stop_app  # noqa: E402
 from testkit.models_dir import build_tiny_models  # noqa: E402
 from testkit.paths import ASSETS  # noqa: E402
@@ -46,7 +49,6 @@ from testkit.paths import ASSETS  # noqa: E402
 # What gradio_client raises (QueueError) when the server answers that its queue is full.
 QUEUE_FULL = "Queue is full"
 FAST = {"steps": 2, "image_resolution": 256}
-SERVE_MODES = ("ray",)
 # (api_name, image, extra keywords); generate endpoints also get a prompt and FAST.
 TABS: list[tuple[str, str, dict]] = [
     ("/canny", "coffee.jpg", {}),
@@ -193,20 +195,21 @@ def serve_load(
     requests_per_client: int,
     steps: int = FAST["steps"],
     queue_size: int | None = None,
+    mode: str = SERVE_MODES[0],
 ) -> list[dict]:
-    """The same load on the app with SERVE=ray and each of `replica_counts` replicas, one app
-    (and one local Ray instance) at a time; a record per count."""
+    """The same load on the app with SERVE=`mode` and each of `replica_counts` replicas, one app
+    (and, for Ray, one local Ray instance) at a time; a record per count."""
     records = []
     for replicas in replica_counts:
-        log_path = folder / f"app-ray-{replicas}.log"
-        env = {"SERVE": "ray", "SERVE_REPLICAS": str(replicas)}
+        log_path = folder / f"app-{mode}-{replicas}.log"
+        env = {"SERVE": mode, "SERVE_REPLICAS": str(replicas)}
         url, process = start_app(models_dir, log_path, queue_size, timeout=300, extra_env=env)
         try:
             warm = run_load(url, clients, len(TABS), steps)  # each replica loads its models
             record = run_load(url, clients, requests_per_client, steps)
         finally:
             stop_app(process)
-        record.update(serve="ray", replicas=replicas, steps=steps)
+        record.update(serve=mode, replicas=replicas, steps=steps)
         record.update(warm_up_failed=warm["failed"], warm_up_failures=warm["failure_examples"])
         records.append(record)
         if record["failed"] or record["lost"] or warm["failed"]:
@@ -241,6 +244,7 @@ def main() -> None:
                 args.requests,
                 args.steps,
                 args.queue_size,
+                args.serve,
             ):
                 print(json.dumps(record), flush=True)
             return

@@ -247,11 +247,7 @@ def test_a_generation_gives_the_pose_it_drew(engine, astronaut, astronaut_pose):
     moved = json.loads(json.dumps(astronaut_pose.pose))
     moved["people"][0]["pose_keypoints_2d"][0] += 10  # an edited pose: the nose 10 px right
     edited = engine.generate("openpose", None, "x", pose_json=json.dumps(moved), **options, **FAST)
-    assert edited.pose == poses_from_json(moved, MAX_PEOPLE).to_json()
-    assert (
-        edited.pose["people"][0]["pose_keypoints_2d"][0]
-        == moved["people"][0]["pose_keypoints_2d"][0]
-    )
+    assert edited.pose == poses_from_json(moved, MAX_PEOPLE).to_json() != found.pose
     assert engine.generate("canny", astronaut, "x", **FAST).pose is None
 
 

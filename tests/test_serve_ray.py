@@ -84,18 +84,12 @@ def one_engine(models_dir, tmp_path_factory):
 def replicas(models_dir, tmp_path_factory):
     app = _start(models_dir, tmp_path_factory, "ray", TWO_REPLICAS)
     yield app
+    ray_processes = psutil.Process(app.process.pid).children(recursive=True)
+    assert len(ray_processes) > len(app.replica_pids())  # the replicas and Ray's own
     stop_app(app.process)
-    # The local Ray instance ends with the app: no replica is left running.
-    deadline = time.monotonic() + 30
-    while any(p.name().startswith("ray::") for p in _processes()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not any(p.name().startswith("ray::Serve") for p in _processes())
-
-
-def _processes():
-    for process in psutil.process_iter(["name"]):
-        if process.info["name"]:
-            yield process
+    # The local Ray instance ends with the app: none of its processes is left running.
+    _gone, alive = psutil.wait_procs(ray_processes, timeout=30)
+    assert not alive, [process.name() for process in alive]
 
 
 def _send(url: str, request) -> list[np.ndarray]:
